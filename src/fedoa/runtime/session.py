@@ -1,0 +1,67 @@
+"""What every runtime sets up before round 1: data, the resident model, the method."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from fedoa.algorithms import make_algorithm
+from fedoa.algorithms.base import Algorithm, ClientContext
+from fedoa.config import RunConfig
+from fedoa.data import load_clients
+from fedoa.data.prompts import Encoded, PromptEncoder
+from fedoa.data.records import ClientData
+from fedoa.errors import ConfigError
+from fedoa.evaluation.matrix import EvalPlan, Evaluator, default_plan
+from fedoa.model.adapters import AdapterModel
+from fedoa.model.base import base_model_path, load_base
+
+
+@dataclass
+class Session:
+    cfg: RunConfig
+    clients: list[ClientData]
+    am: AdapterModel
+    encoder: PromptEncoder
+    algorithm: Algorithm
+    train: dict[str, list[Encoded]]
+    plan: EvalPlan
+    setup_seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def tokenizer(self):
+        return self.encoder.tokenizer
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    def context(self, client: str, state, progress=None) -> ClientContext:
+        return ClientContext(client, self.am, self.train[client], state, self.cfg, self.pad_id, progress)
+
+    def evaluator(self) -> Evaluator:
+        ev = Evaluator(self.am, self.encoder, self.cfg.eval, self.pad_id, self.tokenizer.eos_token_id)
+        ev.prepare(self.plan)
+        return ev
+
+
+def build_model(cfg: RunConfig) -> tuple[AdapterModel, PromptEncoder]:
+    base, tokenizer = load_base(cfg.model)
+    am = AdapterModel(base, cfg.lora, base_path=base_model_path(cfg.model))
+    try:
+        encoder = PromptEncoder(tokenizer, cfg.data.template, cfg.model.max_length)
+    except ValueError as e:
+        raise ConfigError(str(e), where="data.template") from None
+    return am, encoder
+
+
+def open_session(cfg: RunConfig, clients: list[ClientData] | None = None, plan: EvalPlan | None = None) -> Session:
+    """Load and validate everything (config, data, model) before any output is written."""
+    start = time.perf_counter()
+    algorithm = make_algorithm(cfg)
+    if clients is None:
+        clients = load_clients(cfg.data, cfg.data.split_seed)
+    am, encoder = build_model(cfg)
+    train = {c.name: [encoder.encode_train(r) for r in c.train] for c in clients}
+    plan = plan or default_plan(clients, ood=cfg.eval.ood)
+    return Session(cfg, clients, am, encoder, algorithm, train, plan, time.perf_counter() - start)

@@ -1,0 +1,104 @@
+import pytest
+import torch
+
+from fedoa.algorithms.base import ClientContext
+from fedoa.algorithms.fedoa import FedOA, feature_regularized
+from fedoa.algorithms.regularizers import distance
+from fedoa.data.batching import collate
+from fedoa.data.prompts import PromptEncoder
+from fedoa.model.adapters import GLOBAL, PERSONAL
+from fedoa.training.losses import example_features, features, response_loss
+
+from tests.conftest import synthetic_clients, tiny_config
+
+
+def approx(x):
+    return pytest.approx(x, rel=1e-5, abs=1e-6)
+
+
+def _setup(tiny, cfg):
+    am, tok = tiny
+    client = synthetic_clients(("a",), n_train=8)[0]
+    enc = PromptEncoder(tok, "plain", 64)
+    train = [enc.encode_train(r) for r in client.train]
+    g = {k: v + 0.02 * torch.randn_like(v) for k, v in am.fresh_state(1).items()}  # nonzero B
+    return am, tok, train, g
+
+
+def test_regularizer_value_and_gradient_reach_only_the_personal_adapter(tiny):
+    cfg = tiny_config()
+    am, tok, train, g = _setup(tiny, cfg)
+    am.set(GLOBAL, g)
+    am.set(PERSONAL, {k: v + 0.02 * torch.randn_like(v) for k, v in am.fresh_state(2).items()})
+    target = example_features(am, GLOBAL, train, "last_token", 4, tok.pad_token_id)
+    batch = collate(train[:4], [0, 1, 2, 3], tok.pad_token_id)
+
+    am.use(PERSONAL)
+    params = am.trainable(PERSONAL)
+    loss, parts = feature_regularized(target, 0.5, "frobenius", "last_token")(am, batch)
+    # the same value by hand: CE + 0.5 * ||h_P - h_G||_F over the micro-batch
+    with torch.no_grad():
+        ce, hidden = response_loss(am, batch)
+        h_p = features(hidden, batch, "last_token")
+        expected_reg = torch.sqrt(((h_p - target[:4]) ** 2).sum())
+    assert parts["reg"] == approx(expected_reg.item())
+    assert loss.item() == approx(ce.item() + 0.5 * expected_reg.item())
+    loss.backward()
+    assert all(p.grad is not None for p in params)
+    assert any(p.grad.abs().sum() > 0 for p in params)
+    assert all(p.grad is None for p in am.params[GLOBAL].values())
+    assert all(p.grad is None for n, p in am.peft.named_parameters() if "lora" not in n)
+    am.freeze()
+    for p in params:
+        p.grad = None
+
+
+def test_client_update_trains_personal_then_global(tiny):
+    cfg = tiny_config()
+    am, tok, train, g = _setup(tiny, cfg)
+    algo = FedOA(cfg)
+    state = algo.init_client(am, "a")
+    p0 = {k: v.clone() for k, v in state[PERSONAL].items()}
+    ctx = ClientContext("a", am, train, state, cfg, tok.pad_token_id)
+    update = algo.client_update(ctx, g, round_=1)
+    assert [p.phase for p in update.phases] == ["personal", "global"]
+    assert update.phases[0].metrics["reg"] >= 0 and "task_loss" in update.phases[1].metrics
+    assert any(not torch.equal(p0[k], ctx.state[PERSONAL][k]) for k in p0), "personal adapter did not move"
+    assert any(not torch.equal(g[k], update.state[k]) for k in g), "global adapter did not move"
+    assert update.num_examples == len(train)
+
+
+def test_personal_step_waits_for_its_round(tiny):
+    cfg = tiny_config(fed={"personal_start_round": 2})
+    am, tok, train, g = _setup(tiny, cfg)
+    algo = FedOA(cfg)
+    ctx = ClientContext("a", am, train, algo.init_client(am, "a"), cfg, tok.pad_token_id)
+    assert [p.phase for p in algo.client_update(ctx, g, round_=1).phases] == ["global"]
+    assert [p.phase for p in algo.client_update(ctx, g, round_=2).phases] == ["personal", "global"]
+
+
+def test_client_update_is_reproducible(tiny):
+    cfg = tiny_config(lora={"dropout": 0.1})
+    am, tok, train, g = _setup(tiny, cfg)
+    algo = FedOA(cfg)
+    outs = []
+    for _ in range(2):
+        ctx = ClientContext("a", am, train, algo.init_client(am, "a"), cfg, tok.pad_token_id)
+        outs.append((algo.client_update(ctx, g, 1).state, ctx.state[PERSONAL]))
+    for k in g:
+        assert torch.equal(outs[0][0][k], outs[1][0][k])
+        assert torch.equal(outs[0][1][k], outs[1][1][k])
+
+
+def test_distance_options_are_used(tiny):
+    # cosine of identical features is 0 -> the regularizer vanishes at the start
+    cfg = tiny_config()
+    am, tok, train, g = _setup(tiny, cfg)
+    am.set(GLOBAL, g)
+    am.set(PERSONAL, g)
+    target = example_features(am, GLOBAL, train, "mean", 4, tok.pad_token_id)
+    batch = collate(train[:4], [0, 1, 2, 3], tok.pad_token_id)
+    am.use(PERSONAL)
+    _, parts = feature_regularized(target, 1.0, "cosine", "mean")(am, batch)
+    assert abs(parts["reg"]) < 1e-5
+    assert distance("mse", target, target).item() == 0
