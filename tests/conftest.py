@@ -6,11 +6,26 @@ import random
 import warnings
 
 import pytest
+import torch
 
 from fedoa.config import LoraConfig, ModelConfig, RunConfig
 from fedoa.data.records import ClientData, make_record
 
 warnings.filterwarnings("ignore", category=FutureWarning)
+
+# The tiny model's matmuls are too small to gain from threads, and several test processes
+# (Flower nodes) share the cores: one thread each avoids oversubscription.
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def all_threads():
+    """Tests on the real SmolLM2 use every core."""
+    import os
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield
+    torch.set_num_threads(1)
 
 WORDS = {
     "positive": ["great", "lovely", "superb", "fun", "brilliant", "warm"],

@@ -45,6 +45,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fedoa.compare import parse_methods, parse_seeds, print_compare, run_compare
+
+    methods = parse_methods(args.methods)  # unknown names exit 2 before anything runs
+    cfg = _config(args)
+    summary = run_compare(cfg, methods, parse_seeds(args.seeds, cfg.seed), Path(args.out), progress=not args.quiet)
+    print_compare(summary)
+    failed = [r["path"] for r in summary["runs"] if r["status"] == "failed"]
+    print(f"comparison in {args.out}/compare.md (+ compare.json, compare.png); "
+          f"wall time {summary['wall_seconds']:.0f} s" + (f"; FAILED runs: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from fedoa.algorithms import ALGORITHMS
 
@@ -97,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("compare", help="run several methods x seeds under one protocol and tabulate them")
+    _add_config_args(p)
+    p.add_argument("--methods", required=True, help="comma-separated method names, e.g. fedit,ditto,fedoa")
+    p.add_argument("--seeds", default="3", help="number of seeds (from the config's seed on) or a list like 0,1,2")
+    p.add_argument("--out", required=True, help="output folder (runs/, compare.md, compare.json, compare.png)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("setup", help="convert the embedded model and fetch the embedded data (once)")
     p.set_defaults(func=cmd_setup)
 
@@ -107,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--keys", action="store_true", help="list every key with its default and help")
     p.set_defaults(func=cmd_config)
+
+    from fedoa.runtime.flower.deploy import add_deploy_parser
+
+    add_deploy_parser(sub)  # fedoa deploy ...: several machines (Flower Deployment Engine)
     return parser
 
 

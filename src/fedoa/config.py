@@ -109,6 +109,11 @@ class FedConfig:
         "uniform", "FedAvg weights: 'uniform' (the reference) or by example count."
     )
     personal_start_round: int = _f(2, "First round (1-based) with a personal step (the reference: 2).")
+    personal_init: Literal["fresh", "global"] = _f(
+        "fresh",
+        "How a personal adapter starts before its first personal step: 'fresh' LoRA init (the "
+        "reference) or a copy of the global adapter the client receives in that round.",
+    )
 
 
 @dataclass
@@ -121,6 +126,70 @@ class FedOAConfig:
     )
     feature: Literal["last_token", "mean"] = _f(
         "last_token", "Feature h(x): final hidden state at the last token, or mean over tokens."
+    )
+
+
+@dataclass
+class FedProxConfig:
+    mu: float = _f(
+        0.01,
+        "mu: weight of FedProx's proximal term mu/2 * ||w - w_global||^2 on the adapter's LoRA "
+        "parameters (0 = FedIT).",
+    )
+
+
+@dataclass
+class DittoConfig:
+    lam: float = _f(
+        0.1,
+        "lambda: weight of Ditto's proximal term lambda/2 * ||P - G||^2 pulling the personal "
+        "adapter toward the received global adapter (parameter space, with a real gradient).",
+    )
+
+
+@dataclass
+class PFedMeConfig:
+    lam: float = _f(15.0, "lambda: weight of the Moreau-envelope term lambda/2 * ||theta - w||^2.")
+    inner_steps: int = _f(
+        5, "K: optimizer steps on the personal adapter theta per batch (approximate inner solve)."
+    )
+    eta: float = _f(
+        0.005,
+        "eta: rate of the local-model update w <- w - eta * lambda * (w - theta) after each batch; "
+        "eta * lambda must lie in (0, 1].",
+    )
+    beta: float = _f(
+        1.0,
+        "beta: server mixing w <- (1 - beta) * w + beta * mean(uploads); 1 = FedAvg.",
+    )
+
+
+@dataclass
+class FedSDRConfig:
+    regular_weight: float = _f(0.5, "lambda: weight of the FedSDR feature regularizer.")
+    feature: Literal["last_token", "mean"] = _f(
+        "last_token", "Feature h(x): final hidden state at the last token, or mean over tokens."
+    )
+
+
+@dataclass
+class FedDPAConfig:
+    mix: Literal["instance", "fixed", "sum"] = _f(
+        "instance",
+        "How the personal model combines the two adapters' outputs: 'instance' (FedDPA's "
+        "instance-wise weights from feature similarity to sampled local training prompts), "
+        "'fixed' (w_G = fixed_weight, w_P = 1 - fixed_weight), 'sum' (base + G + P, the "
+        "composition the personal adapter is trained under).",
+    )
+    fixed_weight: float = _f(0.5, "w_G of the 'fixed' mix: output = base + w_G*G + (1 - w_G)*P.")
+    num_instances: int = _f(5, "Local training instances sampled (seeded) per client for 'instance'.")
+    sim_scale: float = _f(
+        0.5, "Instance weight = sim_scale * mean cosine similarity (clipped to [0, 1])."
+    )
+    instance_weight_on: Literal["personal", "global"] = _f(
+        "personal",
+        "Which adapter gets the instance weight w (the other gets 1 - w): 'personal' (a test "
+        "input like the local data leans on the local adapter) or 'global'.",
     )
 
 
@@ -138,6 +207,22 @@ class EvalConfig:
 
 
 @dataclass
+class ProtocolConfig:
+    name: Literal["natural", "within-category", "leave-category-out"] = _f(
+        "natural",
+        "ID/OOD protocol: 'natural' (ID: the client's own test data, OOD: every other client's); "
+        "'within-category' (one task per client; OOD: the sibling tasks of the same category, "
+        "also reported over all other tasks); 'leave-category-out' (clients hold every category "
+        "but `holdout`; OOD: the held-out category's test data, which no client holds).",
+    )
+    holdout: str = _f(
+        "",
+        "leave-category-out: the held-out category (a category folder name). Empty: "
+        "`fedoa compare` rotates over every category; `fedoa run` requires one.",
+    )
+
+
+@dataclass
 class RunConfig:
     method: str = _f("fedoa", "Algorithm to run (see `fedoa methods`).")
     seed: int = _f(0, "Seed of data split, sampling, initialization and batch order.")
@@ -147,7 +232,13 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     fed: FedConfig = field(default_factory=FedConfig)
     fedoa: FedOAConfig = field(default_factory=FedOAConfig)
+    fedprox: FedProxConfig = field(default_factory=FedProxConfig)
+    ditto: DittoConfig = field(default_factory=DittoConfig)
+    pfedme: PFedMeConfig = field(default_factory=PFedMeConfig)
+    fedsdr: FedSDRConfig = field(default_factory=FedSDRConfig)
+    feddpa: FedDPAConfig = field(default_factory=FedDPAConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -306,11 +397,27 @@ def validate(cfg: RunConfig) -> None:
     need(0 < cfg.fed.client_fraction <= 1, "fed.client_fraction", "must be in (0, 1]")
     need(cfg.fed.personal_start_round >= 1, "fed.personal_start_round", "must be >= 1")
     need(cfg.fedoa.regular_weight >= 0, "fedoa.regular_weight", "must be >= 0")
+    need(cfg.fedprox.mu >= 0, "fedprox.mu", "must be >= 0")
+    need(cfg.ditto.lam >= 0, "ditto.lam", "must be >= 0")
+    need(cfg.pfedme.lam > 0, "pfedme.lam", "must be > 0")
+    need(cfg.pfedme.inner_steps >= 1, "pfedme.inner_steps", "must be >= 1")
+    need(cfg.pfedme.eta > 0, "pfedme.eta", "must be > 0")
+    need(cfg.pfedme.eta * cfg.pfedme.lam <= 1, "pfedme.eta", "eta * lam must be <= 1 (w moves toward theta)")
+    need(cfg.pfedme.beta > 0, "pfedme.beta", "must be > 0")
+    need(cfg.fedsdr.regular_weight >= 0, "fedsdr.regular_weight", "must be >= 0")
+    need(0 <= cfg.feddpa.fixed_weight <= 1, "feddpa.fixed_weight", "must be in [0, 1]")
+    need(cfg.feddpa.num_instances >= 1, "feddpa.num_instances", "must be >= 1")
+    need(cfg.feddpa.sim_scale >= 0, "feddpa.sim_scale", "must be >= 0")
     need(cfg.model.max_length >= 8, "model.max_length", "must be >= 8")
     need(cfg.data.num_clients >= 1, "data.num_clients", "must be >= 1")
     need(cfg.data.dirichlet_alpha > 0, "data.dirichlet_alpha", "must be > 0")
     need(0 < cfg.data.test_fraction < 1, "data.test_fraction", "must be in (0, 1)")
     need(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
+    need(
+        cfg.protocol.name != "within-category" or cfg.data.partition == "natural",
+        "protocol.name",
+        "'within-category' needs data.partition = 'natural' (one task per client)",
+    )
     if cfg.data.source in ("jsonl", "hf"):
         need(bool(cfg.data.path), "data.path", f"is required for data.source = {cfg.data.source!r}")
 

@@ -102,3 +102,19 @@ def test_distance_options_are_used(tiny):
     _, parts = feature_regularized(target, 1.0, "cosine", "mean")(am, batch)
     assert abs(parts["reg"]) < 1e-5
     assert distance("mse", target, target).item() == 0
+
+
+def test_personal_init_global_starts_from_the_received_adapter(tiny):
+    cfg = tiny_config(fed={"personal_init": "global"}, train={"max_steps": 1})
+    am, tok, train, g = _setup(tiny, cfg)
+    algo = FedOA(cfg)
+    state = algo.init_client(am, "a")
+    assert algo.starting_personal(state, g) is not state[PERSONAL]
+    assert all(torch.equal(algo.starting_personal(state, g)[k], g[k]) for k in g)
+    ctx = ClientContext("a", am, train, state, cfg, tok.pad_token_id)
+    algo.client_update(ctx, g, round_=1)
+    # one step from G: close to G, far from the fresh init
+    moved = ctx.state[PERSONAL]
+    assert sum((moved[k] - g[k]).norm() for k in g) < sum((moved[k] - am.fresh_state(0)[k]).norm() for k in g)
+    # once trained, the client's own adapter continues
+    assert algo.starting_personal(ctx.state, g) is ctx.state[PERSONAL]

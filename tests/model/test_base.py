@@ -33,3 +33,16 @@ def test_embedded_smollm2_loads_offline_from_the_safetensors_cache(monkeypatch):
     with torch.no_grad():
         nxt = model(input_ids=ids).logits[0, -1].argmax().item()
     assert "Paris" in tok.decode([nxt])  # the de-quantized weights are a working model
+
+
+@pytest.mark.slow
+def test_a_gguf_file_path_loads_like_the_embedded_model():
+    from fedoa.model.base import _EMBEDDED_GGUF, embedded_package_dir
+
+    gguf = embedded_package_dir() / _EMBEDDED_GGUF
+    from_gguf, tok = load_base(ModelConfig(name=str(gguf)))
+    cached, _ = load_base(ModelConfig(name=EMBEDDED))
+    ids = tok("Federated learning keeps data", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        a, b = from_gguf(input_ids=ids).logits, cached(input_ids=ids).logits
+    assert torch.allclose(a, b, atol=1e-4)

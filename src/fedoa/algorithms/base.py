@@ -18,6 +18,11 @@ from fedoa.model.adapters import GLOBAL, PERSONAL, AdapterModel, AdapterState
 from fedoa.seeding import derive_seed, seed_text
 from fedoa.training.loop import LocalResult, planned_steps
 
+def is_untrained(state: AdapterState) -> bool:
+    """LoRA starts with B = 0 and any training step moves B: all-zero B means never trained."""
+    return all(not v.any() for k, v in state.items() if ".lora_B." in k)
+
+
 # A client's private, persistent state: named adapter states (e.g. "personal"). It never leaves
 # the client, and it is saved with safetensors, so it holds tensors only.
 ClientState = dict[str, AdapterState]
@@ -84,7 +89,27 @@ class Algorithm(ABC):
     def init_client(self, am: AdapterModel, client: str) -> ClientState:
         return {PERSONAL: am.fresh_state(derive_seed(self.cfg.seed, "personal-init", client))}
 
+    def starting_personal(self, client_state: ClientState, global_state: AdapterState) -> AdapterState:
+        """The personal adapter a personal step starts from (or that evaluation uses).
+
+        With ``fed.personal_init = "global"`` an untrained personal adapter is replaced by the
+        global one; afterwards the client's own adapter always continues.
+        """
+        personal = client_state[PERSONAL]
+        if self.cfg.fed.personal_init == "global" and is_untrained(personal):
+            return {k: v.clone() for k, v in global_state.items()}
+        return personal
+
     # ---------------------------------------------------------------- round
+
+    def training_groups(self, sampled: list[str], clients: list[str]) -> dict[str, list[str]]:
+        """Who trains together this round: ``{trainer name: [clients whose data it uses]}``.
+
+        ``sampled`` are the round's sampled clients, ``clients`` all of them. By default every
+        sampled client trains on its own data; a trainer whose name is not a client (e.g. the
+        pooled trainer of ``centralized``) gets a transient, empty state.
+        """
+        return {n: [n] for n in sampled}
 
     @abstractmethod
     def client_update(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> ClientUpdate:
@@ -121,7 +146,7 @@ class Algorithm(ABC):
             am.set(GLOBAL, global_state)
             am.use(GLOBAL)
         elif kind == "personal":
-            am.set(PERSONAL, client_state[PERSONAL])
+            am.set(PERSONAL, self.starting_personal(client_state, global_state))
             am.use(PERSONAL)
         else:
             raise ValueError(f"{self.name} does not evaluate {kind!r}")

@@ -45,7 +45,7 @@ class FedOA(Algorithm):
 
     def personal_step(self, ctx: ClientContext, round_: int) -> Phase:
         cfg, am = self.cfg, ctx.am
-        am.set(PERSONAL, ctx.state[PERSONAL])
+        am.set(PERSONAL, self.starting_personal(ctx.state, am.get(GLOBAL)))
         if cfg.fedoa.regular_weight > 0:
             target = example_features(
                 am, GLOBAL, ctx.train, cfg.fedoa.feature, cfg.train.micro_batch_size, ctx.pad_id

@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from fedoa.config import EvalConfig
 from fedoa.data.prompts import PromptEncoder
@@ -35,13 +36,26 @@ class EvalPlan:
     ood_sets: dict[str, list[str]]
     protocol: str = "natural"
     description: str = "ID: the client's own test data; OOD: every other client's test data."
+    #: Extra named OOD groups (group -> client -> sets), summarized as ``ood_<group>_accuracy``
+    #: beside the headline ``ood_accuracy`` (which always comes from ``ood_sets``).
+    ood_groups: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    #: Protocol parameters written into results.json (e.g. the held-out category).
+    details: dict[str, Any] = field(default_factory=dict)
 
     def sets_of(self, client: str) -> list[str]:
-        return [self.id_set[client], *self.ood_sets.get(client, [])]
+        out = [self.id_set[client], *self.ood_sets.get(client, [])]
+        for group in self.ood_groups.values():
+            out += [s for s in group.get(client, []) if s not in out]
+        return out
 
     @property
     def clients(self) -> list[str]:
         return list(self.id_set)
+
+    def set_category(self, name: str) -> str:
+        """The category of a test set's records (their task when uncategorized; 'mixed')."""
+        cats = {r.category or r.task for r in self.sets[name]}
+        return cats.pop() if len(cats) == 1 else ("mixed" if cats else "")
 
 
 def default_plan(clients: list[ClientData], ood: bool = True) -> EvalPlan:
@@ -71,15 +85,34 @@ class Evaluator:
     prepared: dict[str, PreparedSet] = field(default_factory=dict)
     seconds: float = 0.0
     examples: int = 0
+    #: Scores of the base model alone (no adapter active), shared by evaluators of the same
+    #: model (``fedoa compare``): the zero-shot model is scored once per distinct test set.
+    base_cache: dict | None = None
 
     def prepare(self, plan: EvalPlan) -> None:
         for name, records in plan.sets.items():
             if name not in self.prepared:
                 self.prepared[name] = prepare_set(self.encoder, name, records)
 
+    def _base_key(self, ps: PreparedSet) -> tuple:
+        """Everything a zero-shot score depends on besides the (shared) model and tokenizer."""
+        return (
+            self.cfg.metric, self.cfg.max_new_tokens, tuple(ps.prompts),
+            tuple(tuple(o) for o in ps.options), tuple(ps.answers), tuple(r.output for r in ps.records),
+        )
+
     def score(self, set_name: str) -> SetScores:
-        start = time.perf_counter()
         ps = self.prepared[set_name]
+        if self.base_cache is not None and self.am.active is None:
+            key = self._base_key(ps)
+            if key not in self.base_cache:
+                self.base_cache[key] = self._score(ps)
+            hit = self.base_cache[key]
+            return SetScores(hit.options, hit.generation)
+        return self._score(ps)
+
+    def _score(self, ps: PreparedSet) -> SetScores:
+        start = time.perf_counter()
         out = SetScores()
         if self.cfg.metric in ("options", "both"):
             preds = option_predictions(self.am, ps, self.cfg.batch_size, self.pad_id)
@@ -135,18 +168,22 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else math.nan
 
 
+def _client_row(matrix: Matrix, plan: EvalPlan, c: str) -> dict[str, float]:
+    row = {
+        "id_accuracy": matrix[c][plan.id_set[c]],
+        "ood_accuracy": _mean([matrix[c][s] for s in plan.ood_sets.get(c, [])]),
+    }
+    for group, sets in plan.ood_groups.items():
+        row[f"ood_{group}_accuracy"] = _mean([matrix[c][s] for s in sets.get(c, [])])
+    return row
+
+
 def summarize(matrix: Matrix, plan: EvalPlan) -> dict[str, float]:
-    """Mean over clients of the ID accuracy and of each client's mean OOD accuracy."""
-    id_acc = [matrix[c][plan.id_set[c]] for c in plan.clients]
-    ood_acc = [_mean([matrix[c][s] for s in plan.ood_sets.get(c, [])]) for c in plan.clients]
-    return {"id_accuracy": _mean(id_acc), "ood_accuracy": _mean(ood_acc)}
+    """Mean over clients of the ID accuracy and of each client's mean OOD accuracy (per group)."""
+    rows = [_client_row(matrix, plan, c) for c in plan.clients]
+    keys = list(rows[0]) if rows else ["id_accuracy", "ood_accuracy"]
+    return {k: _mean([r[k] for r in rows]) for k in keys}
 
 
 def per_client(matrix: Matrix, plan: EvalPlan) -> dict[str, dict[str, float]]:
-    return {
-        c: {
-            "id_accuracy": matrix[c][plan.id_set[c]],
-            "ood_accuracy": _mean([matrix[c][s] for s in plan.ood_sets.get(c, [])]),
-        }
-        for c in plan.clients
-    }
+    return {c: _client_row(matrix, plan, c) for c in plan.clients}

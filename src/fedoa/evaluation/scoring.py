@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import string
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,12 @@ from transformers import DynamicCache
 from fedoa.data.prompts import PromptEncoder
 from fedoa.data.records import Record
 from fedoa.model.adapters import AdapterModel
+
+
+#: While :func:`option_scores` runs a continuation pass, the prompt-batch row of each input row
+#: (``None`` otherwise). Models whose forward depends on the prompt batch row, e.g. FedDPA's
+#: instance-wise adapter mix, read it to re-index their per-row state.
+CONTINUATION_ROWS: ContextVar[torch.Tensor | None] = ContextVar("continuation_rows", default=None)
 
 
 @dataclass
@@ -96,7 +103,11 @@ def option_scores(
         past = DynamicCache(ddp_cache_data=[(k[rows], v[rows]) for k, v in layers], config=am.base.config)
         full_mask = torch.cat([mask[rows], cont_mask], dim=1)
         cont_pos = mask[rows].sum(-1, keepdim=True) + torch.arange(cont_ids.shape[1], device=device)
-        h, _ = am.forward_with_cache(cont_ids, full_mask, cont_pos, past)
+        token = CONTINUATION_ROWS.set(rows)
+        try:
+            h, _ = am.forward_with_cache(cont_ids, full_mask, cont_pos, past)
+        finally:
+            CONTINUATION_ROWS.reset(token)
         logp = torch.log_softmax(am.logits(h).float(), dim=-1)
         for i, (b, k) in enumerate(part):
             tail = options[b][k][1:]

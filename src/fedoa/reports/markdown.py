@@ -72,6 +72,13 @@ def render_report(results: dict[str, Any]) -> str:
         md_table(summary_header(results), summary_rows(results)),
         "",
     ]
+    if results.get("ood_groups"):
+        parts += ["## OOD groups", ""] + [
+            f"- {kind}: " + ", ".join(
+                f"{k[4:-9]} {pct(v)}" for k, v in s.items() if k.startswith("ood_") and k != "ood_accuracy"
+            )
+            for kind, s in results["summary"].items()
+        ] + [""]
     for kind in results["matrices"]:
         parts += [f"## Matrix: {kind}", "", matrix_table(results, kind), ""]
     if "generation" in results:

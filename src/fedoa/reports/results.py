@@ -36,7 +36,7 @@ def build_results(
     mats = matrices(scores, metric)
     results: dict[str, Any] = {
         "method": cfg.method,
-        "protocol": {"name": plan.protocol, "description": plan.description},
+        "protocol": {"name": plan.protocol, "description": plan.description, **plan.details},
         "metric": {
             "headline": metric,
             "description": "option scoring: the option with the highest log-likelihood"
@@ -47,6 +47,8 @@ def build_results(
         "test_sets": {name: len(records) for name, records in plan.sets.items()},
         "id_set": plan.id_set,
         "ood_sets": plan.ood_sets,
+        "ood_groups": plan.ood_groups,
+        "set_categories": {name: plan.set_category(name) for name in plan.sets},
         "summary": {kind: summarize(m, plan) for kind, m in mats.items()},
         "per_client": {kind: per_client(m, plan) for kind, m in mats.items()},
         "matrices": mats,

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from fedoa.algorithms import make_algorithm
 from fedoa.algorithms.base import Algorithm, ClientContext
 from fedoa.config import RunConfig
-from fedoa.data import load_clients
 from fedoa.data.prompts import Encoded, PromptEncoder
 from fedoa.data.records import ClientData
 from fedoa.errors import ConfigError
 from fedoa.evaluation.matrix import EvalPlan, Evaluator, default_plan
+from fedoa.evaluation.protocols import load_protocol
 from fedoa.model.adapters import AdapterModel
 from fedoa.model.base import base_model_path, load_base
 
@@ -27,6 +27,8 @@ class Session:
     plan: EvalPlan
     setup_seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    #: zero-shot scores shared by sessions of the same model (see Evaluator.base_cache)
+    base_cache: dict | None = None
 
     @property
     def tokenizer(self):
@@ -40,7 +42,8 @@ class Session:
         return ClientContext(client, self.am, self.train[client], state, self.cfg, self.pad_id, progress)
 
     def evaluator(self) -> Evaluator:
-        ev = Evaluator(self.am, self.encoder, self.cfg.eval, self.pad_id, self.tokenizer.eos_token_id)
+        ev = Evaluator(self.am, self.encoder, self.cfg.eval, self.pad_id, self.tokenizer.eos_token_id,
+                       base_cache=self.base_cache)
         ev.prepare(self.plan)
         return ev
 
@@ -55,13 +58,23 @@ def build_model(cfg: RunConfig) -> tuple[AdapterModel, PromptEncoder]:
     return am, encoder
 
 
-def open_session(cfg: RunConfig, clients: list[ClientData] | None = None, plan: EvalPlan | None = None) -> Session:
-    """Load and validate everything (config, data, model) before any output is written."""
+def open_session(
+    cfg: RunConfig,
+    clients: list[ClientData] | None = None,
+    plan: EvalPlan | None = None,
+    model: tuple[AdapterModel, PromptEncoder] | None = None,
+) -> Session:
+    """Load and validate everything (config, data, model) before any output is written.
+
+    Without ``clients``, the clients and the plan come from ``cfg.protocol``. ``model`` reuses
+    an already loaded ``build_model`` result (``fedoa compare``); its slots are not reset here.
+    """
     start = time.perf_counter()
     algorithm = make_algorithm(cfg)
     if clients is None:
-        clients = load_clients(cfg.data, cfg.data.split_seed)
-    am, encoder = build_model(cfg)
+        clients, protocol_plan = load_protocol(cfg)
+        plan = plan or protocol_plan
+    am, encoder = model or build_model(cfg)
     train = {c.name: [encoder.encode_train(r) for r in c.train] for c in clients}
     plan = plan or default_plan(clients, ood=cfg.eval.ood)
     return Session(cfg, clients, am, encoder, algorithm, train, plan, time.perf_counter() - start)

@@ -8,8 +8,6 @@ the same command again resumes from the last finished round.
 """
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -17,17 +15,25 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from fedoa.algorithms.base import ClientContext
 from fedoa.checkpoint import client_file_name, load_checkpoint, save_checkpoint
-from fedoa.config import RunConfig, config_to_toml
+from fedoa.config import RunConfig
 from fedoa.evaluation.matrix import evaluate_models
 from fedoa.model.adapters import state_bytes
-from fedoa.reports.markdown import render_report
-from fedoa.reports.plots import plot_run
-from fedoa.reports.results import build_results, write_json
+from fedoa.reports.results import build_results
+from fedoa.runtime.common import (
+    WORK,
+    activate_model,
+    communication_summary,
+    config_key,
+    eval_kinds,
+    metric_line,
+    model_identity,
+    publish,
+    truncate_metrics,
+)
 from fedoa.runtime.sampling import sample_clients
 from fedoa.runtime.session import Session, open_session
-
-WORK = ".run"
 
 
 def run_simulation(
@@ -62,9 +68,9 @@ def _train(session: Session, work: Path, progress: bool) -> dict[str, Any]:
     names = [c.name for c in session.clients]
     for n in names:
         client_file_name(n)  # reject names that cannot become file names before round 1
-    config_key = json.dumps(cfg.to_dict(), sort_keys=True)
+    key = config_key(cfg)
     resumed = load_checkpoint(work / "checkpoint")
-    if resumed is not None and resumed[3].get("config") == config_key:
+    if resumed is not None and resumed[3].get("config") == key:
         first_round = resumed[0] + 1
         global_state, client_states, meta = resumed[1], resumed[2], resumed[3]
         if progress:
@@ -73,27 +79,28 @@ def _train(session: Session, work: Path, progress: bool) -> dict[str, Any]:
         first_round = 1
         global_state = algo.init_global(am)
         client_states = {n: algo.init_client(am, n) for n in names}
-        meta = {"config": config_key, "bytes_up": 0, "bytes_down": 0, "train_seconds": 0.0}
+        meta = {"config": key, "bytes_up": 0, "bytes_down": 0, "train_seconds": 0.0}
         (work / "metrics.jsonl").write_text("", encoding="utf-8")
-    _truncate_metrics(work / "metrics.jsonl", first_round)
+    truncate_metrics(work / "metrics.jsonl", first_round)
 
     plan = {r: sample_clients(names, cfg.fed.client_fraction, cfg.seed, r) for r in range(1, cfg.fed.rounds + 1)}
-    total = sum(algo.local_steps(len(session.train[n]), r) for r in plan if r >= first_round for n in plan[r])
+    groups = {r: algo.training_groups(plan[r], names) for r in plan}
+    total = sum(
+        algo.local_steps(sum(len(session.train[m]) for m in members), r)
+        for r in groups if r >= first_round for members in groups[r].values()
+    )
     bar = tqdm(total=total, desc="training", unit="step", disable=not progress, dynamic_ncols=True)
     with bar, (work / "metrics.jsonl").open("a", encoding="utf-8") as log:
         for r in range(first_round, cfg.fed.rounds + 1):
             t0 = time.perf_counter()
             updates = []
-            for n in plan[r]:
+            for n, members in groups[r].items():
                 bar.set_postfix_str(f"round {r}/{cfg.fed.rounds} {n}")
-                ctx = session.context(n, client_states[n], progress=bar.update)
+                ctx = _trainer_context(session, n, members, client_states, bar.update)
                 update = algo.client_update(ctx, global_state, r)
                 updates.append(update)
                 for ph in update.phases:
-                    log.write(json.dumps({
-                        "round": r, "client": n, "phase": ph.phase, **ph.metrics,
-                        "steps": ph.steps, "examples": ph.examples, "seconds": round(ph.seconds, 3),
-                    }) + "\n")
+                    log.write(metric_line(r, n, ph))
                 log.flush()
             if algo.federated:
                 meta["bytes_up"] += sum(state_bytes(u.state) for u in updates if u.state is not None)
@@ -101,15 +108,7 @@ def _train(session: Session, work: Path, progress: bool) -> dict[str, Any]:
             global_state = algo.aggregate(updates, global_state, r)
             meta["train_seconds"] += time.perf_counter() - t0
             save_checkpoint(work / "checkpoint", r, global_state, client_states, meta)
-    rounds = cfg.fed.rounds
-    communication = {
-        "rounds": rounds,
-        "adapter_bytes": state_bytes(global_state),
-        "bytes_up_per_round": meta["bytes_up"] / rounds,
-        "bytes_down_per_round": meta["bytes_down"] / rounds,
-        "bytes_up_total": meta["bytes_up"],
-        "clients_per_round": {str(r): plan[r] for r in plan},
-    }
+    communication = communication_summary(cfg.fed.rounds, global_state, meta["bytes_up"], meta["bytes_down"], plan)
     return {
         "global": global_state,
         "clients": client_states,
@@ -118,15 +117,12 @@ def _train(session: Session, work: Path, progress: bool) -> dict[str, Any]:
     }
 
 
-def _truncate_metrics(path: Path, first_round: int) -> None:
-    """Drop metric lines of rounds that will be re-run (a crash may have left some)."""
-    if not path.exists():
-        return
-    keep = [
-        line for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip() and json.loads(line)["round"] < first_round
-    ]
-    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+def _trainer_context(session: Session, name: str, members: list[str], client_states, progress) -> ClientContext:
+    """A client's own context, or one trainer over several clients' pooled data (``training_groups``)."""
+    if members == [name]:
+        return session.context(name, client_states[name], progress=progress)
+    pooled = [e for m in members for e in session.train[m]]
+    return ClientContext(name, session.am, pooled, {}, session.cfg, session.pad_id, progress)
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -135,16 +131,13 @@ def _truncate_metrics(path: Path, first_round: int) -> None:
 def evaluate_session(session: Session, global_state, client_states, progress: bool):
     algo, am = session.algorithm, session.am
     evaluator = session.evaluator()
-    kinds = list(algo.evaluated) + (["zero_shot"] if session.cfg.eval.zero_shot else [])
+    kinds = eval_kinds(session.cfg, algo)
 
     def identity(kind: str, client: str) -> str:
-        return "zero_shot" if kind == "zero_shot" else algo.eval_identity(kind, client)
+        return model_identity(algo, kind, client)
 
     def activate(kind: str, client: str) -> None:
-        if kind == "zero_shot":
-            am.use(None)
-        else:
-            algo.setup_eval(am, kind, client_states[client], global_state)
+        activate_model(am, algo, kind, client_states[client], global_state)
 
     todo = {}
     for kind in kinds:
@@ -162,25 +155,10 @@ def evaluate_session(session: Session, global_state, client_states, progress: bo
 
 def _publish(session: Session, out_dir: Path, work: Path, results: dict[str, Any], state: dict[str, Any]) -> None:
     """Write the final artifacts into ``work/final`` then move each into ``out_dir``."""
-    final = work / "final"
-    if final.exists():
-        shutil.rmtree(final)
-    final.mkdir(parents=True)
-    (final / "config.toml").write_text(config_to_toml(session.cfg), encoding="utf-8")
-    write_json(final / "results.json", results)
-    (final / "report.md").write_text(render_report(results), encoding="utf-8")
-    plot_run(results, final / "accuracy.png")
-    shutil.copy(work / "metrics.jsonl", final / "metrics.jsonl")
-    write_adapters(session, state["global"], state["clients"], final / "adapters")
-    for item in sorted(final.iterdir()):
-        dest = out_dir / item.name
-        if dest.is_dir():
-            trash = work / f"old-{item.name}"
-            if trash.exists():
-                shutil.rmtree(trash)
-            os.replace(dest, trash)
-        os.replace(item, dest)
-    shutil.rmtree(work)
+    publish(
+        out_dir, work, session.cfg, results,
+        lambda folder: write_adapters(session, state["global"], state["clients"], folder),
+    )
 
 
 def write_adapters(session: Session, global_state, client_states, folder: Path) -> None:

@@ -1,0 +1,595 @@
+"""``fedoa deploy ...``: start a SuperLink or a SuperNode, launch a run, follow it, read results.
+
+Thin wrappers around Flower's own commands (``flower-superlink``, ``flower-supernode``,
+``flwr run/log/ls/stop``) that fill in what fedoa needs:
+
+- every Flower process gets ``FLWR_HOME`` (fedoa's own, ``--flwr-home``; default
+  ``<fedoa cache>/flower``), ``FLWR_TELEMETRY_ENABLED=0`` and ``FLWR_DISABLE_UPDATE_CHECK=1``;
+- the SuperLink never builds per-run environments
+  (``--disable-runtime-dependency-installation``): the apps run in this installed environment;
+- ``--insecure`` is accepted only for a loopback address; anything else needs TLS certificates;
+- the app folder (``pyproject.toml`` with the run config) is generated per run;
+- ``flwr run`` exits 0 even when the run failed, so the real status is read with ``flwr ls``.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from fedoa.errors import FedoaError
+
+CONNECTION = "fedoa"
+APP_NAME = "fedoa-app"
+PUBLISHER = "fedoa"
+SERVER_APP = "fedoa.runtime.flower.server_app:app"
+CLIENT_APP = "fedoa.runtime.flower.client_app:app"
+DEFAULT_PORT = 8000
+
+
+class DeployCliError(FedoaError):
+    """A ``fedoa deploy`` argument cannot work (insecure on a network address, missing files)."""
+
+
+# ---------------------------------------------------------------------------- TOML
+
+
+def toml_value(v: Any) -> str:
+    """A TOML literal for a str/bool/int/float (strings as basic strings, everything escaped)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if v != v or v in (float("inf"), float("-inf")):
+            raise ValueError(f"cannot write {v!r} as a TOML value")
+        return repr(v)
+    if isinstance(v, str):
+        out = []
+        for ch in v:
+            o = ord(ch)
+            if ch == '"':
+                out.append('\\"')
+            elif ch == "\\":
+                out.append("\\\\")
+            elif ch == "\n":
+                out.append("\\n")
+            elif ch == "\t":
+                out.append("\\t")
+            elif o < 0x20 or o == 0x7F:
+                out.append(f"\\u{o:04x}")
+            else:
+                out.append(ch)
+        return '"' + "".join(out) + '"'
+    raise TypeError(f"unsupported TOML value {v!r}")
+
+
+def node_config_arg(values: dict[str, Any]) -> str:
+    """``--node-config`` text: ``key="value" ...`` (Flower splits on spaces outside quotes and
+    does not allow the quote character inside a value)."""
+    parts = []
+    for k, v in values.items():
+        if isinstance(v, str):
+            if "'" not in v and "\n" not in v:
+                text = f"'{v}'"  # a TOML literal string: backslashes (Windows paths) stay as they are
+            elif '"' not in v and "\\" not in v and "\n" not in v:
+                text = f'"{v}"'
+            else:
+                raise DeployCliError(f"node-config value of {k} cannot hold both ' and \" (or a newline): {v!r}")
+        else:
+            text = toml_value(v)
+        parts.append(f"{k}={text}")
+    return " ".join(parts)
+
+
+# ---------------------------------------------------------------------------- environment
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise DeployCliError(f"expected HOST:PORT, got {address!r}", where="--superlink")
+    return host, int(port)
+
+
+def default_flwr_home() -> Path:
+    from fedoa.paths import cache_dir
+
+    return cache_dir() / "flower"
+
+
+def executable(name: str) -> str:
+    """A Flower command from this environment (the venv that runs fedoa), else from PATH."""
+    here = Path(sys.executable).parent / name
+    if here.is_file():
+        return str(here)
+    found = shutil.which(name)
+    if not found:
+        raise DeployCliError(f"{name} not found: is flwr installed in this environment?")
+    return found
+
+
+def flower_env(flwr_home: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    env["FLWR_HOME"] = str(flwr_home)
+    env["FLWR_TELEMETRY_ENABLED"] = "0"
+    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def write_connection(flwr_home: Path, address: str, insecure: bool, root_certificates: str | None) -> None:
+    """``FLWR_HOME/config.toml`` with the ``fedoa`` SuperLink connection (fedoa's own FLWR_HOME)."""
+    host, _ = split_address(address)
+    if insecure and not is_loopback(host):
+        raise DeployCliError(
+            f"--insecure is only for a SuperLink on this machine (loopback); {host} needs TLS: "
+            "give --root-certificates CA.pem (see docs/deployment.md)", where="--insecure",
+        )
+    if not insecure and not root_certificates and not is_loopback(host):
+        raise DeployCliError("a SuperLink on the network needs --root-certificates CA.pem", where="--superlink")
+    lines = ["[superlink]", f"default = {toml_value(CONNECTION)}", "", f"[superlink.{CONNECTION}]",
+             f"address = {toml_value(address)}"]
+    if insecure:
+        lines.append("insecure = true")
+    elif root_certificates:
+        ca = Path(root_certificates).expanduser().resolve()
+        if not ca.is_file():
+            raise DeployCliError("file not found", where=str(ca))
+        lines.append(f"root-certificates = {toml_value(str(ca))}")
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    (flwr_home / "config.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------- the app
+
+
+def run_config_values(
+    cfg, out_dir: str | Path, num_nodes: int, min_nodes: int = 1, eval_path: str = "",
+    round_timeout: float = 0.0, eval_timeout: float = 0.0, join_timeout: float = 600.0,
+    fresh: bool = False, poll_interval: float = 1.0,
+) -> dict[str, Any]:
+    from fedoa.config import config_to_toml
+
+    return {
+        "fedoa-config": config_to_toml(cfg),
+        "out-dir": str(out_dir),
+        "num-nodes": int(num_nodes),
+        "min-nodes": int(min_nodes),
+        "eval-path": str(eval_path),
+        "round-timeout": float(round_timeout),
+        "eval-timeout": float(eval_timeout),
+        "join-timeout": float(join_timeout),
+        "fresh": bool(fresh),
+        "poll-interval": float(poll_interval),
+    }
+
+
+def write_app(folder: str | Path, run_config: dict[str, Any]) -> Path:
+    """The Flower app folder for ``flwr run``: only ``pyproject.toml``. The components are
+    modules of the installed fedoa package, so the FAB carries no code and no data."""
+    import fedoa
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config_lines = [f"{k} = {toml_value(v)}" for k, v in run_config.items()]
+    text = "\n".join([
+        "# Generated by `fedoa deploy`: the Flower app of one fedoa run.",
+        "# The ServerApp and ClientApp are modules of the installed fedoa package; the SuperLink and",
+        "# SuperNodes run them in their own (already installed) environment, so nothing is listed",
+        "# under dependencies and nothing is installed per run.",
+        "[project]",
+        f"name = {toml_value(APP_NAME)}",
+        f"version = {toml_value(fedoa.__version__)}",
+        'description = "fedoa: federated adapters (FedOA and baselines) on Flower"',
+        'license = "Apache-2.0"',
+        "dependencies = []",
+        "",
+        "[tool.flwr.app]",
+        f"publisher = {toml_value(PUBLISHER)}",
+        "",
+        "[tool.flwr.app.components]",
+        f"serverapp = {toml_value(SERVER_APP)}",
+        f"clientapp = {toml_value(CLIENT_APP)}",
+        "",
+        "[tool.flwr.app.config]",
+        *config_lines,
+        "",
+    ])
+    (folder / "pyproject.toml").write_text(text, encoding="utf-8")
+    return folder
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def superlink_command(
+    host: str = "127.0.0.1", port: int = DEFAULT_PORT, insecure: bool = False,
+    ssl_certfile: str | None = None, ssl_keyfile: str | None = None, ssl_ca_certfile: str | None = None,
+    enable_supernode_auth: bool = False, database: str | None = None,
+) -> list[str]:
+    cmd = [executable("flower-superlink"), "--host", host, "--port", str(port),
+           "--disable-runtime-dependency-installation"]
+    if insecure:
+        if not is_loopback(host):
+            raise DeployCliError(
+                f"--insecure only on loopback (127.0.0.1); a SuperLink on {host} needs --ssl-certfile, "
+                "--ssl-keyfile and --ssl-ca-certfile", where="--insecure",
+            )
+        cmd.append("--insecure")
+    else:
+        files = {"--ssl-certfile": ssl_certfile, "--ssl-keyfile": ssl_keyfile, "--ssl-ca-certfile": ssl_ca_certfile}
+        if not all(files.values()):
+            raise DeployCliError(
+                "TLS needs --ssl-certfile, --ssl-keyfile and --ssl-ca-certfile (or --insecure on 127.0.0.1)"
+            )
+        for flag, path in files.items():
+            if not Path(path).expanduser().is_file():
+                raise DeployCliError("file not found", where=f"{flag} {path}")
+            cmd += [flag, str(Path(path).expanduser().resolve())]
+    if enable_supernode_auth:
+        cmd.append("--enable-supernode-auth")
+    if database:
+        cmd += ["--database", database]
+    return cmd
+
+
+def supernode_command(
+    superlink: str, port: int, node_config: dict[str, Any], insecure: bool = False,
+    root_certificates: str | None = None, auth_private_key: str | None = None,
+) -> list[str]:
+    host, _ = split_address(superlink)
+    cmd = [executable("flower-supernode"), "--superlink", superlink, "--port", str(port),
+           "--node-config", node_config_arg(node_config)]
+    if insecure:
+        if not is_loopback(host):
+            raise DeployCliError(
+                f"--insecure only for a SuperLink on 127.0.0.1; {host} needs --root-certificates", where="--insecure"
+            )
+        cmd.append("--insecure")
+    elif root_certificates:
+        cmd += ["--root-certificates", str(Path(root_certificates).expanduser().resolve())]
+    elif not is_loopback(host):
+        raise DeployCliError("a SuperLink on the network needs --root-certificates CA.pem", where="--superlink")
+    if auth_private_key:
+        cmd += ["--auth-supernode-private-key", str(Path(auth_private_key).expanduser().resolve())]
+    return cmd
+
+
+def flwr(args: list[str], flwr_home: Path, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [executable("flwr"), *args], env=flower_env(flwr_home), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _json_out(proc: subprocess.CompletedProcess, what: str) -> dict[str, Any]:
+    """The JSON object a ``flwr ... --format json`` printed (possibly over several lines)."""
+    text = proc.stdout
+    decoder = json.JSONDecoder()
+    found = None
+    for i, ch in enumerate(text):
+        if ch == "{" and (i == 0 or text[i - 1] == "\n"):
+            try:
+                found, _ = decoder.raw_decode(text[i:])
+            except json.JSONDecodeError:
+                continue
+    if isinstance(found, dict):
+        return found
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    raise DeployCliError(f"{what} failed (exit {proc.returncode}): " + " | ".join(tail))
+
+
+def submit(app_dir: Path, flwr_home: Path) -> int:
+    """``flwr run APP fedoa`` -> the run id."""
+    out = _json_out(flwr(["run", str(app_dir), CONNECTION, "--format", "json"], flwr_home), "flwr run")
+    if not out.get("success") or not out.get("run-id"):
+        raise DeployCliError(f"flwr run did not start a run: {out}")
+    return int(out["run-id"])
+
+
+def run_status(run_id: int, flwr_home: Path) -> dict[str, Any]:
+    """``{"status": "finished:completed", ...}`` of one run, from ``flwr ls`` (the real status)."""
+    out = _json_out(flwr(["ls", CONNECTION, "--run-id", str(run_id), "--format", "json"], flwr_home), "flwr ls")
+    runs = out.get("runs") or []
+    if not runs:
+        raise DeployCliError(f"the SuperLink knows no run {run_id}: {out}")
+    return runs[0]
+
+
+def follow(run_id: int, flwr_home: Path, poll: float = 3.0, logs: bool = True, timeout: float = 0.0) -> dict[str, Any]:
+    """Stream the run's log (``flwr log --stream``) until ``flwr ls`` says it finished."""
+    proc = None
+    if logs:
+        proc = subprocess.Popen([executable("flwr"), "log", str(run_id), CONNECTION, "--stream"], env=flower_env(flwr_home))
+    deadline = time.monotonic() + timeout if timeout > 0 else None
+    try:
+        while True:
+            status = run_status(run_id, flwr_home)
+            if str(status.get("status", "")).startswith("finished"):
+                time.sleep(1.0 if logs else 0.0)  # let the last log lines through
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeployCliError(f"run {run_id} did not finish within {timeout:g} s")
+            time.sleep(poll)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def _flwr_home(args) -> Path:
+    return Path(args.flwr_home).expanduser().resolve() if args.flwr_home else default_flwr_home()
+
+
+def _exec(cmd: list[str], flwr_home: Path) -> int:
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    print("fedoa: " + " ".join(cmd), file=sys.stderr, flush=True)
+    os.execve(cmd[0], cmd, flower_env(flwr_home))
+    return 0  # not reached
+
+
+def cmd_superlink(args) -> int:
+    cmd = superlink_command(
+        args.host, args.port, args.insecure, args.ssl_certfile, args.ssl_keyfile, args.ssl_ca_certfile,
+        args.enable_supernode_auth, args.database,
+    )
+    return _exec(cmd, _flwr_home(args))
+
+
+def cmd_supernode(args) -> int:
+    from fedoa.runtime.flower.node import node_spec
+
+    values: dict[str, Any] = {"client-name": args.client_name}
+    if args.data_path:
+        path = Path(args.data_path).expanduser().resolve()
+        if not path.is_dir():
+            raise DeployCliError("data folder not found", where=str(path))
+        values["data-path"] = str(path)
+    if args.vader_domain:
+        values["vader-domain"] = args.vader_domain
+    if args.state_dir:
+        values["state-dir"] = str(Path(args.state_dir).expanduser().resolve())
+    if args.eval_path is not None:
+        values["eval-path"] = args.eval_path if args.eval_path in ("", "embedded:vader") else str(
+            Path(args.eval_path).expanduser().resolve())
+    node_spec(values)  # the node's own checks, before Flower starts
+    cmd = supernode_command(args.superlink, args.port, values, args.insecure, args.root_certificates, args.auth_private_key)
+    return _exec(cmd, _flwr_home(args))
+
+
+def _load_config(args):
+    from fedoa.config import default_config_path, load_config
+
+    return load_config(args.config or default_config_path(), args.set or [])
+
+
+def _run_config(args) -> dict[str, Any]:
+    cfg = _load_config(args)
+    out = Path(args.out).expanduser()
+    out = out if out.is_absolute() else Path.cwd() / out
+    eval_path = args.eval_path or ""
+    if eval_path and eval_path != "embedded:vader":
+        eval_path = str(Path(eval_path).expanduser().resolve())
+    return run_config_values(
+        cfg, out, args.nodes, args.min_nodes, eval_path, args.round_timeout, args.eval_timeout,
+        args.join_timeout, args.fresh,
+    )
+
+
+def cmd_app(args) -> int:
+    folder = write_app(args.app_dir, _run_config(args))
+    print(f"wrote {folder / 'pyproject.toml'}; start it with: flwr run {folder} <connection> --stream")
+    return 0
+
+
+def cmd_run(args) -> int:
+    home = _flwr_home(args)
+    write_connection(home, args.superlink, args.insecure, args.root_certificates)
+    rc = _run_config(args)
+    tmp = None
+    if args.app_dir:
+        app_dir = write_app(args.app_dir, rc)
+    else:
+        tmp = tempfile.mkdtemp(prefix="fedoa-app-")
+        app_dir = write_app(tmp, rc)
+    try:
+        run_id = submit(app_dir, home)
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(f"fedoa: started run {run_id} on {args.superlink}; results go to {rc['out-dir']} on the SuperLink's machine",
+          flush=True)
+    if args.detach:
+        print(f"follow it with: fedoa deploy log {run_id}; status: fedoa deploy status {run_id}")
+        return 0
+    try:
+        status = follow(run_id, home, logs=not args.no_logs, timeout=args.timeout)
+    except KeyboardInterrupt:
+        print(f"\nfedoa: stopped following; run {run_id} goes on on the SuperLink "
+              f"(fedoa deploy log {run_id} / status {run_id} / stop {run_id})", file=sys.stderr)
+        return 130
+    return _finish(run_id, status, Path(rc["out-dir"]))
+
+
+def _finish(run_id: int, status: dict[str, Any], out: Path | None) -> int:
+    state = status.get("status", "")
+    print(f"fedoa: run {run_id}: {state}" + (f" ({status['status-details']})" if status.get("status-details") else ""))
+    if state == "finished:completed" and out is not None and (out / "results.json").is_file():
+        _print_results(out)
+    return 0 if state == "finished:completed" else 1
+
+
+def _print_results(out: Path) -> None:
+    from fedoa.reports.markdown import print_summary
+
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    print_summary(results)
+    for line in results.get("failures", []):
+        print(f"failure: {line}")
+    print(f"results in {out}/results.json, report in {out}/report.md")
+
+
+def cmd_status(args) -> int:
+    home = _flwr_home(args)
+    write_connection(home, args.superlink, args.insecure, args.root_certificates)
+    status = run_status(args.run_id, home)
+    print(json.dumps(status, indent=2))
+    state = status.get("status", "")
+    return 0 if state == "finished:completed" else (3 if not state.startswith("finished") else 1)
+
+
+def cmd_log(args) -> int:
+    home = _flwr_home(args)
+    write_connection(home, args.superlink, args.insecure, args.root_certificates)
+    if args.wait:
+        return _finish(args.run_id, follow(args.run_id, home), Path(args.out) if args.out else None)
+    return _exec([executable("flwr"), "log", str(args.run_id), CONNECTION, "--stream"], home)
+
+
+def cmd_stop(args) -> int:
+    home = _flwr_home(args)
+    write_connection(home, args.superlink, args.insecure, args.root_certificates)
+    proc = flwr(["stop", str(args.run_id), CONNECTION], home)
+    print((proc.stdout + proc.stderr).strip())
+    return proc.returncode
+
+
+def cmd_register(args) -> int:
+    home = _flwr_home(args)
+    write_connection(home, args.superlink, args.insecure, args.root_certificates)
+    key = Path(args.public_key).expanduser().resolve()
+    if not key.is_file():
+        raise DeployCliError("file not found", where=str(key))
+    proc = flwr(["supernode", "register", str(key), CONNECTION], home)
+    print((proc.stdout + proc.stderr).strip())
+    return proc.returncode
+
+
+def cmd_results(args) -> int:
+    out = Path(args.out)
+    if not (out / "results.json").is_file():
+        raise DeployCliError("no results.json (the run has not finished, or it ran on another machine: "
+                             "copy OUT from the SuperLink's machine)", where=str(out))
+    _print_results(out)
+    return 0
+
+
+def _connection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--superlink", default=f"127.0.0.1:{DEFAULT_PORT}", help="SuperLink address HOST:PORT")
+    p.add_argument("--insecure", action="store_true", help="no TLS (only for a SuperLink on 127.0.0.1)")
+    p.add_argument("--root-certificates", help="CA certificate (PEM) that signed the SuperLink's certificate")
+    p.add_argument("--flwr-home", help="Flower's home folder for fedoa (default: <fedoa cache>/flower)")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML config file (default: the embedded default config)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key (repeatable)")
+    p.add_argument("--out", required=True, help="output folder on the SuperLink's machine (results.json, report.md ...)")
+    p.add_argument("--nodes", type=int, required=True, help="clients (SuperNodes) to wait for before round 1")
+    p.add_argument("--min-nodes", type=int, default=1, help="updates a round needs to be aggregated (default 1)")
+    p.add_argument("--eval-path", default="", help="shared test sets every node reads for OOD: a folder of "
+                   "<category>/<task>_test.jsonl or 'embedded:vader' (default: ID only)")
+    p.add_argument("--round-timeout", type=float, default=0.0, help="seconds to wait for a round's replies (0: until "
+                   "each node replied or Flower reports it unavailable)")
+    p.add_argument("--eval-timeout", type=float, default=0.0, help="the same for the final evaluation")
+    p.add_argument("--join-timeout", type=float, default=600.0, help="seconds to wait for --nodes clients")
+    p.add_argument("--fresh", action="store_true", help="ignore an unfinished run's checkpoint in OUT")
+
+
+def add_deploy_parser(sub) -> None:
+    """Register ``fedoa deploy ...`` on the main parser's subparsers."""
+    deploy = sub.add_parser("deploy", help="run on several machines with Flower's Deployment Engine "
+                            "(SuperLink, SuperNodes, runs); see docs/deployment.md")
+    dsub = deploy.add_subparsers(dest="deploy_command", required=True)
+
+    p = dsub.add_parser("superlink", help="start the SuperLink (the coordinator) in the foreground")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface; needs TLS)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port of the Fleet, Control and Runtime APIs")
+    p.add_argument("--insecure", action="store_true", help="no TLS (only with --host 127.0.0.1)")
+    p.add_argument("--ssl-certfile", help="the SuperLink's certificate (PEM)")
+    p.add_argument("--ssl-keyfile", help="the SuperLink's private key (PEM)")
+    p.add_argument("--ssl-ca-certfile", help="the CA certificate that signed it (PEM)")
+    p.add_argument("--enable-supernode-auth", action="store_true",
+                   help="accept only SuperNodes registered with `flwr supernode register`")
+    p.add_argument("--database", help="SQLite file for the SuperLink's state (default: in memory)")
+    p.add_argument("--flwr-home", help="Flower's home folder (default: <fedoa cache>/flower)")
+    p.set_defaults(func=cmd_superlink)
+
+    p = dsub.add_parser("supernode", help="start a SuperNode (one client with its own data) in the foreground")
+    p.add_argument("--superlink", default=f"127.0.0.1:{DEFAULT_PORT}", help="SuperLink address HOST:PORT")
+    p.add_argument("--port", type=int, default=9094, help="local port for the node's ClientApp processes "
+                   "(one per SuperNode on a machine)")
+    p.add_argument("--client-name", required=True, help="the client this node is (unique in the federation)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--data-path", help="folder <category>/<task>_{train,test}.jsonl with this client's data")
+    g.add_argument("--vader-domain", help="one embedded VADER domain (movie, tweets, amazon, nyt) instead")
+    p.add_argument("--state-dir", help="where this client's personal adapters live (default: <fedoa cache>/node-state)")
+    p.add_argument("--eval-path", default=None, help="shared test sets on this machine (overrides the run's)")
+    p.add_argument("--insecure", action="store_true", help="no TLS (only for a SuperLink on 127.0.0.1)")
+    p.add_argument("--root-certificates", help="CA certificate (PEM) that signed the SuperLink's certificate")
+    p.add_argument("--auth-private-key", help="this node's private key (with --enable-supernode-auth on the SuperLink)")
+    p.add_argument("--flwr-home", help="Flower's home folder (default: <fedoa cache>/flower)")
+    p.set_defaults(func=cmd_supernode)
+
+    p = dsub.add_parser("run", help="launch a run on the SuperLink and follow it until it finishes")
+    _run_args(p)
+    _connection_args(p)
+    p.add_argument("--app-dir", help="write the generated Flower app here (default: a temporary folder)")
+    p.add_argument("--detach", action="store_true", help="return once the run is started")
+    p.add_argument("--no-logs", action="store_true", help="do not stream the ServerApp's log")
+    p.add_argument("--timeout", type=float, default=0.0, help="give up following after this many seconds (0: never)")
+    p.set_defaults(func=cmd_run)
+
+    p = dsub.add_parser("app", help="only write the Flower app folder (for `flwr run` by hand)")
+    _run_args(p)
+    p.add_argument("--app-dir", required=True, help="folder to write pyproject.toml into")
+    p.set_defaults(func=cmd_app)
+
+    for name, func, help_ in (
+        ("status", cmd_status, "the real status of a run (exit 0 completed, 1 failed/stopped, 3 not finished)"),
+        ("log", cmd_log, "stream a run's log"),
+        ("stop", cmd_stop, "stop a run"),
+    ):
+        p = dsub.add_parser(name, help=help_)
+        p.add_argument("run_id", type=int)
+        _connection_args(p)
+        if name == "log":
+            p.add_argument("--wait", action="store_true", help="follow until the run finishes, then print its status")
+            p.add_argument("--out", help="with --wait: print the results in OUT when the run completed")
+        p.set_defaults(func=func)
+
+    p = dsub.add_parser("register", help="register a SuperNode's public key (SuperLink with --enable-supernode-auth)")
+    p.add_argument("public_key", help="the node's public key (SSH format, NIST EC curve, e.g. ssh-keygen -t ecdsa -b 384)")
+    _connection_args(p)
+    p.set_defaults(func=cmd_register)
+
+    p = dsub.add_parser("results", help="print the ID/OOD table and failures of a finished run")
+    p.add_argument("--out", required=True, help="the run's output folder")
+    p.set_defaults(func=cmd_results)

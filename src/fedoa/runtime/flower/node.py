@@ -1,0 +1,332 @@
+"""The node side of the Flower app: one SuperNode = one client with its own data and state.
+
+A node is configured by its SuperNode's ``--node-config`` (TOML values, strings quoted)::
+
+    client-name = "movie"          # the client this node is; names its state and its ID test set
+    data-path   = "/srv/fedoa/movie"   # a folder <category>/<task>_{train,test}.jsonl (Flan-8 layout)
+    vader-domain = "movie"         # ... or, instead of data-path, one embedded VADER domain (demo)
+    state-dir   = "/srv/fedoa/state"   # where the personal adapters live (default: fedoa's cache)
+    eval-path   = "/mnt/shared/test"   # optional: overrides the run's eval-path on this node
+
+Everything the node holds in ``data-path`` is this one client's data (several task folders are
+merged into one client). The run's ``[data]`` settings that shape a client still apply here:
+``train_per_client``/``test_per_client`` caps, ``split_seed``, ``test_fraction`` (VADER),
+``template``; the in-process loader's ``source``/``path``/``tasks``/``partition`` do not (the
+node's data *is* its partition).
+
+Shared test sets (for OOD): ``eval-path`` is a folder of ``<category>/<task>_test.jsonl`` files
+(``_train`` files beside them are ignored), or ``embedded:vader`` for the embedded VADER test
+splits. A set is named by its task, like a client of the in-process runtime, and capped with the
+same seeded ``test_per_client`` sample, so with the same files the deployment meets exactly the
+test data of ``fedoa run``.
+
+State: ``state-dir/<client-name>/<run-key>/round-NNNN.safetensors`` is the client's private state
+(its personal adapter) after round NNNN; the server says which round's state a message starts
+from (the last round whose update it aggregated), so a node restart, a server restart or a rerun
+of the same run continues exactly. ``.../adapters/personal/`` holds the final personal adapter in
+PEFT's layout (written at evaluation).
+"""
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedoa.checkpoint import client_file_name, load_client_state, save_client_state
+from fedoa.config import RunConfig, load_config
+from fedoa.data.partition import cap_records
+from fedoa.data.records import ClientData, Record
+from fedoa.errors import ConfigError, DataError, FedoaError
+from fedoa.paths import cache_dir
+
+NODE_KEYS = ("client-name", "data-path", "vader-domain", "state-dir", "eval-path")
+# keys Flower itself may put into a node's config (simulation); accepted and ignored
+_FLOWER_KEYS = ("partition-id", "num-partitions")
+EMBEDDED_VADER = "embedded:vader"
+
+
+class NodeError(FedoaError):
+    """A node's configuration, data or state is unusable (the message names the node)."""
+
+
+# ---------------------------------------------------------------------------- configuration
+
+
+@dataclass
+class NodeSpec:
+    client: str
+    data_path: str = ""
+    vader_domain: str = ""
+    state_dir: str = ""
+    eval_path: str | None = None  # None: use the run's eval-path
+
+    @property
+    def state_root(self) -> Path:
+        return Path(self.state_dir).expanduser() if self.state_dir else cache_dir() / "node-state"
+
+
+def node_spec(node_config: Mapping[str, Any]) -> NodeSpec:
+    """Validate a SuperNode's ``--node-config`` (unknown keys are errors: a typo never passes)."""
+    unknown = sorted(k for k in node_config if k not in NODE_KEYS and k not in _FLOWER_KEYS)
+    if unknown:
+        raise NodeError(f"unknown node-config key(s) {unknown}; known: {', '.join(NODE_KEYS)}", where="node-config")
+    for k in NODE_KEYS:
+        if k in node_config and not isinstance(node_config[k], str):
+            raise NodeError(f"{k} must be a quoted string, e.g. {k}=\"...\"", where="node-config")
+    client = node_config.get("client-name", "")
+    data_path = node_config.get("data-path", "")
+    vader = node_config.get("vader-domain", "")
+    if bool(data_path) == bool(vader):
+        raise NodeError("give exactly one of data-path or vader-domain", where="node-config")
+    if not client:
+        raise NodeError('client-name is required, e.g. client-name="movie"', where="node-config")
+    try:
+        client_file_name(client)
+    except ValueError as e:
+        raise NodeError(str(e), where="node-config client-name") from None
+    return NodeSpec(
+        client=client,
+        data_path=data_path,
+        vader_domain=vader,
+        state_dir=node_config.get("state-dir", ""),
+        eval_path=node_config.get("eval-path") if "eval-path" in node_config else None,
+    )
+
+
+def config_from_text(text: str) -> RunConfig:
+    """The run's config from its TOML text (``fedoa-config`` in the run config)."""
+    with tempfile.TemporaryDirectory(prefix="fedoa-config-") as tmp:
+        path = Path(tmp) / "run.toml"
+        path.write_text(text, encoding="utf-8")
+        try:
+            return load_config(path)
+        except ConfigError as e:
+            raise ConfigError(e.message, where=f"fedoa-config: {(e.where or '').split(': ', 1)[-1]}") from None
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def _merge(tasks: dict[str, tuple[list[Record], list[Record]]]) -> tuple[list[Record], list[Record]]:
+    train = [r for tr, _ in tasks.values() for r in tr]
+    test = [r for _, te in tasks.values() for r in te]
+    return train, test
+
+
+def load_node_data(cfg: RunConfig, spec: NodeSpec) -> ClientData:
+    """This node's client: every task in its data, merged, then capped like any client."""
+    seed = cfg.data.split_seed
+    if spec.vader_domain:
+        from fedoa.data.vader import load_vader
+
+        tasks = load_vader([spec.vader_domain], cfg.data.test_fraction, seed)
+    else:
+        from fedoa.data.jsonl import load_jsonl_folder
+
+        tasks = load_jsonl_folder(spec.data_path)
+    train, test = _merge(tasks)
+    client = ClientData(
+        spec.client,
+        cap_records(train, cfg.data.train_per_client, seed, f"{spec.client}:train"),
+        cap_records(test, cfg.data.test_per_client, seed, f"{spec.client}:test"),
+    )
+    if not client.train or not client.test:
+        raise DataError(f"node {spec.client!r} has no {'training' if not client.train else 'test'} records",
+                        where=spec.data_path or f"vader:{spec.vader_domain}")
+    return client
+
+
+def load_eval_sets(cfg: RunConfig, eval_path: str) -> dict[str, list[Record]]:
+    """Shared test sets: task -> records, in (category, task) order, capped like a client's."""
+    seed, cap = cfg.data.split_seed, cfg.data.test_per_client
+    if not eval_path:
+        return {}
+    if eval_path == EMBEDDED_VADER:
+        from fedoa.data.vader import load_vader
+
+        return {d: cap_records(te, cap, seed, f"{d}:test") for d, (_, te) in load_vader((), cfg.data.test_fraction, seed).items()}
+    from fedoa.data.jsonl import load_jsonl_file
+
+    root = Path(eval_path).expanduser()
+    if not root.is_dir():
+        raise DataError("eval-path folder not found", where=str(root))
+    found: dict[str, tuple[str, Path]] = {}
+    for file in sorted(root.glob("*/*_test.jsonl")):
+        task = file.name[: -len("_test.jsonl")]
+        if task in found:
+            raise DataError(f"test set {task!r} appears in two categories", where=str(root))
+        found[task] = (file.parent.name, file)
+    if not found:
+        raise DataError("no <category>/<task>_test.jsonl files found", where=str(root))
+    out = {}
+    for category, task in sorted((c, t) for t, (c, _) in found.items()):
+        out[task] = cap_records(load_jsonl_file(found[task][1], category=category, task=task), cap, seed, f"{task}:test")
+    return out
+
+
+def _pairs(records: list[Record]) -> list[list[str]]:
+    """The distinct (task, category) pairs of records, in first-seen order."""
+    seen: dict[tuple[str, str], None] = {}
+    for r in records:
+        seen.setdefault((r.task, r.category), None)
+    return [list(p) for p in seen]
+
+
+def describe_set(records: list[Record]) -> dict[str, Any]:
+    """What the server learns about a test set: its size and its (task, category) pairs."""
+    return {"size": len(records), "pairs": _pairs(records)}
+
+
+# ---------------------------------------------------------------------------- state
+
+
+class StateStore:
+    """A client's private state on the node's disk, one safetensors file per round."""
+
+    def __init__(self, spec: NodeSpec, run_key: str):
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", run_key):
+            raise NodeError(f"bad run key {run_key!r}")
+        self.folder = spec.state_root / spec.client / run_key
+
+    def path(self, round_: int) -> Path:
+        return self.folder / f"round-{round_:04d}.safetensors"
+
+    def load(self, round_: int):
+        p = self.path(round_)
+        if not p.is_file():
+            raise NodeError(
+                f"the state of this client after round {round_} is missing ({p}); was the node's "
+                "state-dir changed or deleted? Start the run afresh to begin from new adapters"
+            )
+        return load_client_state(p)
+
+    def save(self, round_: int, state) -> None:
+        save_client_state(self.path(round_), state)
+
+    def prune(self, keep_from: int) -> None:
+        """Delete states of rounds before ``keep_from`` (the server will never ask for them)."""
+        for p in self.folder.glob("round-*.safetensors"):
+            try:
+                r = int(p.name[len("round-"): -len(".safetensors")])
+            except ValueError:
+                continue
+            if r < keep_from:
+                p.unlink(missing_ok=True)
+
+    def write_info(self, info: dict[str, Any]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "run.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------- handlers
+
+
+@dataclass
+class NodeRun:
+    """A node's view of one run: the config, the node spec and the run-wide settings."""
+
+    cfg: RunConfig
+    spec: NodeSpec
+    eval_path: str
+
+    @classmethod
+    def from_context(cls, node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> "NodeRun":
+        spec = node_spec(node_config)
+        text = run_config.get("fedoa-config")
+        if not isinstance(text, str) or not text:
+            raise NodeError("the run config has no fedoa-config (was the app made by `fedoa deploy`?)")
+        cfg = config_from_text(text)
+        eval_path = spec.eval_path if spec.eval_path is not None else str(run_config.get("eval-path", ""))
+        return cls(cfg, spec, eval_path)
+
+    def _client_state(self, session, store: StateStore, base_round: int):
+        if base_round <= 0:
+            return session.algorithm.init_client(session.am, self.spec.client)
+        return store.load(base_round)
+
+    # -------------------------------------------------------------- query
+
+    def query(self) -> dict[str, Any]:
+        client = load_node_data(self.cfg, self.spec)
+        sets = {name: describe_set(recs) for name, recs in load_eval_sets(self.cfg, self.eval_path).items()}
+        return {
+            "client": self.spec.client,
+            "train": len(client.train),
+            "train-pairs": _pairs(client.train),
+            "test": describe_set(client.test),
+            "sets": sets,
+        }
+
+    # -------------------------------------------------------------- train
+
+    def train(self, values: Mapping[str, Any], global_state) -> tuple[dict[str, Any], Any]:
+        from fedoa.runtime.session import open_session
+
+        start = time.perf_counter()
+        round_, base = int(values["round"]), int(values["state-round"])
+        store = StateStore(self.spec, str(values["run-key"]))
+        client = load_node_data(self.cfg, self.spec)
+        session = open_session(self.cfg, clients=[client])
+        state = self._client_state(session, store, base)
+        ctx = session.context(self.spec.client, state)
+        update = session.algorithm.client_update(ctx, global_state, round_)
+        store.save(round_, ctx.state)
+        store.prune(base)
+        store.write_info({"client": self.spec.client, "last_trained_round": round_, "method": self.cfg.method})
+        phases = [
+            {"phase": p.phase, "steps": p.steps, "examples": p.examples, "seconds": p.seconds, "metrics": p.metrics}
+            for p in update.phases
+        ]
+        reply = {
+            "client": self.spec.client,
+            "round": round_,
+            "num-examples": update.num_examples,
+            "phases": phases,
+            "seconds": time.perf_counter() - start,
+        }
+        return reply, update.state
+
+    # -------------------------------------------------------------- evaluate
+
+    def evaluate(self, values: Mapping[str, Any], global_state) -> dict[str, Any]:
+        from fedoa.evaluation.matrix import EvalPlan
+        from fedoa.runtime.common import activate_model, eval_kinds
+        from fedoa.runtime.session import open_session
+
+        start = time.perf_counter()
+        pairs = [tuple(p) for p in json.loads(values["pairs"])]
+        base = int(values["state-round"])
+        store = StateStore(self.spec, str(values["run-key"]))
+        client = load_node_data(self.cfg, self.spec)
+        wanted = {s for _, s in pairs}
+        shared = load_eval_sets(self.cfg, self.eval_path) if wanted - {client.name} else {}
+        sets = {}
+        for s in sorted(wanted):
+            if s == client.name:
+                sets[s] = client.test
+            elif s in shared:
+                sets[s] = shared[s]
+            else:
+                raise NodeError(f"test set {s!r} is not readable on node {client.name!r} (eval-path {self.eval_path!r})")
+        plan = EvalPlan(sets=sets, id_set={client.name: client.name}, ood_sets={client.name: [s for s in sets if s != client.name]})
+        session = open_session(self.cfg, clients=[client], plan=plan)
+        algo, am = session.algorithm, session.am
+        state = self._client_state(session, store, base)
+        evaluator = session.evaluator()
+        scores = []
+        order = {k: i for i, k in enumerate(eval_kinds(self.cfg, algo))}
+        for kind in sorted({k for k, _ in pairs}, key=lambda k: order.get(k, len(order))):
+            activate_model(am, algo, kind, state, global_state)
+            for k, s in pairs:
+                if k == kind:
+                    sc = evaluator.score(s)
+                    scores.append([kind, s, sc.options, sc.generation])
+        for kind, st in algo.exported_adapters(state, global_state).items():
+            if kind != "global":  # the server writes the global adapter; personal ones stay here
+                am.save(st, store.folder / "adapters" / kind)
+        return {"client": client.name, "scores": scores, "seconds": time.perf_counter() - start}

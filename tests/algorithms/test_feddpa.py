@@ -1,0 +1,229 @@
+import math
+
+import pytest
+import torch
+
+from fedoa.algorithms.base import ClientContext
+from fedoa.algorithms.feddpa import (
+    ANCHORS,
+    FEATURES,
+    FedDPA,
+    instance_weights,
+    mixer_of,
+    on_top_of_global,
+    prompt_features,
+    sample_instances,
+)
+from fedoa.data.batching import collate
+from fedoa.data.prompts import PromptEncoder
+from fedoa.evaluation.scoring import _left_pad, option_scores
+from fedoa.model.adapters import GLOBAL, PERSONAL
+from fedoa.training.losses import response_loss, task_objective
+
+from tests.conftest import synthetic_clients, tiny_config
+
+
+def _noisy(am, seed, scale=0.3):
+    gen = torch.Generator().manual_seed(seed)
+    return {k: v + scale * torch.randn(v.shape, generator=gen) for k, v in am.fresh_state(seed).items()}
+
+
+def _setup(tiny):
+    am, tok = tiny
+    client = synthetic_clients(("a",), n_train=8)[0]
+    enc = PromptEncoder(tok, "plain", 64)
+    train = [enc.encode_train(r) for r in client.train]
+    return am, tok, enc, train, _noisy(am, 1), _noisy(am, 2)
+
+
+def _lora_layers(am):
+    from peft.tuners.lora.layer import LoraLayer
+
+    return [m for m in am.peft.modules() if isinstance(m, LoraLayer)]
+
+
+@torch.no_grad()
+def _manual_hidden(am, ids, mask, w_g, w_p, positions=None):
+    """One example, both slots active, PEFT's own scaling multiplied by (w_g, w_p): no hooks."""
+    mixer_of(am).disarm()
+    am.use(GLOBAL)
+    am.peft.base_model.set_adapter([GLOBAL, PERSONAL], inference_mode=True)
+    layers = _lora_layers(am)
+    saved = [(l.scaling[GLOBAL], l.scaling[PERSONAL]) for l in layers]
+    try:
+        for l, (sg, sp) in zip(layers, saved):
+            l.scaling[GLOBAL], l.scaling[PERSONAL] = sg * w_g, sp * w_p
+        return am.hidden(ids, mask, position_ids=positions)
+    finally:
+        for l, (sg, sp) in zip(layers, saved):
+            l.scaling[GLOBAL], l.scaling[PERSONAL] = sg, sp
+        am.use(GLOBAL)
+
+
+def test_instance_weights_by_hand():
+    feats = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
+    anchors = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [-1.0, 0.0, 0.0]])
+    # row 0: cos = 1, 0, -1 -> mean 0; row 1: cos = 1/sqrt2, 1/sqrt2, -1/sqrt2 -> mean 1/(3 sqrt2)
+    got = instance_weights(feats, anchors, 0.5)
+    assert got[0].item() == pytest.approx(0.0, abs=1e-7)
+    assert got[1].item() == pytest.approx(0.5 / (3 * math.sqrt(2)), rel=1e-6)
+    # clipped to [0, 1]
+    assert instance_weights(torch.tensor([[-1.0, 0.0, 0.0]]), anchors[:1], 0.5).item() == 0.0
+    assert instance_weights(feats[:1], anchors[:1], 3.0).item() == 1.0
+
+
+def test_sampled_instances_are_seeded_per_client():
+    a = sample_instances(100, 5, seed=0, client="a")
+    assert a == sample_instances(100, 5, seed=0, client="a") and len(set(a)) == 5
+    assert a != sample_instances(100, 5, seed=0, client="b")
+    assert sample_instances(3, 5, 0, "a") == [0, 1, 2]
+
+
+def _arm_instance(tiny, scale=1.0, on="personal"):
+    am, tok, enc, train, g, p = _setup(tiny)
+    cfg = tiny_config(feddpa={"sim_scale": scale, "instance_weight_on": on})
+    algo = FedDPA(cfg)
+    anchors = prompt_features(am, [e.prompt for e in train[:5]], tok.pad_token_id)
+    state = {PERSONAL: p, ANCHORS: {FEATURES: anchors}}
+    algo.setup_eval(am, "personal", state, g)
+    return am, tok, enc, train, anchors
+
+
+@pytest.mark.parametrize("on", ["personal", "global"])
+def test_instance_mix_equals_the_manual_mix_per_row(tiny, on):
+    am, tok, enc, train, anchors = _arm_instance(tiny, scale=1.0, on=on)
+    prompts = [train[0].prompt, tuple(tok("Completely unrelated words about a train timetable:")["input_ids"])]
+    ids, mask = _left_pad(prompts, tok.pad_token_id)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        mixed = am.hidden(ids, mask, position_ids=positions)
+    weights = mixer_of(am).batch_weights.clone()
+
+    # the weights by hand: base-model features of each prompt alone, mean cosine to the anchors
+    base = prompt_features(am, prompts, tok.pad_token_id)
+    for b in range(2):
+        sims = [torch.nn.functional.cosine_similarity(base[b], a, dim=0).item() for a in anchors]
+        w = min(1.0, max(0.0, sum(sims) / len(sims)))
+        expected = (1 - w, w) if on == "personal" else (w, 1 - w)
+        assert weights[b].tolist() == pytest.approx(expected, abs=1e-5)
+    assert abs(weights[0, 1] - weights[1, 1]) > 1e-3, "the two rows should get different weights"
+
+    for b in range(2):
+        n = len(prompts[b])
+        one = torch.tensor([prompts[b]])
+        manual = _manual_hidden(am, one, torch.ones_like(one), weights[b, 0].item(), weights[b, 1].item())
+        torch.testing.assert_close(mixed[b, -n:], manual[0], rtol=1e-4, atol=1e-5)
+    am.use(GLOBAL)
+
+
+def test_option_scores_follow_rows_through_the_kv_cache(tiny):
+    am, tok, enc, train, _ = _arm_instance(tiny, scale=1.0)
+    prompts = [train[1].prompt, tuple(tok("Another, rather different question?\nAnswer:\n")["input_ids"])]
+    opts = [enc.answer_ids(o) for o in ("very positive indeed", "negative", "quite negative overall")]
+    assert sum(len(o) > 1 for o in opts) >= 2
+    options = [opts, opts[::-1]]
+    mixed = option_scores(am, prompts, options, tok.pad_token_id)
+    weights = mixer_of(am).batch_weights.clone()
+    assert abs(weights[0, 1] - weights[1, 1]) > 1e-3
+
+    for b in range(2):
+        for k, o in enumerate(options[b]):
+            seq = torch.tensor([prompts[b] + o])
+            h = _manual_hidden(am, seq, torch.ones_like(seq), weights[b, 0].item(), weights[b, 1].item())
+            logp = torch.log_softmax(am.logits(h[0]).float(), -1)
+            start = len(prompts[b]) - 1
+            expected = sum(logp[start + i, t].item() for i, t in enumerate(o))
+            assert mixed[b][k] == pytest.approx(expected, abs=1e-4)
+    am.use(GLOBAL)
+
+
+@pytest.mark.parametrize("mix, w", [("fixed", (0.3, 0.7)), ("sum", (1.0, 1.0))])
+def test_fixed_and_sum_mixes(tiny, mix, w):
+    am, tok, enc, train, g, p = _setup(tiny)
+    algo = FedDPA(tiny_config(feddpa={"mix": mix, "fixed_weight": 0.3}))
+    algo.setup_eval(am, "personal", {PERSONAL: p}, g)
+    one = torch.tensor([train[2].prompt])
+    with torch.no_grad():
+        got = am.hidden(one, torch.ones_like(one))
+    am.set(GLOBAL, g)
+    am.set(PERSONAL, p)
+    torch.testing.assert_close(got, _manual_hidden(am, one, torch.ones_like(one), *w), rtol=1e-4, atol=1e-5)
+
+
+def test_hooks_are_inert_outside_the_armed_mix(tiny):
+    am, tok, enc, train, g, p = _setup(tiny)
+    one = torch.tensor([train[3].prompt])
+    mask = torch.ones_like(one)
+    am.set(GLOBAL, g)
+    am.use(GLOBAL)
+    with torch.no_grad():
+        plain = am.hidden(one, mask)
+    algo = FedDPA(tiny_config(feddpa={"mix": "fixed", "fixed_weight": 0.2}))
+    algo.setup_eval(am, "personal", {PERSONAL: p}, g)  # arms the mix (and installs the hooks)
+    am.use(GLOBAL)  # any single slot: the hooks stand aside
+    with torch.no_grad():
+        assert torch.equal(am.hidden(one, mask), plain)
+    algo.setup_eval(am, "global", {PERSONAL: p}, g)
+    with torch.no_grad():
+        assert torch.equal(am.hidden(one, mask), plain)
+
+
+def test_personal_step_trains_p_on_top_of_frozen_g(tiny):
+    am, tok, enc, train, g, p = _setup(tiny)
+    am.set(GLOBAL, g)
+    am.set(PERSONAL, p)
+    am.use(PERSONAL)
+    params = am.trainable(PERSONAL)
+    batch = collate(train[:2], [0, 1], tok.pad_token_id)
+    loss, _ = on_top_of_global(task_objective)(am, batch)
+    loss.backward()
+    assert all(q.grad is not None and q.grad.abs().sum() > 0 for q in params)
+    assert all(q.grad is None for q in am.params[GLOBAL].values())
+    with torch.no_grad():  # the loss is that of base + G + P
+        assert set(am.peft.base_model.active_adapters) == {GLOBAL, PERSONAL}
+        stacked, _ = response_loss(am, batch)
+        am.use(PERSONAL)
+        alone, _ = response_loss(am, batch)
+    assert loss.item() == pytest.approx(stacked.item(), rel=1e-6)
+    assert abs(loss.item() - alone.item()) > 1e-6
+    for q in params:
+        q.grad = None
+    am.freeze()
+
+
+def test_client_update_stores_seeded_anchors_and_uploads_g(tiny):
+    am, tok, enc, train, g, _ = _setup(tiny)
+    cfg = tiny_config(train={"max_steps": 1})
+    algo = FedDPA(cfg)
+    state = algo.init_client(am, "a")
+    p0 = {k: v.clone() for k, v in state[PERSONAL].items()}
+    ctx = ClientContext("a", am, train, state, cfg, tok.pad_token_id)
+    update = algo.client_update(ctx, g, round_=1)
+    assert [ph.phase for ph in update.phases] == ["personal", "global"]
+    assert any(not torch.equal(p0[k], state[PERSONAL][k]) for k in p0)
+    assert any(not torch.equal(g[k], update.state[k]) for k in g)
+    anchors = state[ANCHORS][FEATURES]
+    idx = sample_instances(len(train), cfg.feddpa.num_instances, cfg.seed, "a")
+    assert anchors.shape == (5, am.base.config.hidden_size)
+    torch.testing.assert_close(anchors, prompt_features(am, [train[i].prompt for i in idx], tok.pad_token_id))
+    assert set(algo.exported_adapters(state, update.state)) == {"global", "personal"}
+
+
+def test_greedy_generation_uses_each_rows_weights(tiny):
+    am, tok, enc, train, _ = _arm_instance(tiny, scale=1.0)
+    prompts = [train[4].prompt, tuple(tok("Completely unrelated words about a train timetable:")["input_ids"])]
+    ids, mask = _left_pad(prompts, tok.pad_token_id)
+    kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=None)
+    with torch.no_grad():
+        batched = am.generate(input_ids=ids, attention_mask=mask, **kw)[:, ids.shape[1]:]
+    weights = mixer_of(am).batch_weights.clone()
+    assert abs(weights[0, 1] - weights[1, 1]) > 1e-3
+    mix = mixer_of(am)
+    for b in range(2):
+        one = torch.tensor([prompts[b]])
+        mix.arm("fixed", fixed_weight=weights[b, 0].item())  # the same weights, one row at a time
+        with torch.no_grad():
+            alone = am.generate(input_ids=one, attention_mask=torch.ones_like(one), **kw)[0, one.shape[1]:]
+        assert batched[b].tolist() == alone.tolist()
+    mix.disarm()
+    am.use(GLOBAL)

@@ -1,0 +1,197 @@
+"""The Flower app's server and node logic on an in-memory grid (no daemons): the same results as
+the in-process runtime, failures, resume, node state on disk."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedoa.errors import FedoaError
+from fedoa.runtime.flower.deploy import run_config_values, write_app
+from fedoa.runtime.flower.node import node_spec
+from fedoa.runtime.flower.server import ServerSettings, run_server
+from fedoa.runtime.simulation import run_simulation
+
+from tests.conftest import tiny_config
+from tests.runtime.flower.harness import NAMES, FakeGrid, make_federation
+
+
+@pytest.fixture
+def task_identity():
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def deploy(cfg, paths, nodes, out, **kw):
+    rc = run_config_values(cfg, out, num_nodes=len(nodes), eval_path=str(paths["shared"]), poll_interval=0.0, **kw)
+    grid = FakeGrid(nodes, rc)
+    return grid, rc
+
+
+def adapter(folder):
+    return load_file(str(folder / "adapters" / "global" / "adapter_model.safetensors"))
+
+
+def test_deployment_logic_matches_the_in_process_run(tmp_path, task_identity):
+    cfg, paths, nodes = make_federation(tmp_path)
+    sim = run_simulation(cfg, tmp_path / "sim", progress=False)
+    grid, rc = deploy(cfg, paths, nodes, tmp_path / "dep")
+    dep = run_server(grid, ServerSettings.from_run_config(rc), log=lambda m: None)
+
+    a, b = adapter(tmp_path / "sim"), adapter(tmp_path / "dep")
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+    for key in ("summary", "per_client", "matrices", "clients", "test_sets", "id_set", "ood_sets"):
+        assert json.dumps(dep[key], sort_keys=True) == json.dumps(sim[key], sort_keys=True), key
+    for key in ("adapter_bytes", "bytes_up_per_round", "bytes_down_per_round", "clients_per_round"):
+        assert dep["communication"][key] == sim["communication"][key]
+    assert dep["failures"] == []
+    sim_lines = [json.loads(x) for x in (tmp_path / "sim" / "metrics.jsonl").read_text().splitlines()]
+    dep_lines = [json.loads(x) for x in (tmp_path / "dep" / "metrics.jsonl").read_text().splitlines()]
+    strip = lambda ls: [{k: v for k, v in x.items() if k != "seconds"} for x in ls]  # noqa: E731
+    assert strip(dep_lines) == strip(sim_lines)
+    assert (tmp_path / "dep" / "report.md").read_text().startswith("# fedoa run: fedoa")
+    assert not (tmp_path / "dep" / "adapters" / "personal").exists()  # personal adapters stay on nodes
+    # each node keeps its own client's state, and its final personal adapter, on its own disk
+    for n in NAMES:
+        [run_dir] = (tmp_path / f"state-{n}" / n).iterdir()
+        assert sorted(p.name for p in run_dir.glob("round-*.safetensors")) == ["round-0001.safetensors", "round-0002.safetensors"]
+        mine = load_file(str(run_dir / "adapters" / "personal" / "adapter_model.safetensors"))
+        ref = load_file(str(tmp_path / "sim" / "adapters" / "personal" / n / "adapter_model.safetensors"))
+        assert max((mine[k] - ref[k]).abs().max().item() for k in ref) <= 1e-5
+    # shared models are scored once per set: 3 ID + 3x2 OOD personal, 3 global, 3 zero-shot
+    evals = [t for _, t in grid.sent if t == "evaluate"]
+    assert len(evals) == 3
+
+
+def test_a_lost_node_is_recorded_and_the_round_goes_on(tmp_path, task_identity):
+    cfg, paths, nodes = make_federation(tmp_path)
+    grid, rc = deploy(cfg, paths, nodes, tmp_path / "dep", min_nodes=2)
+
+    def kill_b_in_round_two(msg):
+        if msg.metadata.message_type == "train" and msg.metadata.group_id == "2":
+            grid.dead.add(101)
+
+    grid.on_push = kill_b_in_round_two
+    dep = run_server(grid, ServerSettings.from_run_config(rc), log=lambda m: None)
+    assert dep["communication"]["updates_per_round"] == {"1": ["a", "b", "c"], "2": ["a", "c"]}
+    assert dep["clients"] == ["a", "c"]  # b's personal model could not be evaluated
+    assert set(dep["matrices"]["global"]["a"]) == {"a", "b", "c"}  # b's test set is still used (eval-path)
+    assert len(dep["failures"]) == 2 and "round 2: client b" in dep["failures"][0]
+    assert "Node Unavailable" in dep["failures"][0]
+    assert dep["deployment"]["clients_not_evaluated"] == ["b"]
+    assert "## Failures" in (tmp_path / "dep" / "report.md").read_text()
+
+
+def test_too_few_updates_stop_the_run_and_a_rerun_resumes_exactly(tmp_path, task_identity):
+    cfg, paths, nodes = make_federation(tmp_path)
+    full_grid, rc = deploy(cfg, paths, nodes, tmp_path / "full")
+    run_server(full_grid, ServerSettings.from_run_config(rc), log=lambda m: None)
+
+    grid, rc = deploy(cfg, paths, nodes, tmp_path / "dep", min_nodes=3, round_timeout=0.5)
+    grid.on_push = lambda m: grid.silent.add(102) if m.metadata.group_id == "2" else None
+    with pytest.raises(FedoaError, match="round 2: 2 of 3"):
+        run_server(grid, ServerSettings.from_run_config(rc), log=lambda m: None)
+    assert not (tmp_path / "dep" / "results.json").exists()
+    # the nodes have run round 2 already (a and b); the rerun must start them from round 1's state
+    grid2 = FakeGrid(nodes, rc)
+    run_server(grid2, ServerSettings.from_run_config(rc), log=lambda m: None)
+    assert [t for _, t in grid2.sent].count("train") == 3  # only round 2 again
+    a, b = adapter(tmp_path / "full"), adapter(tmp_path / "dep")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _same_results(sim, dep, sim_dir, dep_dir):
+    a, b = adapter(sim_dir), adapter(dep_dir)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+    for key in ("summary", "matrices", "clients", "test_sets", "id_set", "ood_sets", "protocol"):
+        assert json.dumps(dep[key], sort_keys=True) == json.dumps(sim[key], sort_keys=True), key
+
+
+def test_embedded_vader_nodes_and_shared_test_sets(tmp_path, task_identity):
+    cfg = tiny_config(fed={"rounds": 1}, data={"source": "vader", "tasks": ["movie", "nyt"], "train_per_client": 8,
+                                               "test_per_client": 6})
+    sim = run_simulation(cfg, tmp_path / "sim", progress=False)
+    nodes = {7: {"client-name": "movie", "vader-domain": "movie", "state-dir": str(tmp_path / "s")},
+             8: {"client-name": "nyt", "vader-domain": "nyt", "state-dir": str(tmp_path / "s")}}
+    rc = run_config_values(cfg, tmp_path / "dep", num_nodes=2, eval_path="embedded:vader", poll_interval=0.0)
+    dep = run_server(FakeGrid(nodes, rc), ServerSettings.from_run_config(rc), log=lambda m: None)
+    _same_results(sim, dep, tmp_path / "sim", tmp_path / "dep")
+
+
+def test_leave_category_out_held_out_sets_come_from_the_eval_path(tmp_path, task_identity):
+    cfg, paths, nodes = make_federation(tmp_path, categories={"a": "x", "b": "x", "c": "y"}, fed={"rounds": 1})
+    cfg.protocol.name, cfg.protocol.holdout = "leave-category-out", "y"
+    sim = run_simulation(cfg, tmp_path / "sim", progress=False)
+    nodes = {n: v for n, v in nodes.items() if v["client-name"] != "c"}  # nobody holds the held-out category
+    rc = run_config_values(cfg, tmp_path / "dep", num_nodes=2, eval_path=str(paths["shared"]), poll_interval=0.0)
+    dep = run_server(FakeGrid(nodes, rc), ServerSettings.from_run_config(rc), log=lambda m: None)
+    assert dep["ood_sets"] == {"a": ["c"], "b": ["c"]}
+    _same_results(sim, dep, tmp_path / "sim", tmp_path / "dep")
+
+
+def test_a_misconfigured_node_stops_the_run_at_the_start(tmp_path, task_identity):
+    cfg, paths, nodes = make_federation(tmp_path)
+    nodes[101]["data-path"] = str(tmp_path / "nowhere")
+    grid, rc = deploy(cfg, paths, nodes, tmp_path / "dep")
+    with pytest.raises(FedoaError, match="node 101 cannot serve a client: .*data folder not found"):
+        run_server(grid, ServerSettings.from_run_config(rc), log=lambda m: None)
+    assert [t for _, t in grid.sent] == ["query"] * 3  # nothing was trained
+
+
+def test_a_method_that_pools_data_is_refused(tmp_path, task_identity):
+    from fedoa.algorithms import ALGORITHMS
+
+    if "centralized" not in ALGORITHMS:
+        pytest.skip("no centralized method registered")
+    cfg, paths, nodes = make_federation(tmp_path)
+    cfg.method = "centralized"
+    grid, rc = deploy(cfg, paths, nodes, tmp_path / "dep")
+    with pytest.raises(FedoaError, match="pooled data"):
+        run_server(grid, ServerSettings.from_run_config(rc), log=lambda m: None)
+    assert "train" not in [t for _, t in grid.sent]
+
+
+@pytest.mark.parametrize("method", ["fedit", "fedprox", "ditto", "local", "pfedme", "feddpa", "fedsdr"])
+def test_other_methods_match_the_in_process_run(tmp_path, task_identity, method):
+    from fedoa.algorithms import ALGORITHMS
+
+    if method not in ALGORITHMS:
+        pytest.skip(f"no {method} method registered")
+    cfg, paths, nodes = make_federation(tmp_path, fed={"rounds": 2})
+    cfg.method = method
+    sim = run_simulation(cfg, tmp_path / "sim", progress=False)
+    grid, rc = deploy(cfg, paths, nodes, tmp_path / "dep")
+    dep = run_server(grid, ServerSettings.from_run_config(rc), log=lambda m: None)
+    for key in ("summary", "matrices", "clients"):
+        assert json.dumps(dep[key], sort_keys=True) == json.dumps(sim[key], sort_keys=True), key
+    for key in ("adapter_bytes", "bytes_up_per_round", "bytes_down_per_round"):
+        assert dep["communication"][key] == sim["communication"][key]
+    if (tmp_path / "sim" / "adapters" / "global").exists():
+        a, b = adapter(tmp_path / "sim"), adapter(tmp_path / "dep")
+        assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+
+
+def test_node_config_and_run_config_are_checked(tmp_path):
+    with pytest.raises(FedoaError, match="exactly one of data-path or vader-domain"):
+        node_spec({"client-name": "a"})
+    with pytest.raises(FedoaError, match="unknown node-config"):
+        node_spec({"client-name": "a", "data_path": "/x"})
+    with pytest.raises(FedoaError, match="file name"):
+        node_spec({"client-name": "../a", "vader-domain": "movie"})
+    rc = run_config_values(tiny_config(), "relative/out", num_nodes=2)
+    with pytest.raises(FedoaError, match="absolute"):
+        ServerSettings.from_run_config(rc)
+    app = write_app(tmp_path / "app", run_config_values(tiny_config(), tmp_path / "o", num_nodes=2))
+    import tomllib
+
+    pyproject = tomllib.loads((app / "pyproject.toml").read_text())
+    assert pyproject["tool"]["flwr"]["app"]["components"]["serverapp"] == "fedoa.runtime.flower.server_app:app"
+    st = ServerSettings.from_run_config(pyproject["tool"]["flwr"]["app"]["config"])
+    assert st.cfg.to_dict() == tiny_config().to_dict() and st.num_nodes == 2

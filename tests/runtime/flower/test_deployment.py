@@ -1,0 +1,124 @@
+"""Real Flower daemons on loopback: one SuperLink and three SuperNodes as separate processes.
+
+Every process is started in its own process group and stopped by its id in ``finally``;
+FLWR_HOME is the test's own folder; ports are free ports picked per test.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from fedoa.config import config_to_toml
+from fedoa.runtime.flower.deploy import flower_env
+from fedoa.runtime.simulation import run_simulation
+
+from tests.runtime.flower.harness import NAMES, Processes, make_federation, wait_for_port
+
+pytestmark = pytest.mark.slow
+
+
+def start_federation(tmp_path, procs: Processes, paths, home) -> int:
+    port = procs.port()
+    procs.start("superlink", ["deploy", "superlink", "--insecure", "--port", str(port), "--flwr-home", str(home)])
+    wait_for_port(port, proc=procs.procs["superlink"])
+    for n in NAMES:
+        procs.start(f"node-{n}", [
+            "deploy", "supernode", "--insecure", "--superlink", f"127.0.0.1:{port}", "--port", str(procs.port()),
+            "--client-name", n, "--data-path", str(paths[n]), "--state-dir", str(tmp_path / f"state-{n}"),
+            "--flwr-home", str(home),
+        ])
+    return port
+
+
+def launch(tmp_path, procs: Processes, cfg, paths, port, home, out, *extra) -> subprocess.Popen:
+    (tmp_path / "run.toml").write_text(config_to_toml(cfg))
+    return procs.start("run", [
+        "deploy", "run", "--config", str(tmp_path / "run.toml"), "--out", str(out), "--nodes", "3",
+        "--eval-path", str(paths["shared"]), "--superlink", f"127.0.0.1:{port}", "--insecure",
+        "--flwr-home", str(home), "--timeout", "420", *extra,
+    ])
+
+
+def wait(proc: subprocess.Popen, procs: Processes, timeout: float) -> int:
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the run did not finish; its log:\n" + procs.log_tail("run") + "\nsuperlink:\n" + procs.log_tail("superlink"))
+
+
+@pytest.fixture
+def env(tmp_path):
+    home = tmp_path / "flwr"
+    e = flower_env(home)
+    e["HF_HUB_OFFLINE"] = "1"
+    e["PYTHONUNBUFFERED"] = "1"
+    return home, e
+
+
+def test_three_supernodes_train_the_same_global_adapter_as_the_in_process_run(tmp_path, env):
+    home, e = env
+    cfg, paths, _ = make_federation(tmp_path)
+    sim = run_simulation(cfg, tmp_path / "sim", progress=False)
+    procs = Processes(tmp_path / "logs", e)
+    try:
+        t0 = time.monotonic()
+        port = start_federation(tmp_path, procs, paths, home)
+        proc = launch(tmp_path, procs, cfg, paths, port, home, tmp_path / "dep")
+        rc = wait(proc, procs, 480)
+        print(f"deployment run: {time.monotonic() - t0:.0f} s")
+        assert rc == 0, procs.log_tail("run")
+    finally:
+        procs.stop_all()
+    assert "finished:completed" in procs.log_tail("run")
+    a = load_file(str(tmp_path / "sim" / "adapters" / "global" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "dep" / "adapters" / "global" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+    dep = json.loads((tmp_path / "dep" / "results.json").read_text())
+    assert dep["failures"] == []
+    assert dep["clients"] == sim["clients"] and dep["test_sets"] == sim["test_sets"]
+    for kind in ("personal", "global", "zero_shot"):
+        for m in ("id_accuracy", "ood_accuracy"):
+            assert dep["summary"][kind][m] == pytest.approx(sim["summary"][kind][m], abs=1e-9)
+    assert dep["communication"]["bytes_up_per_round"] == sim["communication"]["bytes_up_per_round"]
+    for n in NAMES:  # each personal adapter lives on its own node's disk, and only there
+        [run_dir] = (tmp_path / f"state-{n}" / n).iterdir()
+        assert (run_dir / "round-0002.safetensors").is_file()
+        assert (run_dir / "adapters" / "personal" / "adapter_model.safetensors").is_file()
+        assert not any((tmp_path / f"state-{m}").exists() and (tmp_path / f"state-{m}" / n).exists() for m in NAMES if m != n)
+    assert not (tmp_path / "dep" / "adapters" / "personal").exists()
+
+
+def test_a_supernode_killed_in_round_two_is_recorded_and_the_run_finishes(tmp_path, env):
+    home, e = env
+    cfg, paths, _ = make_federation(tmp_path)
+    procs = Processes(tmp_path / "logs", e)
+    out = tmp_path / "dep"
+    try:
+        t0 = time.monotonic()
+        port = start_federation(tmp_path, procs, paths, home)
+        proc = launch(tmp_path, procs, cfg, paths, port, home, out, "--min-nodes", "2")
+        checkpoint = out / ".run" / "checkpoint" / "state.json"
+        while not checkpoint.is_file():  # round 1 is aggregated: round 2 is being sent now
+            assert proc.poll() is None, procs.log_tail("run")
+            assert time.monotonic() - t0 < 300, "round 1 did not finish:\n" + procs.log_tail("run")
+            time.sleep(0.2)
+        procs.kill("node-b")  # SIGKILL to the SuperNode's whole process group
+        killed = time.monotonic()
+        rc = wait(proc, procs, 420)
+        print(f"deployment run: {time.monotonic() - t0:.0f} s, {time.monotonic() - killed:.0f} s after the kill")
+        assert rc == 0, procs.log_tail("run")
+    finally:
+        procs.stop_all()
+    dep = json.loads((out / "results.json").read_text())
+    assert dep["communication"]["updates_per_round"] == {"1": ["a", "b", "c"], "2": ["a", "c"]}
+    assert dep["clients"] == ["a", "c"]
+    assert dep["failures"] and dep["failures"][0].startswith("round 2: client b")
+    assert dep["deployment"]["clients_not_evaluated"] == ["b"]
+    report = (out / "report.md").read_text()
+    assert "## Failures" in report and "client b" in report
+    assert (out / "adapters" / "global" / "adapter_model.safetensors").is_file()
