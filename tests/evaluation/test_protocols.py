@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 
 from fedoa.config import RunConfig, load_config
-from fedoa.data import load_clients, load_tasks
+from fedoa.data import load_clients, load_tasks, make_clients
 from fedoa.data.records import ClientData, make_record
 from fedoa.errors import ConfigError
 from fedoa.evaluation.matrix import EvalPlan, SetScores, default_plan, per_client, summarize
 from fedoa.evaluation.protocols import (
     categories_of,
     load_protocol,
-    make_clients,
     task_categories,
     within_category_plan,
 )

@@ -25,44 +25,21 @@ Deviations / choices:
 """
 from __future__ import annotations
 
-from fedoa.algorithms.base import Algorithm, ClientContext, ClientUpdate, Phase
+from fedoa.algorithms.base import ClientContext
 from fedoa.algorithms.fedprox import device_copy, with_proximal
+from fedoa.algorithms.personalized import PersonalThenGlobal
 from fedoa.algorithms.registry import register
-from fedoa.model.adapters import GLOBAL, PERSONAL, AdapterState
-from fedoa.training.loop import planned_steps, train_slot
+from fedoa.model.adapters import PERSONAL, AdapterState
+from fedoa.training.loop import Objective
 from fedoa.training.losses import task_objective
 
 
 @register
-class Ditto(Algorithm):
+class Ditto(PersonalThenGlobal):
     name = "ditto"
 
-    def personal_step(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> Phase:
-        am, lam = ctx.am, self.cfg.ditto.lam
-        am.set(PERSONAL, self.starting_personal(ctx.state, global_state))
-        objective = task_objective
-        if lam > 0:
-            objective = with_proximal(task_objective, PERSONAL, device_copy(global_state, am, PERSONAL), lam)
-        result = train_slot(
-            am, PERSONAL, ctx.train, self.cfg.train, objective, ctx.seed_text(round_, "personal"),
-            ctx.pad_id, ctx.progress,
-        )
-        ctx.state[PERSONAL] = am.get(PERSONAL)
-        return Phase.of("personal", result)
-
-    def client_update(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> ClientUpdate:
-        am = ctx.am
-        am.set(GLOBAL, global_state)
-        phases = []
-        if round_ >= self.cfg.fed.personal_start_round:
-            phases.append(self.personal_step(ctx, global_state, round_))
-        result = train_slot(
-            am, GLOBAL, ctx.train, self.cfg.train, task_objective, ctx.seed_text(round_, "global"),
-            ctx.pad_id, ctx.progress,
-        )
-        phases.append(Phase.of("global", result))
-        return ClientUpdate(ctx.name, am.get(GLOBAL), len(ctx.train), phases)
-
-    def local_steps(self, num_examples: int, round_: int) -> int:
-        n = planned_steps(num_examples, self.cfg.train)
-        return 2 * n if round_ >= self.cfg.fed.personal_start_round else n
+    def personal_objective(self, ctx: ClientContext, global_state: AdapterState) -> Objective:
+        lam = self.cfg.ditto.lam
+        if lam == 0:
+            return task_objective
+        return with_proximal(task_objective, PERSONAL, device_copy(global_state, ctx.am, PERSONAL), lam)

@@ -56,14 +56,15 @@ import torch
 import torch.nn.functional as F
 from peft.tuners.lora.layer import LoraLayer
 
-from fedoa.algorithms.base import Algorithm, ClientContext, ClientState, ClientUpdate, Phase
+from fedoa.algorithms.base import ClientContext, ClientState, ClientUpdate
+from fedoa.algorithms.personalized import PersonalThenGlobal
 from fedoa.algorithms.registry import register
 from fedoa.data.batching import Batch
 from fedoa.data.prompts import Encoded
 from fedoa.evaluation.scoring import CONTINUATION_ROWS
 from fedoa.model.adapters import GLOBAL, PERSONAL, AdapterModel, AdapterState
 from fedoa.seeding import derive_seed
-from fedoa.training.loop import Objective, planned_steps, train_slot
+from fedoa.training.loop import Objective
 from fedoa.training.losses import task_objective
 
 #: client-state entry holding the base-model features of the sampled training instances
@@ -260,39 +261,19 @@ def on_top_of_global(objective: Objective) -> Objective:
 
 
 @register
-class FedDPA(Algorithm):
+class FedDPA(PersonalThenGlobal):
     name = "feddpa"
 
-    def personal_step(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> Phase:
-        am = ctx.am
-        am.set(PERSONAL, self.starting_personal(ctx.state, global_state))
-        result = train_slot(
-            am, PERSONAL, ctx.train, self.cfg.train, on_top_of_global(task_objective),
-            ctx.seed_text(round_, "personal"), ctx.pad_id, ctx.progress,
-        )
-        ctx.state[PERSONAL] = am.get(PERSONAL)
-        return Phase.of("personal", result)
+    def personal_objective(self, ctx: ClientContext, global_state: AdapterState) -> Objective:
+        return on_top_of_global(task_objective)
 
     def client_update(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> ClientUpdate:
-        am = ctx.am
-        mixer_of(am).disarm()  # training sums G + P; never the evaluation mix
-        am.set(GLOBAL, global_state)
-        phases = []
-        if round_ >= self.cfg.fed.personal_start_round:
-            phases.append(self.personal_step(ctx, global_state, round_))
-        result = train_slot(
-            am, GLOBAL, ctx.train, self.cfg.train, task_objective, ctx.seed_text(round_, "global"),
-            ctx.pad_id, ctx.progress,
-        )
-        phases.append(Phase.of("global", result))
+        mixer_of(ctx.am).disarm()  # training sums G + P; never the evaluation mix
+        update = super().client_update(ctx, global_state, round_)
         if ANCHORS not in ctx.state and ctx.train:
-            feats = anchor_features(am, ctx.train, self.cfg.feddpa.num_instances, self.cfg.seed, ctx.name, ctx.pad_id)
+            feats = anchor_features(ctx.am, ctx.train, self.cfg.feddpa.num_instances, self.cfg.seed, ctx.name, ctx.pad_id)
             ctx.state[ANCHORS] = {FEATURES: feats}
-        return ClientUpdate(ctx.name, am.get(GLOBAL), len(ctx.train), phases)
-
-    def local_steps(self, num_examples: int, round_: int) -> int:
-        n = planned_steps(num_examples, self.cfg.train)
-        return 2 * n if round_ >= self.cfg.fed.personal_start_round else n
+        return update
 
     def setup_eval(self, am: AdapterModel, kind: str, client_state: ClientState, global_state: AdapterState) -> None:
         mix = mixer_of(am)

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import torch
 
-from fedoa.algorithms.base import Algorithm, ClientContext, ClientUpdate, Phase
+from fedoa.algorithms.base import ClientContext
+from fedoa.algorithms.personalized import PersonalThenGlobal
 from fedoa.algorithms.registry import register
 from fedoa.algorithms.regularizers import distance
 from fedoa.data.batching import Batch
-from fedoa.model.adapters import GLOBAL, PERSONAL, AdapterModel, AdapterState
+from fedoa.model.adapters import GLOBAL, AdapterModel, AdapterState
+from fedoa.training.loop import Objective
 from fedoa.training.losses import example_features, features, response_loss, task_objective
-from fedoa.training.loop import Objective, planned_steps, train_slot
 
 
 def feature_regularized(target: torch.Tensor, weight: float, dist: str, kind: str) -> Objective:
@@ -40,43 +41,13 @@ def feature_regularized(target: torch.Tensor, weight: float, dist: str, kind: st
 
 
 @register
-class FedOA(Algorithm):
+class FedOA(PersonalThenGlobal):
     name = "fedoa"
 
-    def personal_step(self, ctx: ClientContext, round_: int) -> Phase:
-        cfg, am = self.cfg, ctx.am
-        am.set(PERSONAL, self.starting_personal(ctx.state, am.get(GLOBAL)))
-        if cfg.fedoa.regular_weight > 0:
-            target = example_features(
-                am, GLOBAL, ctx.train, cfg.fedoa.feature, cfg.train.micro_batch_size, ctx.pad_id
-            )
-            objective = feature_regularized(
-                target, cfg.fedoa.regular_weight, cfg.fedoa.distance, cfg.fedoa.feature
-            )
-        else:
-            objective = task_objective
-        result = train_slot(
-            am, PERSONAL, ctx.train, cfg.train, objective, ctx.seed_text(round_, "personal"),
-            ctx.pad_id, ctx.progress,
-        )
-        ctx.state[PERSONAL] = am.get(PERSONAL)
-        return Phase.of("personal", result)
-
-    def global_step(self, ctx: ClientContext, round_: int) -> Phase:
-        result = train_slot(
-            ctx.am, GLOBAL, ctx.train, self.cfg.train, task_objective,
-            ctx.seed_text(round_, "global"), ctx.pad_id, ctx.progress,
-        )
-        return Phase.of("global", result)
-
-    def client_update(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> ClientUpdate:
-        ctx.am.set(GLOBAL, global_state)
-        phases = []
-        if round_ >= self.cfg.fed.personal_start_round:
-            phases.append(self.personal_step(ctx, round_))
-        phases.append(self.global_step(ctx, round_))
-        return ClientUpdate(ctx.name, ctx.am.get(GLOBAL), len(ctx.train), phases)
-
-    def local_steps(self, num_examples: int, round_: int) -> int:
-        n = planned_steps(num_examples, self.cfg.train)
-        return 2 * n if round_ >= self.cfg.fed.personal_start_round else n
+    def personal_objective(self, ctx: ClientContext, global_state: AdapterState) -> Objective:
+        c = self.cfg.fedoa
+        if c.regular_weight == 0:
+            return task_objective
+        # G is fixed during the personal step: its features are computed once, not per step.
+        target = example_features(ctx.am, GLOBAL, ctx.train, c.feature, self.cfg.train.micro_batch_size, ctx.pad_id)
+        return feature_regularized(target, c.regular_weight, c.distance, c.feature)

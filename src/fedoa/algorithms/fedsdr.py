@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import torch
 
-from fedoa.algorithms.base import ClientContext, Phase
+from fedoa.algorithms.base import ClientContext
 from fedoa.algorithms.fedoa import FedOA
 from fedoa.algorithms.registry import register
 from fedoa.data.batching import Batch
-from fedoa.model.adapters import GLOBAL, PERSONAL, AdapterModel
-from fedoa.training.loop import Objective, train_slot
+from fedoa.model.adapters import GLOBAL, AdapterModel, AdapterState
+from fedoa.training.loop import Objective
 from fedoa.training.losses import example_features, features, response_loss, task_objective
 
 
@@ -64,19 +64,9 @@ def sdr_regularized(target: torch.Tensor, weight: float, kind: str) -> Objective
 class FedSDR(FedOA):
     name = "fedsdr"
 
-    def personal_step(self, ctx: ClientContext, round_: int) -> Phase:
-        cfg, am = self.cfg, ctx.am
-        am.set(PERSONAL, self.starting_personal(ctx.state, am.get(GLOBAL)))
-        if cfg.fedsdr.regular_weight > 0:
-            target = example_features(
-                am, GLOBAL, ctx.train, cfg.fedsdr.feature, cfg.train.micro_batch_size, ctx.pad_id
-            )
-            objective = sdr_regularized(target, cfg.fedsdr.regular_weight, cfg.fedsdr.feature)
-        else:
-            objective = task_objective
-        result = train_slot(
-            am, PERSONAL, ctx.train, cfg.train, objective, ctx.seed_text(round_, "personal"),
-            ctx.pad_id, ctx.progress,
-        )
-        ctx.state[PERSONAL] = am.get(PERSONAL)
-        return Phase.of("personal", result)
+    def personal_objective(self, ctx: ClientContext, global_state: AdapterState) -> Objective:
+        c = self.cfg.fedsdr
+        if c.regular_weight == 0:
+            return task_objective
+        target = example_features(ctx.am, GLOBAL, ctx.train, c.feature, self.cfg.train.micro_batch_size, ctx.pad_id)
+        return sdr_regularized(target, c.regular_weight, c.feature)

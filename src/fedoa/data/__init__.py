@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 TaskSplits = dict[str, tuple[list[Record], list[Record]]]
 
-__all__ = ["ClientData", "Record", "load_clients", "load_tasks"]
+__all__ = ["ClientData", "Record", "check_clients", "load_clients", "load_tasks", "make_clients"]
 
 
 def load_tasks(cfg: DataConfig, seed: int) -> TaskSplits:
@@ -32,7 +32,7 @@ def load_tasks(cfg: DataConfig, seed: int) -> TaskSplits:
     raise DataError(f"unknown data source {cfg.source!r}", where="data.source")
 
 
-def _check(clients: list[ClientData]) -> None:
+def check_clients(clients: list[ClientData]) -> None:
     for c in clients:
         if not c.train:
             raise DataError(f"client {c.name!r} has no training records", where="data")
@@ -40,9 +40,8 @@ def _check(clients: list[ClientData]) -> None:
             raise DataError(f"client {c.name!r} has no test records", where="data")
 
 
-def load_clients(cfg: DataConfig, seed: int) -> list[ClientData]:
-    """The clients of a run: load, partition, cap per client, then check none is empty."""
-    tasks = load_tasks(cfg, seed)
+def make_clients(tasks: TaskSplits, cfg: DataConfig, seed: int) -> list[ClientData]:
+    """Partition loaded tasks into clients, cap each client, then check none is empty."""
     if cfg.partition == "dirichlet":
         clients = dirichlet_partition(tasks, cfg.num_clients, cfg.dirichlet_alpha, seed)
     else:
@@ -50,5 +49,10 @@ def load_clients(cfg: DataConfig, seed: int) -> list[ClientData]:
     for c in clients:
         c.train = cap_records(c.train, cfg.train_per_client, seed, f"{c.name}:train")
         c.test = cap_records(c.test, cfg.test_per_client, seed, f"{c.name}:test")
-    _check(clients)
+    check_clients(clients)
     return clients
+
+
+def load_clients(cfg: DataConfig, seed: int) -> list[ClientData]:
+    """The clients of a run: load, partition, cap per client, then check none is empty."""
+    return make_clients(load_tasks(cfg, seed), cfg, seed)

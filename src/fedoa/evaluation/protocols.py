@@ -20,14 +20,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fedoa.data import TaskSplits, _check, load_clients, load_tasks
-from fedoa.data.partition import cap_records, dirichlet_partition, natural_partition
+from fedoa.data import TaskSplits, load_clients, load_tasks, make_clients
+from fedoa.data.partition import cap_records
 from fedoa.data.records import ClientData
 from fedoa.errors import ConfigError, DataError
 from fedoa.evaluation.matrix import EvalPlan, default_plan
 
 if TYPE_CHECKING:
-    from fedoa.config import DataConfig, RunConfig
+    from fedoa.config import RunConfig
 
 PROTOCOLS = ("natural", "within-category", "leave-category-out")
 
@@ -67,20 +67,6 @@ def categories_of(task_category: dict[str, str]) -> dict[str, list[str]]:
 
 
 # ----------------------------------------------------------------------------- clients
-
-
-def make_clients(tasks: TaskSplits, cfg: DataConfig, seed: int) -> list[ClientData]:
-    """Partition + per-client caps + non-empty check: what ``fedoa.data.load_clients`` does
-    after loading (tests check that both agree)."""
-    if cfg.partition == "dirichlet":
-        clients = dirichlet_partition(tasks, cfg.num_clients, cfg.dirichlet_alpha, seed)
-    else:
-        clients = natural_partition(tasks)
-    for c in clients:
-        c.train = cap_records(c.train, cfg.train_per_client, seed, f"{c.name}:train")
-        c.test = cap_records(c.test, cfg.test_per_client, seed, f"{c.name}:test")
-    _check(clients)
-    return clients
 
 
 # ----------------------------------------------------------------------------- plans
