@@ -265,3 +265,18 @@ def test_leave_category_out_rotates_the_held_out_category(tmp_path):
     assert all(ood[c]["n"] == 1 for c in ("entailment", "paraphrase", "sentiment"))
     md = (tmp_path / "lco" / "compare.md").read_text()
     assert "protocol: **leave-category-out**" in md and "entailment, paraphrase, sentiment" in md
+
+
+def test_method_variants_parse_and_configure():
+    from fedoa.compare import parse_methods, run_folder_name, variant_config
+    from fedoa.config import RunConfig
+
+    labels = parse_methods("fedit,fedoa[fedoa.feature=answer;fedoa.regular_weight=1],ditto")
+    assert labels == ["fedit", "fedoa[fedoa.feature=answer;fedoa.regular_weight=1]", "ditto"]
+    cfg = variant_config(RunConfig(), labels[1])
+    assert cfg.method == "fedoa" and cfg.fedoa.feature == "answer" and cfg.fedoa.regular_weight == 1.0
+    assert "/" not in run_folder_name(labels[1]) and "[" not in run_folder_name(labels[1])
+    with pytest.raises(ConfigError, match="fedoa.featur"):
+        variant_config(RunConfig(), "fedoa[fedoa.featur=x]")
+    with pytest.raises(ConfigError, match="unknown method"):
+        parse_methods("fedoa,nosuch[fedoa.feature=answer]")

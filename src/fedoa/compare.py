@@ -19,8 +19,8 @@ mean ± sample standard deviation (n-1) over seeds.
 """
 from __future__ import annotations
 
-import copy
 import json
+import re
 import math
 import statistics
 import time
@@ -59,20 +59,54 @@ class RunSpec:
         return f"{self.method}/seed{self.seed}" + (f"/holdout-{self.holdout}" if self.holdout else "")
 
 
+def split_method(label: str) -> tuple[str, list[str]]:
+    """``'fedoa[fedoa.feature=answer;fedoa.regular_weight=1]'`` -> name and ``--set`` overrides.
+
+    A bracketed variant runs the same method with other settings, as its own row of the table.
+    """
+    if "[" not in label:
+        return label, []
+    if not label.endswith("]"):
+        raise ConfigError(f"a method variant looks like name[key=value;...], got {label!r}", where="--methods")
+    name, rest = label[:-1].split("[", 1)
+    return name.strip(), [o.strip() for o in rest.split(";") if o.strip()]
+
+
+def variant_config(cfg: RunConfig, label: str) -> RunConfig:
+    """``cfg`` with the method (and the variant's overrides) of ``label``, validated."""
+    from fedoa.config import _build, _merge, parse_override, validate
+
+    name, overrides = split_method(label)
+    values = {**cfg.to_dict(), "method": name}
+    for text in overrides:
+        values = _merge(values, parse_override(text))
+    try:
+        run_cfg = _build(RunConfig, values)
+    except ConfigError as e:
+        raise ConfigError(f"{e.message} (in method variant {label!r})", where=e.where) from None
+    validate(run_cfg)
+    return run_cfg
+
+
+def run_folder_name(label: str) -> str:
+    """A file-system-safe folder name for a method label."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_")
+
+
 def parse_methods(text: str) -> list[str]:
-    """``'fedit,ditto,fedoa'`` -> names, checked against the registry (unknown: ConfigError)."""
+    """``'fedit,ditto,fedoa[fedoa.feature=answer]'`` -> labels, checked against the registry."""
     from fedoa.algorithms import ALGORITHMS
 
-    names = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
-    if not names:
+    labels = list(dict.fromkeys(m.strip() for m in re.split(r",(?![^\[]*\])", text) if m.strip()))
+    if not labels:
         raise ConfigError("no method named", where="--methods")
-    unknown = [m for m in names if m not in ALGORITHMS]
+    unknown = [m for m in labels if split_method(m)[0] not in ALGORITHMS]
     if unknown:
         raise ConfigError(
             f"unknown method(s) {', '.join(unknown)}; known: {', '.join(sorted(ALGORITHMS))}",
             where="--methods",
         )
-    return names
+    return labels
 
 
 def parse_seeds(text: str, base: int = 0) -> list[int]:
@@ -109,11 +143,11 @@ def plan_runs(cfg: RunConfig, methods: list[str], seeds: list[int], holdouts: li
     for seed in seeds:
         for holdout in holdouts:
             for method in methods:
-                run_cfg = copy.deepcopy(cfg)
-                run_cfg.method, run_cfg.seed = method, seed
+                run_cfg = variant_config(cfg, method)
+                run_cfg.seed = seed
                 if holdout:
                     run_cfg.protocol.holdout = holdout
-                out = out_dir / "runs" / method / f"seed{seed}"
+                out = out_dir / "runs" / run_folder_name(method) / f"seed{seed}"
                 if holdout:
                     out = out / f"holdout-{holdout}"
                 specs.append(RunSpec(method, seed, holdout, run_cfg, out))

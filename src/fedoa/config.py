@@ -124,8 +124,11 @@ class FedOAConfig:
         "'frobenius': the reference's torch.dist over the micro-batch (not squared, not averaged); "
         "'mse': mean squared L2 per example; 'cosine': mean (1 - cosine similarity).",
     )
-    feature: Literal["last_token", "mean"] = _f(
-        "last_token", "Feature h(x): final hidden state at the last token, or mean over tokens."
+    feature: Literal["last_token", "answer", "mean"] = _f(
+        "last_token",
+        "Feature h(x): final hidden state at the last token of prompt + response (the reference), "
+        "at the last prompt token (the state the LM head reads to predict the answer), or the "
+        "mean over tokens.",
     )
 
 
@@ -167,8 +170,11 @@ class PFedMeConfig:
 @dataclass
 class FedSDRConfig:
     regular_weight: float = _f(0.5, "lambda: weight of the FedSDR feature regularizer.")
-    feature: Literal["last_token", "mean"] = _f(
-        "last_token", "Feature h(x): final hidden state at the last token, or mean over tokens."
+    feature: Literal["last_token", "answer", "mean"] = _f(
+        "last_token",
+        "Feature h(x): final hidden state at the last token of prompt + response (the reference), "
+        "at the last prompt token (the state the LM head reads to predict the answer), or the "
+        "mean over tokens.",
     )
 
 

@@ -118,3 +118,18 @@ def test_personal_init_global_starts_from_the_received_adapter(tiny):
     assert sum((moved[k] - g[k]).norm() for k in g) < sum((moved[k] - am.fresh_state(0)[k]).norm() for k in g)
     # once trained, the client's own adapter continues
     assert algo.starting_personal(ctx.state, g) is ctx.state[PERSONAL]
+
+
+def test_answer_feature_reads_the_last_prompt_position(tiny):
+    am, tok = tiny
+    enc = PromptEncoder(tok, "plain", 64)
+    clients = synthetic_clients(("a",), n_train=3)
+    ex = [enc.encode_train(r) for r in clients[0].train]
+    batch = collate(ex, [0, 1, 2], tok.pad_token_id)
+    hidden = torch.randn(batch.input_ids.shape[0], batch.input_ids.shape[1], 5)
+    got = features(hidden, batch, "answer")
+    for i, e in enumerate(ex):
+        assert torch.equal(got[i], hidden[i, len(e.prompt) - 1])  # predicts the first answer token
+        assert batch.targets[batch.loss_rows == i][0] == e.response[0]
+    last = features(hidden, batch, "last_token")
+    assert all(torch.equal(last[i], hidden[i, len(e) - 1]) for i, e in enumerate(ex))

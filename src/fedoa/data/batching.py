@@ -15,7 +15,8 @@ class Batch:
 
     ``loss_rows``/``loss_cols`` index the positions whose next token is a response token, and
     ``targets`` holds those next tokens: the LM head runs on these positions only.
-    ``last`` is the index of each row's last real token (the feature position).
+    ``last`` is the index of each row's last real token, ``answer`` the index of its last prompt
+    token (the position whose hidden state the LM head reads to predict the answer).
     ``ids`` are the examples' indices in the client's training list (keys of feature caches).
     """
 
@@ -25,6 +26,7 @@ class Batch:
     loss_cols: torch.Tensor
     targets: torch.Tensor
     last: torch.Tensor
+    answer: torch.Tensor
     ids: torch.Tensor
 
     @property
@@ -39,7 +41,7 @@ def collate(examples: list[Encoded], ids: list[int], pad_id: int) -> Batch:
     width = max(len(e) for e in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
-    rows, cols, targets, last = [], [], [], []
+    rows, cols, targets, last, answer = [], [], [], [], []
     for i, e in enumerate(examples):
         seq = e.prompt + e.response
         input_ids[i, : len(seq)] = torch.tensor(seq)
@@ -50,6 +52,7 @@ def collate(examples: list[Encoded], ids: list[int], pad_id: int) -> Batch:
             cols.append(start + k)
             targets.append(e.response[k])
         last.append(len(seq) - 1)
+        answer.append(start)
     return Batch(
         input_ids,
         mask,
@@ -57,6 +60,7 @@ def collate(examples: list[Encoded], ids: list[int], pad_id: int) -> Batch:
         torch.tensor(cols),
         torch.tensor(targets),
         torch.tensor(last),
+        torch.tensor(answer),
         torch.tensor(ids),
     )
 

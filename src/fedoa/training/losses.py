@@ -20,9 +20,12 @@ def response_loss(am: AdapterModel, batch: Batch) -> tuple[torch.Tensor, torch.T
 
 
 def features(hidden: torch.Tensor, batch: Batch, kind: str) -> torch.Tensor:
-    """h(x) per example: the last real token's final hidden state, or the mean over real tokens."""
-    if kind == "last_token":
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), batch.last]
+    """h(x) per example: the final hidden state at the last real token (``last_token``), at the
+    last prompt token (``answer``: what the LM head reads to predict the answer), or the mean
+    over real tokens (``mean``)."""
+    if kind in ("last_token", "answer"):
+        pos = batch.last if kind == "last_token" else batch.answer
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), pos]
     if kind == "mean":
         mask = batch.attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
