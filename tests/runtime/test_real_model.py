@@ -16,7 +16,7 @@ def test_smollm2_fedoa_run_and_stock_peft_reproduces_personal_logits(tmp_path, m
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = load_config(default_config_path(), [
         "data.tasks=['movie','tweets']", "data.train_per_client=8", "data.test_per_client=8",
-        "fed.rounds=1", "train.batch_size=4", "train.micro_batch_size=4", "eval.batch_size=8",
+        "fed.rounds=1", "fed.personal_start_round=1", "train.batch_size=4", "train.micro_batch_size=4", "eval.batch_size=8",
     ])
     session = open_session(cfg)
     results = run_simulation(cfg, tmp_path / "run", progress=False, session=session)
