@@ -495,10 +495,7 @@ def render_compare(summary: dict[str, Any]) -> str:
 
 
 def plot_compare(summary: dict[str, Any], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from fedoa.reports.plots import plt, save_figure  # plots selects the file-only Agg backend
 
     groups = summary["groups"]
     cols = summary["categories"] + [AVERAGE]
@@ -529,12 +526,7 @@ def plot_compare(summary: dict[str, Any], path: Path) -> Path:
     axes[0, 0].legend(fontsize=7, ncol=min(4, max(1, len(series))), loc="upper right")
     fig.suptitle(f"{summary['protocol'].get('name', '')} protocol, metric {summary['metric'].get('headline', '')}, "
                  f"mean ± std over {len(summary['seeds'])} seed(s)", fontsize=10)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def write_outputs(summary: dict[str, Any], out_dir: Path, plot: bool = True) -> None:

@@ -39,6 +39,11 @@ def plot_run(results: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("accuracy %")
     ax.legend(fontsize=8)
     ax.set_title(results["method"])
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Write the figure next to `path` first, then rename: a crash never leaves half a PNG."""
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110)
