@@ -116,6 +116,13 @@ class FedConfig:
     )
 
 
+FEATURE_HELP = (
+    "Feature h(x): final hidden state at the last token of prompt + response (the reference), "
+    "at the last prompt token (the state the LM head reads to predict the answer), or the "
+    "mean over tokens."
+)
+
+
 @dataclass
 class FedOAConfig:
     regular_weight: float = _f(0.5, "lambda: weight of the feature-distance regularizer.")
@@ -126,9 +133,7 @@ class FedOAConfig:
     )
     feature: Literal["last_token", "answer", "mean"] = _f(
         "last_token",
-        "Feature h(x): final hidden state at the last token of prompt + response (the reference), "
-        "at the last prompt token (the state the LM head reads to predict the answer), or the "
-        "mean over tokens.",
+        FEATURE_HELP,
     )
 
 
@@ -172,9 +177,7 @@ class FedSDRConfig:
     regular_weight: float = _f(0.5, "lambda: weight of the FedSDR feature regularizer.")
     feature: Literal["last_token", "answer", "mean"] = _f(
         "last_token",
-        "Feature h(x): final hidden state at the last token of prompt + response (the reference), "
-        "at the last prompt token (the state the LM head reads to predict the answer), or the "
-        "mean over tokens.",
+        FEATURE_HELP,
     )
 
 

@@ -39,7 +39,7 @@ from fedoa.algorithms.registry import register
 from fedoa.data.batching import epoch_batches, iterate_batches
 from fedoa.model.adapters import PERSONAL, AdapterState
 from fedoa.seeding import derive_seed
-from fedoa.training.loop import LocalResult, lr_factor, planned_steps
+from fedoa.training.loop import LocalResult, lr_factor, optimizer_step, planned_steps
 from fedoa.training.losses import response_loss
 
 
@@ -99,11 +99,7 @@ class PFedMe(Algorithm):
                             sums["task_loss"] += loss.item()
                             sums["prox"] += prox.item()
                             micro_batches += 1
-                        if cfg.max_grad_norm > 0:
-                            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                        opt.step()
-                        sched.step()
-                        opt.zero_grad(set_to_none=True)
+                        optimizer_step(opt, sched, params, cfg.max_grad_norm)
                         if ctx.progress:
                             ctx.progress(1)
                     moreau_pull(w, theta, pc.eta * pc.lam)

@@ -50,6 +50,15 @@ def lr_factor(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
+def optimizer_step(opt, sched, params, max_grad_norm: float) -> None:
+    """Clip (if asked), step the optimizer and its schedule, and drop the gradients."""
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def train_slot(
     am: AdapterModel,
     slot: str,
@@ -90,11 +99,7 @@ def train_slot(
                     for k, v in parts.items():
                         sums[k] = sums.get(k, 0.0) + v
                     micro_batches += 1
-                if cfg.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
+                optimizer_step(opt, sched, params, cfg.max_grad_norm)
                 step += 1
                 result.examples += len(step_idx)
                 if progress:
