@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from fedoa.cli import main
-from fedoa.compare import aggregate, parse_methods, parse_seeds, read_results, render_compare
+from fedoa.compare import parse_methods, parse_seeds, read_results
+from fedoa.reports.compare import render_compare
+from fedoa.statistics import aggregate
 from fedoa.config import load_config
 from fedoa.errors import ConfigError
 from fedoa.reports.results import write_json
@@ -108,7 +110,7 @@ def test_aggregation_matches_a_hand_computation(tmp_path):
     md = render_compare(summary)
     assert "protocol: **within-category**" in md and "metric: **options**" in md
     assert "| m1 | personal | 26.7 ± 11.5 | 66.7 ± 15.3 | 46.7 ± 12.6 |" in md
-    assert "| m2 | personal | — | — | — |" in md
+    assert "| m2 | personal |" not in md and "| m2 | global | 50.0 ± 0.0 |" in md  # no row for a kind a method lacks
     assert "| zero-shot | base model | 25.0 ± 0.0 | 25.0 ± 0.0 | 25.0 ± 0.0 |" in md
 
 
@@ -222,11 +224,28 @@ def test_tiny_compare_end_to_end_is_resumable_and_leak_free(tmp_path, capsys):
     assert summary["categories"] == ["paraphrase", "sentiment"] and summary["seeds"] == [0, 1]
     md = (out / "compare.md").read_text()
     assert "protocol: **within-category**" in md and "metric: **options**" in md
-    assert "| fedit | personal | — | — | — |" in md
+    assert "| fedit | personal |" not in md and "| fedoa | mixed (P+G per input) |" in md
     assert (out / "compare.png").stat().st_size > 1000
+    # paired differences: FedOA's personal and mixed models against every other row, with intervals
+    paired = {(tuple(p["a"]), tuple(p["b"]), p["group"]): p["cells"] for p in summary["paired"]}
+    cell = paired[(("fedoa", "personal"), ("fedit", "global"), "ood")]["average"]
+    assert cell["low"] <= cell["difference"] <= cell["high"] and cell["seeds"] == 2
+    assert (("fedoa", "mixed"), ("zero_shot", "zero_shot"), "id") in paired
+    assert "## Paired differences" in md
 
-    # nothing leaks from earlier runs (FedDPA's hooks included) through the shared model: the
-    # last run alone, in a fresh session with its own freshly loaded model, gives the same matrices
+    # the global step is the same computation in FedIT, FedDPA and FedOA: run once, reused after
+    lines = [json.loads(line) for line in (out / "runs" / "fedoa" / "seed0" / "metrics.jsonl").read_text().splitlines()]
+    assert all(line.get("reused") for line in lines if line["phase"] == "global")
+    assert not any(line.get("reused") for line in lines if line["phase"] == "personal")
+    for seed in (0, 1):
+        assert (
+            (out / "runs" / "fedit" / f"seed{seed}" / "adapters" / "global" / "adapter_model.safetensors").read_bytes()
+            == (out / "runs" / "fedoa" / f"seed{seed}" / "adapters" / "global" / "adapter_model.safetensors").read_bytes()
+        )
+
+    # nothing leaks from earlier runs (FedDPA's hooks included) through the shared model, and the
+    # memoized global steps are exact: the last run alone, in a fresh session with its own freshly
+    # loaded model and no memo, gives the same matrices
     from fedoa.runtime.simulation import run_simulation
 
     alone_cfg = load_config(out / "runs" / "fedoa" / "seed1" / "config.toml")

@@ -46,11 +46,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from fedoa.compare import parse_methods, parse_seeds, print_compare, run_compare
+    from fedoa.compare import parse_methods, parse_seeds, run_compare
+    from fedoa.reports.compare import print_compare
 
     methods = parse_methods(args.methods)  # unknown names exit 2 before anything runs
     cfg = _config(args)
-    summary = run_compare(cfg, methods, parse_seeds(args.seeds, cfg.seed), Path(args.out), progress=not args.quiet)
+    summary = run_compare(cfg, methods, parse_seeds(args.seeds, cfg.seed), Path(args.out), progress=not args.quiet,
+                          focus=args.focus, report_only=args.report_only)
     print_compare(summary)
     failed = [r["path"] for r in summary["runs"] if r["status"] == "failed"]
     print(f"comparison in {args.out}/compare.md (+ compare.json, compare.png); "
@@ -112,9 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="run several methods x seeds under one protocol and tabulate them")
     _add_config_args(p)
-    p.add_argument("--methods", required=True, help="comma-separated method names, e.g. fedit,ditto,fedoa")
+    p.add_argument("--methods", required=True, help="comma-separated method names, e.g. fedit,ditto,fedoa; a "
+                   "variant with its own settings and label: shipped=fedoa[fedoa.feature=answer;fed.personal_init=global]")
     p.add_argument("--seeds", default="3", help="number of seeds (from the config's seed on) or a list like 0,1,2")
     p.add_argument("--out", required=True, help="output folder (runs/, compare.md, compare.json, compare.png)")
+    p.add_argument("--focus", default="fedoa", help="method whose personal models are compared with every other "
+                   "row by paired differences (default: fedoa)")
+    p.add_argument("--report-only", action="store_true", help="run nothing; tabulate the runs that have finished")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_compare)
 

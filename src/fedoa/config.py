@@ -135,6 +135,11 @@ class FedOAConfig:
         "last_token",
         FEATURE_HELP,
     )
+    mixed_eval: bool = _f(
+        True,
+        "Also evaluate each client's 'mixed' model: personal and global adapter mixed per test input "
+        "the way FedDPA answers (the reference evaluation script's instance-wise mode).",
+    )
 
 
 @dataclass
@@ -183,23 +188,29 @@ class FedSDRConfig:
 
 @dataclass
 class FedDPAConfig:
+    local_weight: float = _f(
+        0.5,
+        "a: the local adapter is trained under W0 x + a*P(x) + (1 - a)*detach(G(x)) (the reference: 0.5).",
+    )
     mix: Literal["instance", "fixed", "sum"] = _f(
         "instance",
         "How the personal model combines the two adapters' outputs: 'instance' (FedDPA's "
-        "instance-wise weights from feature similarity to sampled local training prompts), "
-        "'fixed' (w_G = fixed_weight, w_P = 1 - fixed_weight), 'sum' (base + G + P, the "
-        "composition the personal adapter is trained under).",
+        "instance-wise weight from feature similarity to local training prompts drawn per input), "
+        "'fixed' (w_G = fixed_weight, w_P = 1 - fixed_weight), 'sum' (base + G + P).",
     )
     fixed_weight: float = _f(0.5, "w_G of the 'fixed' mix: output = base + w_G*G + (1 - w_G)*P.")
-    num_instances: int = _f(5, "Local training instances sampled (seeded) per client for 'instance'.")
-    sim_scale: float = _f(
-        0.5, "Instance weight = sim_scale * mean cosine similarity (clipped to [0, 1])."
-    )
+    num_instances: int = _f(5, "Local training prompts drawn per test input for 'instance'.")
+    sim_scale: float = _f(0.5, "Instance weight w = sim_scale * mean cosine similarity.")
     instance_weight_on: Literal["personal", "global"] = _f(
-        "personal",
-        "Which adapter gets the instance weight w (the other gets 1 - w): 'personal' (a test "
-        "input like the local data leans on the local adapter) or 'global'.",
+        "global",
+        "Which adapter gets the instance weight w (the other gets 1 - w); the reference: 'global'.",
     )
+    similarity_features: Literal["personal", "base"] = _f(
+        "personal",
+        "Features of the similarity: final hidden state at the last prompt token under the local "
+        "adapter alone (the reference) or under the bare base model.",
+    )
+    clip: bool = _f(False, "Clip w to [0, 1] (the reference does not).")
 
 
 @dataclass
@@ -213,6 +224,11 @@ class EvalConfig:
     max_new_tokens: int = _f(16, "Generation budget for the 'generation' metric.")
     zero_shot: bool = _f(True, "Also evaluate the base model without adapters.")
     ood: bool = _f(True, "Evaluate every model on every other client's test data too.")
+    extra_ood: bool = _f(
+        True,
+        "Also score the protocol's OOD groups beyond the headline one (within-category: every "
+        "other task besides the sibling); false scores only ID and headline OOD sets.",
+    )
 
 
 @dataclass
@@ -417,6 +433,7 @@ def validate(cfg: RunConfig) -> None:
     need(0 <= cfg.feddpa.fixed_weight <= 1, "feddpa.fixed_weight", "must be in [0, 1]")
     need(cfg.feddpa.num_instances >= 1, "feddpa.num_instances", "must be >= 1")
     need(cfg.feddpa.sim_scale >= 0, "feddpa.sim_scale", "must be >= 0")
+    need(0 < cfg.feddpa.local_weight <= 1, "feddpa.local_weight", "must be in (0, 1]")
     need(cfg.model.max_length >= 8, "model.max_length", "must be >= 8")
     need(cfg.data.num_clients >= 1, "data.num_clients", "must be >= 1")
     need(cfg.data.dirichlet_alpha > 0, "data.dirichlet_alpha", "must be > 0")

@@ -4,20 +4,12 @@ import pytest
 import torch
 
 from fedoa.algorithms.base import ClientContext
-from fedoa.algorithms.feddpa import (
-    ANCHORS,
-    FEATURES,
-    FedDPA,
-    instance_weights,
-    mixer_of,
-    on_top_of_global,
-    prompt_features,
-    sample_instances,
-)
+from fedoa.algorithms.feddpa import FedDPA, under_training_mix
 from fedoa.data.batching import collate
 from fedoa.data.prompts import PromptEncoder
 from fedoa.evaluation.scoring import _left_pad, option_scores
 from fedoa.model.adapters import GLOBAL, PERSONAL
+from fedoa.model.mixing import InstanceWeights, activate_both, mixer_of, prompt_features, sample_for_row
 from fedoa.training.losses import response_loss, task_objective
 
 from tests.conftest import synthetic_clients, tiny_config
@@ -60,38 +52,45 @@ def _manual_hidden(am, ids, mask, w_g, w_p, positions=None):
         am.use(GLOBAL)
 
 
-def test_instance_weights_by_hand():
-    feats = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
+def test_instance_weight_by_hand(tiny):
+    am, *_ = _setup(tiny)
     anchors = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [-1.0, 0.0, 0.0]])
-    # row 0: cos = 1, 0, -1 -> mean 0; row 1: cos = 1/sqrt2, 1/sqrt2, -1/sqrt2 -> mean 1/(3 sqrt2)
-    got = instance_weights(feats, anchors, 0.5)
-    assert got[0].item() == pytest.approx(0.0, abs=1e-7)
-    assert got[1].item() == pytest.approx(0.5 / (3 * math.sqrt(2)), rel=1e-6)
-    # clipped to [0, 1]
-    assert instance_weights(torch.tensor([[-1.0, 0.0, 0.0]]), anchors[:1], 0.5).item() == 0.0
-    assert instance_weights(feats[:1], anchors[:1], 3.0).item() == 1.0
+    feats = torch.tensor([[1.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
+    ids, mask = torch.tensor([[5, 6], [7, 8]]), torch.ones(2, 2, dtype=torch.long)
+    # k = 3 >= 3 anchors: every anchor. row 0: cos = 1/sqrt2, 1/sqrt2, -1/sqrt2 -> mean 1/(3 sqrt2);
+    # row 1: cos = -1, 0, 1 -> mean 0
+    w = InstanceWeights(am, anchors, k=3, scale=0.5, seed=0).row_weight(feats, ids, mask)
+    assert w[0].item() == pytest.approx(0.5 / (3 * math.sqrt(2)), rel=1e-6)
+    assert w[1].item() == pytest.approx(0.0, abs=1e-7)
+    # a negative similarity is kept (the reference does not clip) unless clip is asked for
+    w = InstanceWeights(am, anchors[:1], k=3, scale=0.5, seed=0).row_weight(-feats[:1], ids[:1], mask[:1])
+    assert w.item() == pytest.approx(-0.5 / math.sqrt(2), rel=1e-6)
+    clipped = InstanceWeights(am, anchors[:1], k=3, scale=0.5, seed=0, clip=True).row_weight(-feats[:1], ids[:1], mask[:1])
+    assert clipped.item() == 0.0
 
 
-def test_sampled_instances_are_seeded_per_client():
-    a = sample_instances(100, 5, seed=0, client="a")
-    assert a == sample_instances(100, 5, seed=0, client="a") and len(set(a)) == 5
-    assert a != sample_instances(100, 5, seed=0, client="b")
-    assert sample_instances(3, 5, 0, "a") == [0, 1, 2]
+def test_instances_are_drawn_per_input_and_seeded():
+    a = sample_for_row([1, 2, 3], 100, 5, seed=0)
+    assert a == sample_for_row([1, 2, 3], 100, 5, seed=0) and len(set(a)) == 5
+    assert a != sample_for_row([1, 2, 4], 100, 5, seed=0)  # another input, another draw
+    assert a != sample_for_row([1, 2, 3], 100, 5, seed=1)
+    assert sample_for_row([9], 3, 5, 0) == [0, 1, 2]
 
 
-def _arm_instance(tiny, scale=1.0, on="personal"):
+def _arm_instance(tiny, scale=1.0, on="global", features="personal"):
     am, tok, enc, train, g, p = _setup(tiny)
-    cfg = tiny_config(feddpa={"sim_scale": scale, "instance_weight_on": on})
-    algo = FedDPA(cfg)
-    anchors = prompt_features(am, [e.prompt for e in train[:5]], tok.pad_token_id)
-    state = {PERSONAL: p, ANCHORS: {FEATURES: anchors}}
-    algo.setup_eval(am, "personal", state, g)
-    return am, tok, enc, train, anchors
+    cfg = tiny_config(feddpa={"sim_scale": scale, "instance_weight_on": on, "similarity_features": features,
+                              "num_instances": 3})
+    ctx = ClientContext("a", am, train, {PERSONAL: p}, cfg, tok.pad_token_id)
+    FedDPA(cfg).setup_eval(ctx, "personal", g)
+    slot = PERSONAL if features == "personal" else None
+    anchors = prompt_features(am, slot, [e.prompt for e in train], tok.pad_token_id)
+    return am, tok, enc, train, anchors, cfg, slot
 
 
-@pytest.mark.parametrize("on", ["personal", "global"])
-def test_instance_mix_equals_the_manual_mix_per_row(tiny, on):
-    am, tok, enc, train, anchors = _arm_instance(tiny, scale=1.0, on=on)
+@pytest.mark.parametrize("on, features", [("global", "personal"), ("personal", "base")])
+def test_instance_mix_equals_the_manual_mix_per_row(tiny, on, features):
+    am, tok, enc, train, anchors, cfg, slot = _arm_instance(tiny, scale=1.0, on=on, features=features)
     prompts = [train[0].prompt, tuple(tok("Completely unrelated words about a train timetable:")["input_ids"])]
     ids, mask = _left_pad(prompts, tok.pad_token_id)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -99,12 +98,14 @@ def test_instance_mix_equals_the_manual_mix_per_row(tiny, on):
         mixed = am.hidden(ids, mask, position_ids=positions)
     weights = mixer_of(am).batch_weights.clone()
 
-    # the weights by hand: base-model features of each prompt alone, mean cosine to the anchors
-    base = prompt_features(am, prompts, tok.pad_token_id)
+    # the weights by hand: each prompt's features alone (under P alone, or the bare base model),
+    # mean cosine to the 3 training prompts drawn for that prompt
+    feats = prompt_features(am, slot, prompts, tok.pad_token_id)
     for b in range(2):
-        sims = [torch.nn.functional.cosine_similarity(base[b], a, dim=0).item() for a in anchors]
-        w = min(1.0, max(0.0, sum(sims) / len(sims)))
-        expected = (1 - w, w) if on == "personal" else (w, 1 - w)
+        idx = sample_for_row(list(prompts[b]), len(train), 3, cfg.seed)
+        sims = [torch.nn.functional.cosine_similarity(feats[b], anchors[i], dim=0).item() for i in idx]
+        w = sum(sims) / len(sims)
+        expected = (w, 1 - w) if on == "global" else (1 - w, w)
         assert weights[b].tolist() == pytest.approx(expected, abs=1e-5)
     assert abs(weights[0, 1] - weights[1, 1]) > 1e-3, "the two rows should get different weights"
 
@@ -117,7 +118,7 @@ def test_instance_mix_equals_the_manual_mix_per_row(tiny, on):
 
 
 def test_option_scores_follow_rows_through_the_kv_cache(tiny):
-    am, tok, enc, train, _ = _arm_instance(tiny, scale=1.0)
+    am, tok, enc, train, *_ = _arm_instance(tiny, scale=1.0)
     prompts = [train[1].prompt, tuple(tok("Another, rather different question?\nAnswer:\n")["input_ids"])]
     opts = [enc.answer_ids(o) for o in ("very positive indeed", "negative", "quite negative overall")]
     assert sum(len(o) > 1 for o in opts) >= 2
@@ -140,13 +141,11 @@ def test_option_scores_follow_rows_through_the_kv_cache(tiny):
 @pytest.mark.parametrize("mix, w", [("fixed", (0.3, 0.7)), ("sum", (1.0, 1.0))])
 def test_fixed_and_sum_mixes(tiny, mix, w):
     am, tok, enc, train, g, p = _setup(tiny)
-    algo = FedDPA(tiny_config(feddpa={"mix": mix, "fixed_weight": 0.3}))
-    algo.setup_eval(am, "personal", {PERSONAL: p}, g)
+    cfg = tiny_config(feddpa={"mix": mix, "fixed_weight": 0.3})
+    FedDPA(cfg).setup_eval(ClientContext("a", am, train, {PERSONAL: p}, cfg, tok.pad_token_id), "personal", g)
     one = torch.tensor([train[2].prompt])
     with torch.no_grad():
         got = am.hidden(one, torch.ones_like(one))
-    am.set(GLOBAL, g)
-    am.set(PERSONAL, p)
     torch.testing.assert_close(got, _manual_hidden(am, one, torch.ones_like(one), *w), rtol=1e-4, atol=1e-5)
 
 
@@ -158,40 +157,62 @@ def test_hooks_are_inert_outside_the_armed_mix(tiny):
     am.use(GLOBAL)
     with torch.no_grad():
         plain = am.hidden(one, mask)
-    algo = FedDPA(tiny_config(feddpa={"mix": "fixed", "fixed_weight": 0.2}))
-    algo.setup_eval(am, "personal", {PERSONAL: p}, g)  # arms the mix (and installs the hooks)
+    cfg = tiny_config(feddpa={"mix": "fixed", "fixed_weight": 0.2})
+    algo = FedDPA(cfg)
+    ctx = ClientContext("a", am, train, {PERSONAL: p}, cfg, tok.pad_token_id)
+    algo.setup_eval(ctx, "personal", g)  # arms the mix (and installs the hooks)
     am.use(GLOBAL)  # any single slot: the hooks stand aside
     with torch.no_grad():
         assert torch.equal(am.hidden(one, mask), plain)
-    algo.setup_eval(am, "global", {PERSONAL: p}, g)
+    algo.setup_eval(ctx, "global", g)
     with torch.no_grad():
         assert torch.equal(am.hidden(one, mask), plain)
 
 
-def test_personal_step_trains_p_on_top_of_frozen_g(tiny):
+def _training_step(am, batch, detach_global: bool):
+    """Loss and P's gradients under 0.5 G + 0.5 P, G's output detached or not."""
+    am.use(PERSONAL)
+    params = am.trainable(PERSONAL)
+    activate_both(am, trainable=PERSONAL)
+    mixer_of(am).constant(0.5, 0.5, detach_global=detach_global)
+    loss, _ = response_loss(am, batch)
+    loss.backward()
+    grads = [q.grad.clone() for q in params]
+    for q in params:
+        q.grad = None
+    mixer_of(am).disarm()
+    am.freeze()
+    return loss.item(), grads
+
+
+def test_personal_step_trains_p_under_half_p_plus_detached_half_g(tiny):
     am, tok, enc, train, g, p = _setup(tiny)
     am.set(GLOBAL, g)
     am.set(PERSONAL, p)
+    batch = collate(train[:2], [0, 1], tok.pad_token_id)
     am.use(PERSONAL)
     params = am.trainable(PERSONAL)
-    batch = collate(train[:2], [0, 1], tok.pad_token_id)
-    loss, _ = on_top_of_global(task_objective)(am, batch)
+    loss, _ = under_training_mix(task_objective, 0.5)(am, batch)
     loss.backward()
     assert all(q.grad is not None and q.grad.abs().sum() > 0 for q in params)
     assert all(q.grad is None for q in am.params[GLOBAL].values())
-    with torch.no_grad():  # the loss is that of base + G + P
-        assert set(am.peft.base_model.active_adapters) == {GLOBAL, PERSONAL}
-        stacked, _ = response_loss(am, batch)
-        am.use(PERSONAL)
-        alone, _ = response_loss(am, batch)
-    assert loss.item() == pytest.approx(stacked.item(), rel=1e-6)
-    assert abs(loss.item() - alone.item()) > 1e-6
     for q in params:
         q.grad = None
     am.freeze()
+    with torch.no_grad():  # the loss is that of base + 0.5 G + 0.5 P
+        manual = _manual_hidden(am, batch.input_ids, batch.attention_mask, 0.5, 0.5)
+        logits = am.logits(manual[batch.loss_rows, batch.loss_cols]).float()
+        expected = torch.nn.functional.cross_entropy(logits, batch.targets)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    # G's output is detached: no gradient reaches earlier layers' P through G's path
+    l1, detached = _training_step(am, batch, detach_global=True)
+    l2, attached = _training_step(am, batch, detach_global=False)
+    assert l1 == pytest.approx(l2, rel=1e-6)
+    assert any(not torch.allclose(a, b) for a, b in zip(detached, attached))
+    am.use(GLOBAL)
 
 
-def test_client_update_stores_seeded_anchors_and_uploads_g(tiny):
+def test_client_update_trains_p_uploads_g_and_leaves_no_mix_armed(tiny):
     am, tok, enc, train, g, _ = _setup(tiny)
     cfg = tiny_config(train={"max_steps": 1})
     algo = FedDPA(cfg)
@@ -202,15 +223,13 @@ def test_client_update_stores_seeded_anchors_and_uploads_g(tiny):
     assert [ph.phase for ph in update.phases] == ["personal", "global"]
     assert any(not torch.equal(p0[k], state[PERSONAL][k]) for k in p0)
     assert any(not torch.equal(g[k], update.state[k]) for k in g)
-    anchors = state[ANCHORS][FEATURES]
-    idx = sample_instances(len(train), cfg.feddpa.num_instances, cfg.seed, "a")
-    assert anchors.shape == (5, am.base.config.hidden_size)
-    torch.testing.assert_close(anchors, prompt_features(am, [train[i].prompt for i in idx], tok.pad_token_id))
+    assert not mixer_of(am).armed
+    assert set(state) == {PERSONAL}
     assert set(algo.exported_adapters(state, update.state)) == {"global", "personal"}
 
 
 def test_greedy_generation_uses_each_rows_weights(tiny):
-    am, tok, enc, train, _ = _arm_instance(tiny, scale=1.0)
+    am, tok, enc, train, *_ = _arm_instance(tiny, scale=1.0)
     prompts = [train[4].prompt, tuple(tok("Completely unrelated words about a train timetable:")["input_ids"])]
     ids, mask = _left_pad(prompts, tok.pad_token_id)
     kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=None)
@@ -221,7 +240,7 @@ def test_greedy_generation_uses_each_rows_weights(tiny):
     mix = mixer_of(am)
     for b in range(2):
         one = torch.tensor([prompts[b]])
-        mix.arm("fixed", fixed_weight=weights[b, 0].item())  # the same weights, one row at a time
+        mix.constant(weights[b, 0].item(), weights[b, 1].item())  # the same weights, one row at a time
         with torch.no_grad():
             alone = am.generate(input_ids=one, attention_mask=torch.ones_like(one), **kw)[0, one.shape[1]:]
         assert batched[b].tolist() == alone.tolist()

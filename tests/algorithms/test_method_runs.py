@@ -38,7 +38,7 @@ def test_two_round_run(tmp_path, method):
     out = tmp_path / method
     run_simulation(cfg, out, progress=False)
     results = json.loads((out / "results.json").read_text())
-    algo = ALGORITHMS[method]
+    algo = ALGORITHMS[method](cfg)
     assert set(results["summary"]) == set(algo.evaluated) | {"zero_shot"}
     for kind in algo.evaluated:
         assert set(results["matrices"][kind]) == set(CLIENTS)

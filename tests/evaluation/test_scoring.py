@@ -3,7 +3,8 @@ import torch
 from fedoa.data.prompts import PromptEncoder
 from fedoa.data.records import make_record
 from fedoa.evaluation.scoring import (
-    accuracy_from_generations,
+    accuracy_of,
+    generation_hits,
     generations,
     normalize_answer,
     option_predictions,
@@ -74,5 +75,6 @@ def test_normalization_and_generation_metric(tiny):
     ids = generations(am, ps, 2, tok.pad_token_id, 4, tok.eos_token_id)
     assert len(ids) == 3 and all(len(x) <= 4 for x in ids)
     texts = [ps.records[i].output for i in range(3)]
-    assert accuracy_from_generations(ps, texts) == 1.0
-    assert accuracy_from_generations(ps, ["zzz"] * 3) == 0.0
+    assert generation_hits(ps, texts) == [1, 1, 1] and accuracy_of(generation_hits(ps, texts)) == 1.0
+    assert generation_hits(ps, ["zzz", texts[1], "zzz"]) == [0, 1, 0]
+    assert accuracy_of([1, -1, 0, 1]) == 2 / 3  # -1: a record without options is not scored

@@ -6,17 +6,22 @@ uploads, and which adapters make the models that get evaluated.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from fedoa.algorithms.aggregation import fedavg
 from fedoa.config import RunConfig
 from fedoa.data.prompts import Encoded
-from fedoa.model.adapters import GLOBAL, PERSONAL, AdapterModel, AdapterState
+from fedoa.model.adapters import GLOBAL, PERSONAL, AdapterModel, AdapterState, state_digest
+from fedoa.model.mixing import mixer_off
 from fedoa.seeding import derive_seed, seed_text
-from fedoa.training.loop import LocalResult, planned_steps
+from fedoa.training.loop import LocalResult, Objective, planned_steps, train_slot
+from fedoa.training.losses import task_objective
 
 def is_untrained(state: AdapterState) -> bool:
     """LoRA starts with B = 0 and any training step moves B: all-zero B means never trained."""
@@ -26,6 +31,31 @@ def is_untrained(state: AdapterState) -> bool:
 # A client's private, persistent state: named adapter states (e.g. "personal"). It never leaves
 # the client, and it is saved with safetensors, so it holds tensors only.
 ClientState = dict[str, AdapterState]
+
+
+@dataclass
+class Phase:
+    """One local training phase of a client update (a line of metrics.jsonl)."""
+
+    phase: str
+    steps: int
+    examples: int
+    seconds: float
+    metrics: dict[str, float]
+    #: True when the phase's result came from a :class:`StepMemo` instead of being computed
+    reused: bool = False
+
+    @classmethod
+    def of(cls, phase: str, r: LocalResult) -> "Phase":
+        return cls(phase, r.steps, r.examples, r.seconds, dict(r.metrics))
+
+
+class StepMemo(Protocol):
+    """Results of deterministic local steps by key (``fedoa compare`` shares them across runs)."""
+
+    def get(self, key: str) -> tuple[AdapterState, Phase] | None: ...
+
+    def put(self, key: str, state: AdapterState, phase: Phase) -> None: ...
 
 
 @dataclass
@@ -39,24 +69,39 @@ class ClientContext:
     cfg: RunConfig
     pad_id: int
     progress: Callable[[int], None] | None = None
+    memo: StepMemo | None = None
 
     def seed_text(self, round_: int, phase: str) -> str:
         return seed_text(self.cfg.seed, round_, self.name, phase)
 
+    def step_key(self, phase: str, round_: int, start: AdapterState) -> str:
+        """Everything a plain task-loss step depends on: start state, data, seeds and settings."""
+        cfg = self.cfg
+        h = hashlib.sha256()
+        h.update(state_digest(start).encode())
+        h.update(self.seed_text(round_, phase).encode())
+        h.update(json.dumps([dataclasses.asdict(cfg.train), dataclasses.asdict(cfg.lora),
+                             dataclasses.asdict(cfg.model), str(self.am.device)], sort_keys=True).encode())
+        for e in self.train:
+            h.update(f"{e.prompt}|{e.response};".encode())
+        return h.hexdigest()
 
-@dataclass
-class Phase:
-    """One local training phase of a client update (a line of metrics.jsonl)."""
 
-    phase: str
-    steps: int
-    examples: int
-    seconds: float
-    metrics: dict[str, float]
-
-    @classmethod
-    def of(cls, phase: str, r: LocalResult) -> "Phase":
-        return cls(phase, r.steps, r.examples, r.seconds, dict(r.metrics))
+def train_on_task(ctx: ClientContext, slot: str, start: AdapterState, round_: int, phase: str,
+                  objective: Objective = task_objective, memoize: bool = True) -> tuple[AdapterState, Phase]:
+    """Train ``slot`` from ``start`` on the client's data; reuse a memoized result when the step is
+    the plain task-loss step (FedIT's local update and the global step of every two-adapter
+    method are the same computation, so ``fedoa compare`` runs it once per client and round)."""
+    key = ctx.step_key(phase, round_, start) if ctx.memo is not None and memoize else None
+    if key is not None and (hit := ctx.memo.get(key)) is not None:
+        return hit
+    ctx.am.set(slot, start)
+    result = train_slot(ctx.am, slot, ctx.train, ctx.cfg.train, objective, ctx.seed_text(round_, phase),
+                        ctx.pad_id, ctx.progress)
+    state, done = ctx.am.get(slot), Phase.of(phase, result)
+    if key is not None:
+        ctx.memo.put(key, state, done)
+    return state, done
 
 
 @dataclass
@@ -138,15 +183,15 @@ class Algorithm(ABC):
         """Models with the same identity are evaluated once (the global adapter is shared)."""
         return "global" if kind == "global" else f"{kind}/{client}"
 
-    def setup_eval(
-        self, am: AdapterModel, kind: str, client_state: ClientState, global_state: AdapterState
-    ) -> None:
-        """Load and activate the adapters that make the ``kind`` model of a client."""
+    def setup_eval(self, ctx: ClientContext, kind: str, global_state: AdapterState) -> None:
+        """Load and activate the adapters that make the ``kind`` model of client ``ctx.name``."""
+        am = ctx.am
+        mixer_off(am)
         if kind == "global":
             am.set(GLOBAL, global_state)
             am.use(GLOBAL)
         elif kind == "personal":
-            am.set(PERSONAL, self.starting_personal(client_state, global_state))
+            am.set(PERSONAL, self.starting_personal(ctx.state, global_state))
             am.use(PERSONAL)
         else:
             raise ValueError(f"{self.name} does not evaluate {kind!r}")

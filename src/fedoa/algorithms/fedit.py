@@ -18,10 +18,10 @@ and FedOA train G identically in round 1.
 """
 from __future__ import annotations
 
-from fedoa.algorithms.base import Algorithm, ClientContext, ClientState, ClientUpdate, Phase
+from fedoa.algorithms.base import Algorithm, ClientContext, ClientState, ClientUpdate, train_on_task
 from fedoa.algorithms.registry import register
 from fedoa.model.adapters import GLOBAL, AdapterModel, AdapterState
-from fedoa.training.loop import Objective, train_slot
+from fedoa.training.loop import Objective
 from fedoa.training.losses import task_objective
 
 
@@ -38,10 +38,7 @@ class FedIT(Algorithm):
         return task_objective
 
     def client_update(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> ClientUpdate:
-        am = ctx.am
-        am.set(GLOBAL, global_state)
-        result = train_slot(
-            am, GLOBAL, ctx.train, self.cfg.train, self.global_objective(ctx, global_state),
-            ctx.seed_text(round_, "global"), ctx.pad_id, ctx.progress,
-        )
-        return ClientUpdate(ctx.name, am.get(GLOBAL), len(ctx.train), [Phase.of("global", result)])
+        objective = self.global_objective(ctx, global_state)
+        state, phase = train_on_task(ctx, GLOBAL, global_state, round_, "global", objective,
+                                     memoize=objective is task_objective)
+        return ClientUpdate(ctx.name, state, len(ctx.train), [phase])

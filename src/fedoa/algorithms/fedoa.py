@@ -8,19 +8,28 @@ Per round a sampled client (1) trains its personal adapter P on
 global adapter, then (2) trains the received global adapter G with the plain task loss and
 uploads it; the server averages the uploads (FedAvg).
 
-Deviations from the reference code (all deliberate; see docs/method.md):
+With no overrides it makes the reference code's choices (Lydia-yang/FedOA): ``h`` is the final
+hidden state at the last token of prompt + answer (the end-of-sequence token), ``D`` the batch
+Frobenius norm ``torch.dist``, lambda 0.5, P starts as a fresh LoRA adapter in round 2.
+
+Evaluated models: "personal" (P alone), "mixed" (P and the final G mixed per test input the way
+FedDPA answers, which the reference evaluation script can also do; the paper does not say which
+of the two its table reports) and "global".
+
+Departures from the reference code (see docs/method.md, with their measured effects):
 - ``h_G`` is computed once per local update, in eval mode (no LoRA dropout), not re-run on every
-  step of every epoch; G is fixed during the personal step, so the target is the same.
+  step of every epoch; G is fixed during the personal step, so the target is the same up to
+  dropout noise.
 - P persists across rounds even when a client skips rounds (the reference re-initializes it).
-- ``D`` may be the reference's batch Frobenius norm (default), mean squared L2 or cosine, and
-  ``h`` the last token's or the mean final hidden state.
+- Options beyond the reference: ``D`` mean squared L2 or cosine; ``h`` at the last prompt token
+  (``feature = "answer"``) or the mean; P started from the received G (``fed.personal_init``).
 """
 from __future__ import annotations
 
 import torch
 
 from fedoa.algorithms.base import ClientContext
-from fedoa.algorithms.personalized import PersonalThenGlobal
+from fedoa.algorithms.personalized import PersonalThenGlobal, arm_personal_mix
 from fedoa.algorithms.registry import register
 from fedoa.algorithms.regularizers import distance
 from fedoa.data.batching import Batch
@@ -43,6 +52,16 @@ def feature_regularized(target: torch.Tensor, weight: float, dist: str, kind: st
 @register
 class FedOA(PersonalThenGlobal):
     name = "fedoa"
+
+    @property
+    def evaluated(self) -> tuple[str, ...]:
+        return ("personal", "mixed", "global") if self.cfg.fedoa.mixed_eval else ("personal", "global")
+
+    def setup_eval(self, ctx: ClientContext, kind: str, global_state: AdapterState) -> None:
+        if kind == "mixed":  # FedDPA's instance-wise inference with the reference's defaults
+            arm_personal_mix(ctx, global_state, self.starting_personal(ctx.state, global_state))
+        else:
+            super().setup_eval(ctx, kind, global_state)
 
     def personal_objective(self, ctx: ClientContext, global_state: AdapterState) -> Objective:
         c = self.cfg.fedoa

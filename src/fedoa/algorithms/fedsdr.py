@@ -63,6 +63,7 @@ def sdr_regularized(target: torch.Tensor, weight: float, kind: str) -> Objective
 @register
 class FedSDR(FedOA):
     name = "fedsdr"
+    evaluated = ("personal", "global")
 
     def personal_objective(self, ctx: ClientContext, global_state: AdapterState) -> Objective:
         c = self.cfg.fedsdr

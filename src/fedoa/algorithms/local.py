@@ -41,8 +41,8 @@ class Local(Algorithm):
         ctx.state[PERSONAL] = am.get(PERSONAL)
         return ClientUpdate(ctx.name, None, len(ctx.train), [Phase.of("personal", result)])
 
-    def setup_eval(self, am, kind, client_state, global_state) -> None:
+    def setup_eval(self, ctx: ClientContext, kind: str, global_state: AdapterState) -> None:
         if kind != "personal":
             raise ValueError(f"{self.name} does not evaluate {kind!r}")
-        am.set(PERSONAL, client_state[PERSONAL])
-        am.use(PERSONAL)
+        ctx.am.set(PERSONAL, ctx.state[PERSONAL])
+        ctx.am.use(PERSONAL)

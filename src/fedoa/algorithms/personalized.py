@@ -7,10 +7,31 @@ objective is (:meth:`PersonalThenGlobal.personal_objective`).
 """
 from __future__ import annotations
 
-from fedoa.algorithms.base import Algorithm, ClientContext, ClientUpdate, Phase
+from fedoa.algorithms.base import Algorithm, ClientContext, ClientUpdate, Phase, train_on_task
 from fedoa.model.adapters import GLOBAL, PERSONAL, AdapterState
+from fedoa.model.mixing import activate_both, arm_instance_mix, mixer_of
 from fedoa.training.loop import Objective, planned_steps, train_slot
 from fedoa.training.losses import task_objective
+
+
+def arm_personal_mix(ctx: ClientContext, global_state: AdapterState, personal: AdapterState, mode: str = "instance",
+                     fixed_weight: float = 0.5, k: int = 5, scale: float = 0.5, on: str = GLOBAL,
+                     features: str = "personal", clip: bool = False) -> None:
+    """Load G and P and mix them for evaluation (FedDPA's inference; FedOA's "mixed" model)."""
+    am = ctx.am
+    am.set(GLOBAL, global_state)
+    am.set(PERSONAL, personal)
+    activate_both(am)
+    mix = mixer_of(am)
+    if mode == "sum":
+        mix.constant(1.0, 1.0)
+    elif mode == "fixed":
+        mix.constant(fixed_weight, 1.0 - fixed_weight)
+    else:
+        arm_instance_mix(
+            am, [e.prompt for e in ctx.train], ctx.pad_id, k=k, scale=scale, seed=ctx.cfg.seed, on=on,
+            feature_slot=PERSONAL if features == "personal" else None, clip=clip,
+        )
 
 
 class PersonalThenGlobal(Algorithm):
@@ -28,20 +49,13 @@ class PersonalThenGlobal(Algorithm):
         ctx.state[PERSONAL] = am.get(PERSONAL)
         return Phase.of("personal", result)
 
-    def global_step(self, ctx: ClientContext, round_: int) -> Phase:
-        result = train_slot(
-            ctx.am, GLOBAL, ctx.train, self.cfg.train, task_objective,
-            ctx.seed_text(round_, "global"), ctx.pad_id, ctx.progress,
-        )
-        return Phase.of("global", result)
-
     def client_update(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> ClientUpdate:
-        ctx.am.set(GLOBAL, global_state)
+        ctx.am.set(GLOBAL, global_state)  # the personal objective may read G (features, mix, prox)
         phases = []
         if round_ >= self.cfg.fed.personal_start_round:
             phases.append(self.personal_step(ctx, global_state, round_))
-        phases.append(self.global_step(ctx, round_))
-        return ClientUpdate(ctx.name, ctx.am.get(GLOBAL), len(ctx.train), phases)
+        state, phase = train_on_task(ctx, GLOBAL, global_state, round_, "global")
+        return ClientUpdate(ctx.name, state, len(ctx.train), phases + [phase])
 
     def local_steps(self, num_examples: int, round_: int) -> int:
         n = planned_steps(num_examples, self.cfg.train)

@@ -7,6 +7,7 @@ belong to any client.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -18,9 +19,10 @@ from fedoa.data.prompts import PromptEncoder
 from fedoa.data.records import ClientData, Record
 from fedoa.evaluation.scoring import (
     PreparedSet,
-    accuracy_from_generations,
-    accuracy_from_options,
+    accuracy_of,
+    generation_hits,
     generations,
+    option_hits,
     option_predictions,
     prepare_set,
 )
@@ -52,6 +54,14 @@ class EvalPlan:
     def clients(self) -> list[str]:
         return list(self.id_set)
 
+    def headline_only(self) -> "EvalPlan":
+        """The plan without OOD groups beyond the headline one, and without the test sets only
+        they used: fewer models x sets to score when a table needs ID and headline OOD only."""
+        groups = {g: v for g, v in self.ood_groups.items() if v == self.ood_sets}
+        plan = dataclasses.replace(self, ood_groups=groups)
+        used = {s for c in plan.clients for s in plan.sets_of(c)}
+        return dataclasses.replace(plan, sets={s: r for s, r in self.sets.items() if s in used})
+
     def set_category(self, name: str) -> str:
         """The category of a test set's records (their task when uncategorized; 'mixed')."""
         cats = {r.category or r.task for r in self.sets[name]}
@@ -69,8 +79,17 @@ def default_plan(clients: list[ClientData], ood: bool = True) -> EvalPlan:
 
 @dataclass
 class SetScores:
+    """Accuracy of one model on one test set, and each record's outcome ('1' right, '0' wrong,
+    '-' not scored) in the set's order: paired comparisons need the records, not only the mean."""
+
     options: float = math.nan
     generation: float = math.nan
+    options_hits: str = ""
+    generation_hits: str = ""
+
+
+def hits_text(hits: list[int]) -> str:
+    return "".join("-" if h < 0 else str(h) for h in hits)
 
 
 @dataclass
@@ -85,42 +104,45 @@ class Evaluator:
     prepared: dict[str, PreparedSet] = field(default_factory=dict)
     seconds: float = 0.0
     examples: int = 0
-    #: Scores of the base model alone (no adapter active), shared by evaluators of the same
-    #: model (``fedoa compare``): the zero-shot model is scored once per distinct test set.
-    base_cache: dict | None = None
+    #: Scores by (model fingerprint, test set content), shared by evaluators of the same base
+    #: model (``fedoa compare``): a model met again (the zero-shot model, a global adapter two
+    #: methods share) is scored once per distinct test set.
+    cache: dict | None = None
 
     def prepare(self, plan: EvalPlan) -> None:
         for name, records in plan.sets.items():
             if name not in self.prepared:
                 self.prepared[name] = prepare_set(self.encoder, name, records)
 
-    def _base_key(self, ps: PreparedSet) -> tuple:
-        """Everything a zero-shot score depends on besides the (shared) model and tokenizer."""
+    def _set_key(self, ps: PreparedSet) -> tuple:
+        """Everything a score depends on besides the model and tokenizer."""
         return (
             self.cfg.metric, self.cfg.max_new_tokens, tuple(ps.prompts),
             tuple(tuple(o) for o in ps.options), tuple(ps.answers), tuple(r.output for r in ps.records),
         )
 
-    def score(self, set_name: str) -> SetScores:
+    def score(self, set_name: str, fingerprint: str | None = None) -> SetScores:
+        """Scores of the active model; ``fingerprint`` names the model's content (None: not cached)."""
         ps = self.prepared[set_name]
-        if self.base_cache is not None and self.am.active is None:
-            key = self._base_key(ps)
-            if key not in self.base_cache:
-                self.base_cache[key] = self._score(ps)
-            hit = self.base_cache[key]
-            return SetScores(hit.options, hit.generation)
-        return self._score(ps)
+        if self.cache is None or fingerprint is None:
+            return self._score(ps)
+        key = (fingerprint, self._set_key(ps))
+        if key not in self.cache:
+            self.cache[key] = self._score(ps)
+        return dataclasses.replace(self.cache[key])
 
     def _score(self, ps: PreparedSet) -> SetScores:
         start = time.perf_counter()
         out = SetScores()
         if self.cfg.metric in ("options", "both"):
             preds = option_predictions(self.am, ps, self.cfg.batch_size, self.pad_id)
-            out.options = accuracy_from_options(ps, preds)
+            hits = option_hits(ps, preds)
+            out.options, out.options_hits = accuracy_of(hits), hits_text(hits)
         if self.cfg.metric in ("generation", "both"):
             ids = generations(self.am, ps, self.cfg.batch_size, self.pad_id, self.cfg.max_new_tokens, self.eos_id)
             texts = self.encoder.tokenizer.batch_decode(ids, skip_special_tokens=True)
-            out.generation = accuracy_from_generations(ps, texts)
+            hits = generation_hits(ps, texts)
+            out.generation, out.generation_hits = accuracy_of(hits), hits_text(hits)
         self.seconds += time.perf_counter() - start
         self.examples += len(ps)
         return out
@@ -135,10 +157,14 @@ def evaluate_models(
     plan: EvalPlan,
     kinds: list[str],
     identity: Callable[[str, str], str],
-    activate: Callable[[str, str], None],
+    activate: Callable[[str, str], str | None],
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, dict[str, dict[str, SetScores]]]:
-    """``kind -> client -> set -> scores``; a model shared by clients is evaluated once per set."""
+    """``kind -> client -> set -> scores``; a model shared by clients is evaluated once per set.
+
+    ``activate(kind, client)`` makes the model current and returns its fingerprint (a name of
+    its content, for the evaluator's cache) or None.
+    """
     done: dict[tuple[str, str], SetScores] = {}
     out: dict[str, dict[str, dict[str, SetScores]]] = {}
     for kind in kinds:
@@ -147,13 +173,20 @@ def evaluate_models(
             ident = identity(kind, client)
             todo = [s for s in plan.sets_of(client) if (ident, s) not in done]
             if todo:
-                activate(kind, client)
+                fingerprint = activate(kind, client)
                 for s in todo:
-                    done[(ident, s)] = evaluator.score(s)
+                    done[(ident, s)] = evaluator.score(s, fingerprint)
                     if progress:
                         progress(len(evaluator.prepared[s]))
             out[kind][client] = {s: done[(ident, s)] for s in plan.sets_of(client)}
     return out
+
+
+def records(scores: dict[str, dict[str, dict[str, SetScores]]], metric: str) -> dict[str, dict[str, dict[str, str]]]:
+    """``kind -> client -> set -> per-record outcomes`` of the headline metric."""
+    attr = "generation_hits" if metric == "generation" else "options_hits"
+    return {kind: {c: {s: getattr(v, attr) for s, v in row.items()} for c, row in by_client.items()}
+            for kind, by_client in scores.items()}
 
 
 def matrices(scores: dict[str, dict[str, dict[str, SetScores]]], metric: str) -> dict[str, Matrix]:

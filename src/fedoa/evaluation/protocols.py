@@ -138,7 +138,12 @@ def holdout_categories(cfg: RunConfig) -> list[str]:
 
 def load_protocol(cfg: RunConfig, holdout: str | None = None) -> tuple[list[ClientData], EvalPlan]:
     """The clients and the evaluation plan of ``cfg.protocol`` (``holdout`` overrides the
-    configured held-out category)."""
+    configured held-out category; ``eval.extra_ood = false`` drops the extra OOD groups)."""
+    clients, plan = _load_protocol(cfg, holdout)
+    return clients, plan if cfg.eval.extra_ood else plan.headline_only()
+
+
+def _load_protocol(cfg: RunConfig, holdout: str | None) -> tuple[list[ClientData], EvalPlan]:
     name = cfg.protocol.name
     seed = cfg.data.split_seed
     if name == "natural":

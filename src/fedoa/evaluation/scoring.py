@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import string
-from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -19,12 +18,7 @@ from transformers import DynamicCache
 from fedoa.data.prompts import PromptEncoder
 from fedoa.data.records import Record
 from fedoa.model.adapters import AdapterModel
-
-
-#: While :func:`option_scores` runs a continuation pass, the prompt-batch row of each input row
-#: (``None`` otherwise). Models whose forward depends on the prompt batch row, e.g. FedDPA's
-#: instance-wise adapter mix, read it to re-index their per-row state.
-CONTINUATION_ROWS: ContextVar[torch.Tensor | None] = ContextVar("continuation_rows", default=None)
+from fedoa.model.mixing import CONTINUATION_ROWS
 
 
 @dataclass
@@ -164,11 +158,15 @@ def generations(
     return out
 
 
-def accuracy_from_options(prepared: PreparedSet, preds: list[int]) -> float:
-    scored = [(p, a) for p, a in zip(preds, prepared.answers) if a >= 0]
-    return sum(p == a for p, a in scored) / len(scored) if scored else float("nan")
+def option_hits(prepared: PreparedSet, preds: list[int]) -> list[int]:
+    """1 right, 0 wrong, -1 for a record without options."""
+    return [-1 if a < 0 else int(p == a) for p, a in zip(preds, prepared.answers)]
 
 
-def accuracy_from_generations(prepared: PreparedSet, texts: list[str]) -> float:
-    hits = [normalize_answer(t) == normalize_answer(r.output) for t, r in zip(texts, prepared.records)]
-    return sum(hits) / len(hits) if hits else float("nan")
+def generation_hits(prepared: PreparedSet, texts: list[str]) -> list[int]:
+    return [int(normalize_answer(t) == normalize_answer(r.output)) for t, r in zip(texts, prepared.records)]
+
+
+def accuracy_of(hits: list[int]) -> float:
+    scored = [h for h in hits if h >= 0]
+    return sum(scored) / len(scored) if scored else float("nan")

@@ -8,6 +8,7 @@ is served. Nothing is pickled; states are saved with safetensors in PEFT's own l
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -213,6 +214,16 @@ def save_adapter(state: AdapterState, config: dict, folder: str | Path) -> None:
 
 def load_adapter_state(folder: str | Path) -> AdapterState:
     return load_file(str(Path(folder) / "adapter_model.safetensors"))
+
+
+def state_digest(state: AdapterState) -> str:
+    """SHA-256 of an adapter state's names, dtypes, shapes and bytes."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().to("cpu").contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def state_bytes(state: AdapterState) -> int:

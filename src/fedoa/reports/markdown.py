@@ -4,7 +4,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-KINDS = (("personal", "personal"), ("global", "global"), ("zero_shot", "zero-shot"))
+from fedoa.kinds import LABELS, ORDER
+
+KINDS = tuple((k, LABELS[k]) for k in ORDER)
 
 
 def pct(x: float | None) -> str:
@@ -91,9 +93,17 @@ def render_report(results: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def console():
+    """A rich console; not a terminal (a log, a pipe): wide enough that no column is cut."""
+    import sys
+
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
 def print_summary(results: dict[str, Any]) -> None:
     """The ID/OOD table on the terminal (rich)."""
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{results['method']}: accuracy % ({results['metric']['headline']}, {results['protocol']['name']})")
@@ -101,4 +111,4 @@ def print_summary(results: dict[str, Any]) -> None:
         table.add_column(h, justify="right" if h != "client" else "left")
     for row in summary_rows(results):
         table.add_row(*[c.replace("**", "") for c in row])
-    Console().print(table)
+    console().print(table)

@@ -8,10 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fedoa.config import RunConfig
-from fedoa.evaluation.matrix import EvalPlan, SetScores, matrices, per_client, summarize
-
-KIND_KEYS = {"personal": "personal", "global": "global", "zero_shot": "zero_shot"}
-
+from fedoa.evaluation.matrix import EvalPlan, SetScores, matrices, per_client, records, summarize
 
 def _clean(x: Any) -> Any:
     """NaN -> None, so the file is strict JSON."""
@@ -52,6 +49,8 @@ def build_results(
         "summary": {kind: summarize(m, plan) for kind, m in mats.items()},
         "per_client": {kind: per_client(m, plan) for kind, m in mats.items()},
         "matrices": mats,
+        # per record of each (model, test set): '1' right, '0' wrong, '-' not scored (paired statistics)
+        "records": records(scores, metric),
         "communication": communication,
         "timing": timing,
         "config": cfg.to_dict(),

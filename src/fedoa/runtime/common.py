@@ -14,15 +14,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedoa.algorithms.base import Algorithm, ClientState, Phase
+from fedoa.algorithms.base import Algorithm, ClientContext, Phase
 from fedoa.config import RunConfig, config_to_toml
-from fedoa.model.adapters import AdapterModel, AdapterState, state_bytes
+from fedoa.kinds import ZERO_SHOT
+from fedoa.model.adapters import AdapterState, state_bytes, state_digest
+from fedoa.model.mixing import mixer_off
 from fedoa.reports.markdown import render_report
 from fedoa.reports.plots import plot_run
 from fedoa.reports.results import write_json
 
 WORK = ".run"
-ZERO_SHOT = "zero_shot"
 
 
 def config_key(cfg: RunConfig) -> str:
@@ -38,6 +39,7 @@ def metric_line(round_: int, client: str, ph: Phase) -> str:
     return json.dumps({
         "round": round_, "client": client, "phase": ph.phase, **ph.metrics,
         "steps": ph.steps, "examples": ph.examples, "seconds": round(ph.seconds, 3),
+        **({"reused": True} if ph.reused else {}),
     }) + "\n"
 
 
@@ -79,14 +81,15 @@ def model_identity(algo: Algorithm, kind: str, client: str) -> str:
     return ZERO_SHOT if kind == ZERO_SHOT else algo.eval_identity(kind, client)
 
 
-def activate_model(
-    am: AdapterModel, algo: Algorithm, kind: str, client_state: ClientState, global_state: AdapterState
-) -> None:
-    """Make ``kind`` (of the client whose state is given) the model that forward passes use."""
+def activate_model(ctx: ClientContext, algo: Algorithm, kind: str, global_state: AdapterState) -> str | None:
+    """Make ``kind`` (of the client of ``ctx``) the model that forward passes use; return its
+    fingerprint for score caches (shared models only: the base model, a global adapter)."""
     if kind == ZERO_SHOT:
-        am.use(None)
-    else:
-        algo.setup_eval(am, kind, client_state, global_state)
+        mixer_off(ctx.am)
+        ctx.am.use(None)
+        return ZERO_SHOT
+    algo.setup_eval(ctx, kind, global_state)
+    return f"global:{state_digest(global_state)}" if kind == "global" else None
 
 
 # ---------------------------------------------------------------------------- outputs

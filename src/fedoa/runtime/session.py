@@ -27,8 +27,10 @@ class Session:
     plan: EvalPlan
     setup_seconds: float = 0.0
     extra: dict = field(default_factory=dict)
-    #: zero-shot scores shared by sessions of the same model (see Evaluator.base_cache)
-    base_cache: dict | None = None
+    #: scores shared by sessions of the same model (see Evaluator.cache)
+    score_cache: dict | None = None
+    #: results of plain task-loss steps shared by the runs of a comparison (see DiskMemo)
+    memo: object | None = None
 
     @property
     def tokenizer(self):
@@ -39,11 +41,11 @@ class Session:
         return self.tokenizer.pad_token_id
 
     def context(self, client: str, state, progress=None) -> ClientContext:
-        return ClientContext(client, self.am, self.train[client], state, self.cfg, self.pad_id, progress)
+        return ClientContext(client, self.am, self.train[client], state, self.cfg, self.pad_id, progress, self.memo)
 
     def evaluator(self) -> Evaluator:
         ev = Evaluator(self.am, self.encoder, self.cfg.eval, self.pad_id, self.tokenizer.eos_token_id,
-                       base_cache=self.base_cache)
+                       cache=self.score_cache)
         ev.prepare(self.plan)
         return ev
 

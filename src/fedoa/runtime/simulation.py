@@ -122,7 +122,7 @@ def _trainer_context(session: Session, name: str, members: list[str], client_sta
     if members == [name]:
         return session.context(name, client_states[name], progress=progress)
     pooled = [e for m in members for e in session.train[m]]
-    return ClientContext(name, session.am, pooled, {}, session.cfg, session.pad_id, progress)
+    return ClientContext(name, session.am, pooled, {}, session.cfg, session.pad_id, progress, session.memo)
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -136,8 +136,8 @@ def evaluate_session(session: Session, global_state, client_states, progress: bo
     def identity(kind: str, client: str) -> str:
         return model_identity(algo, kind, client)
 
-    def activate(kind: str, client: str) -> None:
-        activate_model(am, algo, kind, client_states[client], global_state)
+    def activate(kind: str, client: str) -> str | None:
+        return activate_model(session.context(client, client_states[client]), algo, kind, global_state)
 
     todo = {}
     for kind in kinds:

@@ -321,11 +321,11 @@ class NodeRun:
         scores = []
         order = {k: i for i, k in enumerate(eval_kinds(self.cfg, algo))}
         for kind in sorted({k for k, _ in pairs}, key=lambda k: order.get(k, len(order))):
-            activate_model(am, algo, kind, state, global_state)
+            activate_model(session.context(self.spec.client, state), algo, kind, global_state)
             for k, s in pairs:
                 if k == kind:
                     sc = evaluator.score(s)
-                    scores.append([kind, s, sc.options, sc.generation])
+                    scores.append([kind, s, sc.options, sc.generation, sc.options_hits, sc.generation_hits])
         for kind, st in algo.exported_adapters(state, global_state).items():
             if kind != "global":  # the server writes the global adapter; personal ones stay here
                 am.save(st, store.folder / "adapters" / kind)

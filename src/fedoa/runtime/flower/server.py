@@ -267,6 +267,8 @@ def deployment_plan(cfg: RunConfig, reports: dict[str, dict[str, Any]]) -> EvalP
         plan = leave_category_out_plan(clients, heldout, holdout, ood=ood)
     else:
         raise DeployError(f"protocol {name!r} is not supported by the deployment")
+    if not cfg.eval.extra_ood:
+        plan = plan.headline_only()
     if cfg.eval.ood and not any_shared:
         plan.description += " OOD not evaluated: no node has an eval-path with shared test sets."
     for c in plan.clients:
@@ -297,7 +299,7 @@ class _Replay:
     def __init__(self, done: dict[tuple[str, str], SetScores]):
         self.done, self.ident, self.prepared = done, "", {}
 
-    def score(self, set_name: str) -> SetScores:
+    def score(self, set_name: str, fingerprint: str | None = None) -> SetScores:
         return self.done[(self.ident, set_name)]
 
 
@@ -536,8 +538,8 @@ class Server:
                         self.fed.lost.add(n)
                     rows.remove(c)
                     continue
-                for kind, s, opt, gen in json.loads(wire.values_of(rep)["scores"]):
-                    done[(model_identity(self.algo, kind, c), s)] = SetScores(_num(opt), _num(gen))
+                for kind, s, opt, gen, opt_hits, gen_hits in json.loads(wire.values_of(rep)["scores"]):
+                    done[(model_identity(self.algo, kind, c), s)] = SetScores(_num(opt), _num(gen), opt_hits, gen_hits)
         rows = [
             c for c in rows
             if all((model_identity(self.algo, k, c), s) in done for k in kinds for s in plan.sets_of(c))

@@ -1,0 +1,329 @@
+"""Statistics of a comparison: the table of mean ± std over seeds, and paired differences.
+
+The table: per method, model kind and group (ID, headline OOD, other OOD groups), the accuracy
+per *category* = mean over the (client model, test set) pairs of the group whose test set
+belongs to that category; with held-out rotation, a seed's value is the mean over the rotations
+that have such pairs. *Average* = mean over the categories (as in the paper's table). Cells hold
+mean and sample standard deviation (n-1) over seeds.
+
+Paired differences: two models compared on the *same* test records give paired outcomes
+(1 = correct, 0 = wrong). :func:`paired_difference` asks whether model A's accuracy differs
+from model B's:
+
+- the observations are (client model, test set, record) triples, each with one outcome per seed;
+  the difference of a triple is A's outcome minus B's under the same seed;
+- the 95% interval comes from :func:`scipy.stats.bootstrap` resampling *records* (with every
+  seed's outcome of a record kept together, ``paired=True``), so both sources of variation
+  enter: which test records were drawn, and the spread between seeds (each resample averages
+  the per-seed differences of the records it drew). What it cannot see is a seed effect shared
+  by all records; the per-seed differences are reported beside the interval for that reason;
+- a category average gives every category the same weight (as the paper's table does).
+
+A difference is *distinguishable from zero* when its interval excludes 0.
+"""
+from __future__ import annotations
+
+import math
+import statistics as pystats
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from fedoa import kinds
+
+#: Label of the mean over categories, shared by statistics and rendering.
+AVERAGE = "average"
+CONFIDENCE = 0.95
+RESAMPLES = 4000
+
+METHOD_KINDS = (kinds.PERSONAL, kinds.MIXED, kinds.GLOBAL)
+OOD_LABELS = {
+    "natural": "every other client's test data",
+    "within-category": "the sibling task of the same category",
+    "leave-category-out": "the held-out category (rotated)",
+}
+GROUP_LABELS = {"all": "every other task", "sibling": "the sibling task of the same category"}
+
+
+
+def seed_stats(values: Sequence[float]) -> dict[str, Any]:
+    """Mean and sample standard deviation (n-1) over seeds."""
+    values = [float(v) for v in values]
+    return {
+        "mean": pystats.fmean(values) if values else None,
+        "std": pystats.stdev(values) if len(values) >= 2 else None,
+        "n": len(values),
+        "values": values,
+    }
+
+
+def paired_difference(
+    a: np.ndarray, b: np.ndarray, weights: np.ndarray | None = None, seed: int = 0
+) -> dict[str, Any]:
+    """Mean of ``a - b`` with a paired bootstrap interval over records.
+
+    ``a`` and ``b`` have shape ``[seeds, records]`` (outcomes of the same records under the same
+    seeds). ``weights`` (one per record) make a weighted mean, e.g. equal weight per category.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 2 or a.shape[1] == 0:
+        raise ValueError(f"paired outcomes must share a [seeds, records] shape, got {a.shape} and {b.shape}")
+    diff = a - b  # [seeds, records]
+    w = np.ones(diff.shape[1]) if weights is None else np.asarray(weights, dtype=float)
+
+    def statistic(*args, axis=-1):
+        # args: one array per seed, then the weights; the bootstrap resamples the record axis of all alike
+        *per_seed, ww = args
+        d = np.mean(np.stack(per_seed), axis=0)
+        return np.sum(d * ww, axis=axis) / np.sum(ww, axis=axis)
+
+    point = float(statistic(*diff, w))
+    per_seed = [float(np.sum(d * w) / np.sum(w)) for d in diff]
+    out: dict[str, Any] = {
+        "difference": point, "per_seed": per_seed, "records": int(diff.shape[1]), "seeds": int(diff.shape[0]),
+        "confidence": CONFIDENCE,
+    }
+    if np.all(diff == diff.flat[0]):  # no variation at all: the interval is the point
+        low = high = point
+    else:
+        from scipy.stats import bootstrap
+
+        res = bootstrap(
+            (*diff, w), statistic, paired=True, vectorized=True, n_resamples=RESAMPLES,
+            confidence_level=CONFIDENCE, method="percentile", rng=np.random.default_rng(seed),
+        )
+        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    out["low"], out["high"] = low, high
+    out["distinguishable"] = bool(low > 0 or high < 0)
+    out["verdict"] = verdict(point, low, high)
+    return out
+
+
+def verdict(point: float, low: float, high: float) -> str:
+    """The difference in words."""
+    if math.isnan(point):
+        return "not measured"
+    if low > 0:
+        return "ahead (interval above 0)"
+    if high < 0:
+        return "behind (interval below 0)"
+    return "within noise (interval contains 0)"
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+def _mean(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return sum(xs) / len(xs) if xs else None
+
+
+def groups_of(results: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
+    """group -> client -> test sets: ``id``, ``ood`` (headline) and ``ood_<g>`` for each extra
+    group that differs from the headline one."""
+    out = {
+        "id": {c: [s] for c, s in results["id_set"].items()},
+        "ood": {c: list(v) for c, v in results["ood_sets"].items()},
+    }
+    for g, sets in (results.get("ood_groups") or {}).items():
+        if sets != results["ood_sets"]:
+            out[f"ood_{g}"] = sets
+    return out
+
+
+def run_categories(results: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """kind -> group -> category -> mean accuracy over the group's (client, test set) pairs
+    whose test set is of that category. Categories without pairs are absent."""
+    cats = results.get("set_categories") or {s: s for s in results["test_sets"]}
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for kind, matrix in results["matrices"].items():
+        out[kind] = {}
+        for group, sets in groups_of(results).items():
+            pairs: dict[str, list[float]] = {}
+            for client, names in sets.items():
+                for s in names:
+                    pairs.setdefault(cats[s], []).append(matrix[client].get(s))
+            values = {c: _mean(v) for c, v in pairs.items()}
+            out[kind][group] = {c: v for c, v in values.items() if v is not None}
+    return out
+
+
+def aggregate(
+    runs: list[tuple[str, int, str, dict[str, Any]]], methods: list[str], seeds: list[int]
+) -> dict[str, Any]:
+    """The comparison table from finished runs ``(method, seed, holdout, results)``.
+
+    Per method, kind, group and seed: per category, the mean over the seed's runs (rotations)
+    that have that category; the seed's average is the mean of its categories. Then mean and
+    sample standard deviation over seeds. The zero-shot model is the same in every run; its row
+    pools all runs.
+    """
+    per_seed: dict[tuple[str, str], dict[int, list[dict]]] = {}
+    first = None
+    for method, seed, holdout, results in runs:
+        first = first or results
+        cats = run_categories(results)
+        for kind, groups in cats.items():
+            owner = "zero_shot" if kind == "zero_shot" else method
+            per_seed.setdefault((owner, kind), {}).setdefault(seed, []).append(groups)
+    categories: list[str] = sorted(
+        {c for by_seed in per_seed.values() for rs in by_seed.values() for g in rs for v in g.values() for c in v}
+    )
+    group_names: list[str] = []
+    for _, _, _, results in runs:
+        group_names += [g for g in groups_of(results) if g not in group_names]
+    order = ["ood"] + [g for g in group_names if g.startswith("ood_")] + ["id"]
+    group_names = [g for g in order if g in group_names]
+
+    def cell_stats(by_seed: dict[int, list[dict]], group: str) -> dict[str, dict[str, Any]]:
+        seed_values: dict[str, list[float]] = {c: [] for c in categories + [AVERAGE]}
+        for seed in sorted(by_seed):
+            rots = by_seed[seed]
+            cat_vals = {}
+            for c in categories:
+                v = _mean([r.get(group, {}).get(c) for r in rots])
+                if v is not None:
+                    cat_vals[c] = v
+                    seed_values[c].append(v)
+            if cat_vals:
+                seed_values[AVERAGE].append(pystats.fmean(cat_vals.values()))
+        return {c: seed_stats(v) for c, v in seed_values.items()}
+
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    for group in group_names:
+        table[group] = {}
+        for method in methods:
+            table[group][method] = {}
+            for kind in METHOD_KINDS:
+                by_seed = per_seed.get((method, kind))
+                table[group][method][kind] = cell_stats(by_seed, group) if by_seed else None
+        zs = per_seed.get(("zero_shot", "zero_shot"))
+        table[group]["zero_shot"] = {"zero_shot": cell_stats(zs, group) if zs else None}
+
+    from fedoa.evaluation.protocols import DESCRIPTIONS
+
+    protocol = {}
+    if first:
+        name = first["protocol"]["name"]
+        protocol = {"name": name, "description": DESCRIPTIONS.get(name, first["protocol"]["description"])}
+    return {
+        "protocol": protocol,
+        "metric": first["metric"] if first else {},
+        "methods": methods,
+        "seeds": seeds,
+        "categories": categories,
+        "groups": group_names,
+        "group_labels": {g: group_label(g, protocol.get("name", "")) for g in group_names},
+        "table": table,
+        "config": first["config"] if first else None,
+    }
+
+
+def group_label(group: str, protocol: str) -> str:
+    if group == "id":
+        return "ID: the client's own test data"
+    if group == "ood":
+        return f"OOD (headline): {OOD_LABELS.get(protocol, 'out-of-distribution test data')}"
+    name = group[4:]
+    return f"OOD, {GROUP_LABELS.get(name, name)}"
+
+
+# ----------------------------------------------------------------------------- paired differences
+
+Row = tuple[str, str]  # (method label, model kind); ("zero_shot", "zero_shot") for the base model
+ObsKey = tuple[str, str, str, int]  # (held-out category, client, test set, record index)
+
+
+def run_outcomes(results: dict[str, Any], holdout: str = "") -> dict[str, dict[str, dict[str, dict[ObsKey, int]]]]:
+    """kind -> group -> category -> {observation: outcome} of one run (records with outcomes only)."""
+    cats = results.get("set_categories") or {s: s for s in results["test_sets"]}
+    out: dict[str, dict[str, dict[str, dict[ObsKey, int]]]] = {}
+    for kind, by_client in (results.get("records") or {}).items():
+        per_group = out.setdefault(kind, {})
+        for group, sets in groups_of(results).items():
+            per_cat = per_group.setdefault(group, {})
+            for client, names in sets.items():
+                for s in names:
+                    hits = by_client.get(client, {}).get(s, "")
+                    obs = per_cat.setdefault(cats[s], {})
+                    for i, h in enumerate(hits):
+                        if h in "01":
+                            obs[(holdout, client, s, i)] = int(h)
+    return out
+
+
+def collect_outcomes(runs: list[tuple[str, int, str, dict[str, Any]]]) -> dict[Row, dict[int, dict]]:
+    """row -> seed -> group -> category -> {observation: outcome}, over the runs of a comparison."""
+    rows: dict[Row, dict[int, dict]] = {}
+    for label, seed, holdout, results in runs:
+        for kind, groups in run_outcomes(results, holdout).items():
+            row = (kinds.ZERO_SHOT, kinds.ZERO_SHOT) if kind == kinds.ZERO_SHOT else (label, kind)
+            by_seed = rows.setdefault(row, {}).setdefault(seed, {})
+            for group, cats in groups.items():
+                for cat, obs in cats.items():
+                    by_seed.setdefault(group, {}).setdefault(cat, {}).update(obs)
+    return rows
+
+
+def _aligned(a: dict[int, dict], b: dict[int, dict], group: str, cat: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """``[seeds, records]`` outcomes of two rows on the observations both have under every common seed."""
+    seeds = sorted(s for s in a if s in b)
+    if not seeds:
+        return None
+    keys = None
+    for s in seeds:
+        for side in (a, b):
+            have = set(side[s].get(group, {}).get(cat, {}))
+            keys = have if keys is None else keys & have
+    if not keys:
+        return None
+    keys = sorted(keys)
+    return (
+        np.array([[a[s][group][cat][k] for k in keys] for s in seeds], dtype=float),
+        np.array([[b[s][group][cat][k] for k in keys] for s in seeds], dtype=float),
+    )
+
+
+def compare_rows(a: dict[int, dict], b: dict[int, dict], group: str, categories: list[str]) -> dict[str, Any]:
+    """Paired difference a - b per category and on the category average (each category weighs the same)."""
+    out: dict[str, Any] = {}
+    parts = []
+    for cat in categories:
+        pair = _aligned(a, b, group, cat)
+        if pair is None:
+            continue
+        out[cat] = paired_difference(*pair)
+        parts.append(pair)
+    if parts:
+        xa = np.concatenate([p[0] for p in parts], axis=1)
+        xb = np.concatenate([p[1] for p in parts], axis=1)
+        w = np.concatenate([np.full(p[0].shape[1], 1.0 / p[0].shape[1]) for p in parts])
+        if all(p[0].shape[0] == xa.shape[0] for p in parts):
+            out[AVERAGE] = paired_difference(xa, xb, w)
+    return out
+
+
+def paired_table(
+    runs: list[tuple[str, int, str, dict[str, Any]]], focus: list[str], categories: list[str], groups: list[str]
+) -> list[dict[str, Any]]:
+    """Every focus row (its personal and mixed models) against every other row, per group.
+
+    A row whose outcomes repeat an earlier row's exactly (the global adapter that FedIT and every
+    two-adapter method share) is compared once, under the first row's name.
+    """
+    rows = collect_outcomes(runs)
+    distinct: list[Row] = []
+    for r in rows:
+        if not any(rows[d] == rows[r] for d in distinct):
+            distinct.append(r)
+    out = []
+    for f in [r for r in rows if r[0] in focus and r[1] in (kinds.PERSONAL, kinds.MIXED)]:
+        for other in distinct:
+            if other == f:
+                continue
+            for group in groups:
+                cells = compare_rows(rows[f], rows[other], group, categories)
+                if cells:
+                    out.append({"a": list(f), "b": list(other), "group": group, "cells": cells})
+    return out
