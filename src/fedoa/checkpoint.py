@@ -2,13 +2,13 @@
 
 Client updates derive every random draw from (seed, round, client, phase), so the state after a
 round (global adapter + every client's private adapters) is all an exact resume needs.
-A checkpoint folder is written beside the old one and swapped in by rename: a crash while
-writing leaves the previous checkpoint intact.
+A checkpoint folder is written beside the old one, fsynced and swapped in by rename
+(:func:`fedoa.io.replace_dir`): a crash at any point leaves a complete checkpoint, the previous
+round's or this one's.
 """
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from fedoa.io import atomic_write, replace_dir
 from fedoa.model.adapters import AdapterState
 
 ClientState = dict[str, AdapterState]
@@ -43,10 +44,8 @@ def client_file_name(name: str) -> str:
 
 
 def save_client_state(path: Path, state: ClientState) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(flatten(state), str(tmp))
-    os.replace(tmp, path)
+    tensors = flatten(state)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp))
 
 
 def load_client_state(path: Path) -> ClientState:
@@ -65,14 +64,7 @@ def save_checkpoint(
     for name, state in clients.items():
         save_file(flatten(state), str(tmp / "clients" / client_file_name(name)))
     (tmp / "state.json").write_text(json.dumps({"round": round_, **meta}, indent=2), encoding="utf-8")
-    old = folder.with_name(folder.name + ".old")
-    if folder.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    if old.exists():
-        shutil.rmtree(old)
+    replace_dir(tmp, folder)
 
 
 def load_checkpoint(folder: Path) -> tuple[int, AdapterState, dict[str, ClientState], dict[str, Any]] | None:

@@ -32,9 +32,9 @@ from typing import Any
 
 from fedoa.config import RunConfig, config_to_toml
 from fedoa.errors import ConfigError, FedoaError
+from fedoa.io import write_text
 from fedoa.reports.compare import pct, write_outputs
 from fedoa.statistics import aggregate, paired_table
-
 
 # ----------------------------------------------------------------------------- the runs
 
@@ -80,18 +80,16 @@ def display_label(label: str) -> str:
 
 def variant_config(cfg: RunConfig, label: str) -> RunConfig:
     """``cfg`` with the method (and the variant's overrides) of ``label``, validated."""
-    from fedoa.config import _build, _merge, parse_override, validate
+    from fedoa.config import build, merge, parse_override
 
     name, overrides = split_method(label)
     values = {**cfg.to_dict(), "method": name}
     for text in overrides:
-        values = _merge(values, parse_override(text))
+        values = merge(values, parse_override(text))
     try:
-        run_cfg = _build(RunConfig, values)
+        return build(values)
     except ConfigError as e:
         raise ConfigError(f"{e.message} (in method variant {label!r})", where=e.where) from None
-    validate(run_cfg)
-    return run_cfg
 
 
 def run_folder_name(label: str) -> str:
@@ -141,7 +139,7 @@ def holdouts_of(cfg: RunConfig) -> list[str]:
         return [""]
     if cfg.protocol.holdout:
         return [cfg.protocol.holdout]
-    from fedoa.evaluation.protocols import holdout_categories
+    from fedoa.data.scenario import holdout_categories
 
     return holdout_categories(cfg)
 
@@ -250,9 +248,9 @@ def run_compare(
     """
     from tqdm.auto import tqdm
 
-    from fedoa.algorithms.registry import make_algorithm
+    from fedoa.algorithms import make_algorithm
     from fedoa.evaluation.protocols import load_protocol
-    from fedoa.runtime.simulation import run_simulation
+    from fedoa.runtime.inprocess import run_simulation
 
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -263,7 +261,7 @@ def run_compare(
     data = {h: load_protocol(cfg, holdout=h or None) for h in holdouts}  # bad data fails here too
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.toml").write_text(config_to_toml(cfg), encoding="utf-8")
+    write_text(out_dir / "config.toml", config_to_toml(cfg))
     shared: SharedModel | None = None
     status: dict[str, dict[str, Any]] = {}
 
@@ -310,7 +308,8 @@ def run_compare(
             t0 = time.perf_counter()
             try:
                 session = shared.session(spec.cfg, clients, plan)
-                results = run_simulation(spec.cfg, spec.out, progress=progress, session=session)
+                results = run_simulation(spec.cfg, spec.out, progress=progress, session=session,
+                                         restart_on_change=True)
             except (FedoaError, KeyboardInterrupt):
                 raise
             except Exception as e:  # one broken run must not lose the others' hours

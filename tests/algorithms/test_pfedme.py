@@ -5,8 +5,7 @@ from fedoa.algorithms.base import ClientContext, ClientUpdate
 from fedoa.algorithms.pfedme import PFedMe, moreau_pull, server_mix
 from fedoa.data.prompts import PromptEncoder
 from fedoa.model.adapters import PERSONAL
-
-from tests.conftest import synthetic_clients, tiny_config
+from tests.support import synthetic_clients, tiny_config
 
 
 def test_moreau_pull_on_a_toy():

@@ -1,11 +1,10 @@
 import json
 
+import datasets
 import pytest
 
 from fedoa.data.hf import load_hf
 from fedoa.errors import DataError, FedoaError
-
-import datasets
 
 Q = "Is it good?\nOPTIONS:\n- yes\n- no"
 COLS = {"instruction": "q", "output": "a"}

@@ -1,24 +1,25 @@
 """The ID/OOD protocols on the real Flan-8 folder (never copied into the repository)."""
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from pathlib import Path
 
 import pytest
 
-from fedoa.config import RunConfig, load_config
+from fedoa.config import DataConfig, RunConfig, load_config
 from fedoa.data import load_clients, load_tasks, make_clients
 from fedoa.data.records import ClientData, make_record
+from fedoa.data.scenario import categories_of, task_categories
 from fedoa.errors import ConfigError
-from fedoa.evaluation.matrix import EvalPlan, SetScores, default_plan, per_client, summarize
-from fedoa.evaluation.protocols import (
-    categories_of,
-    load_protocol,
-    task_categories,
-    within_category_plan,
+from fedoa.evaluation.matrix import (
+    EvalPlan,
+    SetScores,
+    default_plan,
+    per_client,
+    summarize,
 )
+from fedoa.evaluation.protocols import load_protocol, within_category_plan
 from fedoa.reports.markdown import render_report
 from fedoa.reports.results import build_results
 
@@ -45,7 +46,7 @@ def flan8() -> Path:
 
 def flan_cfg(flan8: Path, protocol: str = "natural", holdout: str = "", **data) -> RunConfig:
     cfg = RunConfig()
-    cfg.data = dataclasses.replace(cfg.data, source="jsonl", path=str(flan8), **data)
+    cfg.data = DataConfig.model_validate({**cfg.data.model_dump(), "source": "jsonl", "path": str(flan8), **data})
     cfg.protocol.name = protocol
     cfg.protocol.holdout = holdout
     return cfg

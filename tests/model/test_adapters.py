@@ -7,6 +7,7 @@ from peft import PeftModel
 from fedoa.config import ModelConfig
 from fedoa.model.adapters import GLOBAL, PERSONAL, load_adapter_state, state_bytes
 from fedoa.model.base import load_base
+from tests.support.tiny import tiny_model_dir
 
 
 def test_get_set_round_trip_and_fresh_init(tiny):
@@ -46,7 +47,7 @@ def test_saved_adapter_loads_in_stock_peft_with_same_logits(tiny, tmp_path):
     am.use(PERSONAL)
     with torch.no_grad():
         ours = am.logits(am.hidden(ids, torch.ones_like(ids)))
-    fresh_base, _ = load_base(ModelConfig(name="tiny:llama"))
+    fresh_base, _ = load_base(ModelConfig(name=str(tiny_model_dir())))
     stock = PeftModel.from_pretrained(fresh_base, tmp_path / "personal")
     with torch.no_grad():
         theirs = stock(input_ids=ids).logits

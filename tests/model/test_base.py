@@ -4,6 +4,7 @@ import torch
 from fedoa.config import ModelConfig
 from fedoa.errors import ModelError
 from fedoa.model.base import EMBEDDED, embedded_cache_dir, load_base
+from tests.support.tiny import tiny_model_dir
 
 
 @pytest.mark.parametrize("name", ["/no/such/folder", "./missing-model", "missing.gguf"])
@@ -14,8 +15,8 @@ def test_unknown_model_path_is_a_clear_error(name):
 
 
 def test_tiny_model_is_deterministic_and_frozen():
-    a, tok = load_base(ModelConfig(name="tiny:llama"))
-    b, _ = load_base(ModelConfig(name="tiny:llama"))
+    a, tok = load_base(ModelConfig(name=str(tiny_model_dir())))
+    b, _ = load_base(ModelConfig(name=str(tiny_model_dir())))
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert not any(p.requires_grad for p in a.parameters())
     assert tok.pad_token_id is not None

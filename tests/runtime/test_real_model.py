@@ -7,8 +7,8 @@ from transformers import AutoModelForCausalLM
 from fedoa.config import default_config_path, load_config
 from fedoa.model.adapters import PERSONAL, load_adapter_state
 from fedoa.model.base import embedded_cache_dir
+from fedoa.runtime.inprocess import run_simulation
 from fedoa.runtime.session import open_session
-from fedoa.runtime.simulation import run_simulation
 
 
 @pytest.mark.slow

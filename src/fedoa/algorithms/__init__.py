@@ -1,4 +1,5 @@
-"""Federated methods: each module defines one method behind :class:`fedoa.algorithms.base.Algorithm`."""
+"""Federated methods: each module defines one method (its settings and its algorithm, registered
+together in :mod:`fedoa.registry`) behind :class:`fedoa.algorithms.base.Algorithm`."""
 from fedoa.algorithms import (  # noqa: F401  (each module registers its method)
     centralized,
     ditto,
@@ -10,6 +11,12 @@ from fedoa.algorithms import (  # noqa: F401  (each module registers its method)
     local,
     pfedme,
 )
-from fedoa.algorithms.registry import ALGORITHMS, make_algorithm
+from fedoa.registry import ALGORITHMS
+
+
+def make_algorithm(cfg):
+    """The algorithm of ``cfg.method`` (the config has already checked that it exists)."""
+    return ALGORITHMS[cfg.method](cfg)
+
 
 __all__ = ["ALGORITHMS", "make_algorithm"]

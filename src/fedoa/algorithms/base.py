@@ -6,7 +6,6 @@ uploads, and which adapters make the models that get evaluated.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from abc import ABC, abstractmethod
@@ -17,11 +16,18 @@ from typing import ClassVar, Protocol
 from fedoa.algorithms.aggregation import fedavg
 from fedoa.config import RunConfig
 from fedoa.data.prompts import Encoded
-from fedoa.model.adapters import GLOBAL, PERSONAL, AdapterModel, AdapterState, state_digest
+from fedoa.model.adapters import (
+    GLOBAL,
+    PERSONAL,
+    AdapterModel,
+    AdapterState,
+    state_digest,
+)
 from fedoa.model.mixing import mixer_off
 from fedoa.seeding import derive_seed, seed_text
 from fedoa.training.loop import LocalResult, Objective, planned_steps, train_slot
 from fedoa.training.losses import task_objective
+
 
 def is_untrained(state: AdapterState) -> bool:
     """LoRA starts with B = 0 and any training step moves B: all-zero B means never trained."""
@@ -80,8 +86,8 @@ class ClientContext:
         h = hashlib.sha256()
         h.update(state_digest(start).encode())
         h.update(self.seed_text(round_, phase).encode())
-        h.update(json.dumps([dataclasses.asdict(cfg.train), dataclasses.asdict(cfg.lora),
-                             dataclasses.asdict(cfg.model), str(self.am.device)], sort_keys=True).encode())
+        h.update(json.dumps([cfg.train.model_dump(), cfg.lora.model_dump(), cfg.model.model_dump(),
+                             str(self.am.device)], sort_keys=True).encode())
         for e in self.train:
             h.update(f"{e.prompt}|{e.response};".encode())
         return h.hexdigest()
@@ -122,9 +128,16 @@ class Algorithm(ABC):
     evaluated: ClassVar[tuple[str, ...]] = ("personal", "global")
     #: False for methods without a server (local training only).
     federated: ClassVar[bool] = True
+    #: True for methods whose personal step follows ``fed.personal_start_round``
+    personal_schedule: ClassVar[bool] = False
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
+
+    @property
+    def settings(self):
+        """This method's own config section (``[<name>]``), or None when it has none."""
+        return self.cfg.settings_of(self.name)
 
     # ---------------------------------------------------------------- state
 

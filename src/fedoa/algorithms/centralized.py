@@ -21,13 +21,13 @@ from __future__ import annotations
 
 from fedoa.algorithms.base import ClientUpdate
 from fedoa.algorithms.fedit import FedIT
-from fedoa.algorithms.registry import register
 from fedoa.model.adapters import AdapterState
+from fedoa.registry import register
 
 POOL = "pooled"
 
 
-@register
+@register()
 class Centralized(FedIT):
     name = "centralized"
     evaluated = ("global",)

@@ -28,18 +28,30 @@ from __future__ import annotations
 from fedoa.algorithms.base import ClientContext
 from fedoa.algorithms.fedprox import device_copy, with_proximal
 from fedoa.algorithms.personalized import PersonalThenGlobal
-from fedoa.algorithms.registry import register
+from fedoa.config import Section, setting
 from fedoa.model.adapters import PERSONAL, AdapterState
+from fedoa.registry import register
 from fedoa.training.loop import Objective
 from fedoa.training.losses import task_objective
 
 
-@register
+class DittoSettings(Section):
+    """Ditto: the personal adapter's proximal term."""
+
+    lam: float = setting(
+        0.1,
+        "lambda: weight of Ditto's proximal term lambda/2 * ||P - G||^2 pulling the personal adapter toward "
+        "the received global adapter (parameter space, with a real gradient).",
+        ge=0,
+    )
+
+
+@register(DittoSettings)
 class Ditto(PersonalThenGlobal):
     name = "ditto"
 
     def personal_objective(self, ctx: ClientContext, global_state: AdapterState) -> Objective:
-        lam = self.cfg.ditto.lam
+        lam = self.settings.lam
         if lam == 0:
             return task_objective
         return with_proximal(task_objective, PERSONAL, device_copy(global_state, ctx.am, PERSONAL), lam)

@@ -31,14 +31,44 @@ Departures from the reference (see docs/method.md):
 """
 from __future__ import annotations
 
-from fedoa.algorithms.base import ClientContext, ClientUpdate
+from typing import Literal
+
+from fedoa.algorithms.base import ClientContext
 from fedoa.algorithms.personalized import PersonalThenGlobal, arm_personal_mix
-from fedoa.algorithms.registry import register
+from fedoa.config import Section, setting
 from fedoa.data.batching import Batch
 from fedoa.model.adapters import GLOBAL, PERSONAL, AdapterModel, AdapterState
 from fedoa.model.mixing import activate_both, mixer_of
+from fedoa.registry import register
 from fedoa.training.loop import Objective
 from fedoa.training.losses import task_objective
+
+
+class FedDPASettings(Section):
+    """FedDPA: the local adapter's training mix and the instance-wise inference."""
+
+    local_weight: float = setting(
+        0.5, "a: the local adapter is trained under W0 x + a*P(x) + (1 - a)*detach(G(x)) (the reference: 0.5).",
+        gt=0, le=1,
+    )
+    mix: Literal["instance", "fixed", "sum"] = setting(
+        "instance",
+        "How the personal model combines the two adapters' outputs: 'instance' (FedDPA's instance-wise weight "
+        "from feature similarity to local training prompts drawn per input), 'fixed' (w_G = fixed_weight, "
+        "w_P = 1 - fixed_weight), 'sum' (base + G + P).",
+    )
+    fixed_weight: float = setting(0.5, "w_G of the 'fixed' mix: output = base + w_G*G + (1 - w_G)*P.", ge=0, le=1)
+    num_instances: int = setting(5, "Local training prompts drawn per test input for 'instance'.", ge=1)
+    sim_scale: float = setting(0.5, "Instance weight w = sim_scale * mean cosine similarity.", ge=0)
+    instance_weight_on: Literal["personal", "global"] = setting(
+        "global", "Which adapter gets the instance weight w (the other gets 1 - w); the reference: 'global'."
+    )
+    similarity_features: Literal["personal", "base"] = setting(
+        "personal",
+        "Features of the similarity: final hidden state at the last prompt token under the local adapter alone "
+        "(the reference) or under the bare base model.",
+    )
+    clip: bool = setting(False, "Clip w to [0, 1] (the reference does not).")
 
 
 def under_training_mix(objective: Objective, local_weight: float) -> Objective:
@@ -57,12 +87,12 @@ def under_training_mix(objective: Objective, local_weight: float) -> Objective:
 # ---------------------------------------------------------------------------- the method
 
 
-@register
+@register(FedDPASettings)
 class FedDPA(PersonalThenGlobal):
     name = "feddpa"
 
     def personal_objective(self, ctx: ClientContext, global_state: AdapterState) -> Objective:
-        return under_training_mix(task_objective, self.cfg.feddpa.local_weight)
+        return under_training_mix(task_objective, self.settings.local_weight)
 
     def personal_step(self, ctx: ClientContext, global_state: AdapterState, round_: int):
         try:
@@ -74,7 +104,7 @@ class FedDPA(PersonalThenGlobal):
         if kind != "personal":
             super().setup_eval(ctx, kind, global_state)
             return
-        c = self.cfg.feddpa
+        c = self.settings
         arm_personal_mix(
             ctx, global_state, self.starting_personal(ctx.state, global_state), c.mix, c.fixed_weight,
             c.num_instances, c.sim_scale, c.instance_weight_on, c.similarity_features, c.clip,

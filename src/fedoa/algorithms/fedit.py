@@ -18,14 +18,20 @@ and FedOA train G identically in round 1.
 """
 from __future__ import annotations
 
-from fedoa.algorithms.base import Algorithm, ClientContext, ClientState, ClientUpdate, train_on_task
-from fedoa.algorithms.registry import register
+from fedoa.algorithms.base import (
+    Algorithm,
+    ClientContext,
+    ClientState,
+    ClientUpdate,
+    train_on_task,
+)
 from fedoa.model.adapters import GLOBAL, AdapterModel, AdapterState
+from fedoa.registry import register
 from fedoa.training.loop import Objective
 from fedoa.training.losses import task_objective
 
 
-@register
+@register()
 class FedIT(Algorithm):
     name = "fedit"
     evaluated = ("global",)

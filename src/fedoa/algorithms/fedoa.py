@@ -26,16 +26,46 @@ Departures from the reference code (see docs/method.md, with their measured effe
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from fedoa.algorithms.base import ClientContext
 from fedoa.algorithms.personalized import PersonalThenGlobal, arm_personal_mix
-from fedoa.algorithms.registry import register
 from fedoa.algorithms.regularizers import distance
+from fedoa.config import Section, setting
 from fedoa.data.batching import Batch
 from fedoa.model.adapters import GLOBAL, AdapterModel, AdapterState
+from fedoa.registry import register
 from fedoa.training.loop import Objective
-from fedoa.training.losses import example_features, features, response_loss, task_objective
+from fedoa.training.losses import (
+    example_features,
+    features,
+    response_loss,
+    task_objective,
+)
+
+FEATURE_HELP = (
+    "Feature h(x): final hidden state at the last token of prompt + response (the reference), at the "
+    "last prompt token (the state the LM head reads to predict the answer), or the mean over tokens."
+)
+
+
+class FedOASettings(Section):
+    """FedOA: the personal adapter's feature regularizer."""
+
+    regular_weight: float = setting(0.5, "lambda: weight of the feature-distance regularizer (0: the ablation).", ge=0)
+    distance: Literal["frobenius", "mse", "cosine"] = setting(
+        "frobenius",
+        "'frobenius': the reference's torch.dist over the micro-batch (not squared, not averaged); "
+        "'mse': mean squared L2 per example; 'cosine': mean (1 - cosine similarity).",
+    )
+    feature: Literal["last_token", "answer", "mean"] = setting("last_token", FEATURE_HELP)
+    mixed_eval: bool = setting(
+        True,
+        "Also evaluate each client's 'mixed' model: personal and global adapter mixed per test input the "
+        "way FedDPA answers (the reference evaluation script's instance-wise mode).",
+    )
 
 
 def feature_regularized(target: torch.Tensor, weight: float, dist: str, kind: str) -> Objective:
@@ -49,13 +79,13 @@ def feature_regularized(target: torch.Tensor, weight: float, dist: str, kind: st
     return objective
 
 
-@register
+@register(FedOASettings)
 class FedOA(PersonalThenGlobal):
     name = "fedoa"
 
     @property
     def evaluated(self) -> tuple[str, ...]:
-        return ("personal", "mixed", "global") if self.cfg.fedoa.mixed_eval else ("personal", "global")
+        return ("personal", "mixed", "global") if self.settings.mixed_eval else ("personal", "global")
 
     def setup_eval(self, ctx: ClientContext, kind: str, global_state: AdapterState) -> None:
         if kind == "mixed":  # FedDPA's instance-wise inference with the reference's defaults
@@ -64,7 +94,7 @@ class FedOA(PersonalThenGlobal):
             super().setup_eval(ctx, kind, global_state)
 
     def personal_objective(self, ctx: ClientContext, global_state: AdapterState) -> Objective:
-        c = self.cfg.fedoa
+        c = self.settings
         if c.regular_weight == 0:
             return task_objective
         # G is fixed during the personal step: its features are computed once, not per step.

@@ -21,11 +21,23 @@ import torch
 
 from fedoa.algorithms.base import ClientContext
 from fedoa.algorithms.fedit import FedIT
-from fedoa.algorithms.registry import register
+from fedoa.config import Section, setting
 from fedoa.data.batching import Batch
 from fedoa.model.adapters import GLOBAL, AdapterModel, AdapterState
+from fedoa.registry import register
 from fedoa.training.loop import Objective
 from fedoa.training.losses import task_objective
+
+
+class FedProxSettings(Section):
+    """FedProx: the proximal term of the local objective."""
+
+    mu: float = setting(
+        0.01,
+        "mu: weight of FedProx's proximal term mu/2 * ||w - w_global||^2 on the adapter's LoRA parameters "
+        "(0 = FedIT).",
+        ge=0,
+    )
 
 
 def squared_distance(params: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -54,12 +66,12 @@ def with_proximal(base: Objective, slot: str, anchor: dict[str, torch.Tensor], w
     return objective
 
 
-@register
+@register(FedProxSettings)
 class FedProx(FedIT):
     name = "fedprox"
 
     def global_objective(self, ctx: ClientContext, global_state: AdapterState) -> Objective:
-        mu = self.cfg.fedprox.mu
+        mu = self.settings.mu
         if mu == 0:
             return task_objective
         return with_proximal(task_objective, GLOBAL, device_copy(global_state, ctx.am, GLOBAL), mu)

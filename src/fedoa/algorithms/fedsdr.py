@@ -31,15 +31,30 @@ Deviations / notes:
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from fedoa.algorithms.base import ClientContext
-from fedoa.algorithms.fedoa import FedOA
-from fedoa.algorithms.registry import register
+from fedoa.algorithms.fedoa import FEATURE_HELP, FedOA
+from fedoa.config import Section, setting
 from fedoa.data.batching import Batch
 from fedoa.model.adapters import GLOBAL, AdapterModel, AdapterState
+from fedoa.registry import register
 from fedoa.training.loop import Objective
-from fedoa.training.losses import example_features, features, response_loss, task_objective
+from fedoa.training.losses import (
+    example_features,
+    features,
+    response_loss,
+    task_objective,
+)
+
+
+class FedSDRSettings(Section):
+    """FedSDR: the personal adapter's feature regularizer."""
+
+    regular_weight: float = setting(0.5, "lambda: weight of the FedSDR feature regularizer.", ge=0)
+    feature: Literal["last_token", "answer", "mean"] = setting("last_token", FEATURE_HELP)
 
 
 def fedsdr_regularizer(h_p: torch.Tensor, h_g: torch.Tensor) -> torch.Tensor:
@@ -60,13 +75,13 @@ def sdr_regularized(target: torch.Tensor, weight: float, kind: str) -> Objective
     return objective
 
 
-@register
+@register(FedSDRSettings)
 class FedSDR(FedOA):
     name = "fedsdr"
     evaluated = ("personal", "global")
 
     def personal_objective(self, ctx: ClientContext, global_state: AdapterState) -> Objective:
-        c = self.cfg.fedsdr
+        c = self.settings
         if c.regular_weight == 0:
             return task_objective
         target = example_features(ctx.am, GLOBAL, ctx.train, c.feature, self.cfg.train.micro_batch_size, ctx.pad_id)

@@ -19,13 +19,13 @@ is no global adapter to wait for or copy); "rounds" only set how many local upda
 from __future__ import annotations
 
 from fedoa.algorithms.base import Algorithm, ClientContext, ClientUpdate, Phase
-from fedoa.algorithms.registry import register
 from fedoa.model.adapters import PERSONAL, AdapterState
+from fedoa.registry import register
 from fedoa.training.loop import train_slot
 from fedoa.training.losses import task_objective
 
 
-@register
+@register()
 class Local(Algorithm):
     name = "local"
     evaluated = ("personal",)

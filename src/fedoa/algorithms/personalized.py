@@ -7,7 +7,13 @@ objective is (:meth:`PersonalThenGlobal.personal_objective`).
 """
 from __future__ import annotations
 
-from fedoa.algorithms.base import Algorithm, ClientContext, ClientUpdate, Phase, train_on_task
+from fedoa.algorithms.base import (
+    Algorithm,
+    ClientContext,
+    ClientUpdate,
+    Phase,
+    train_on_task,
+)
 from fedoa.model.adapters import GLOBAL, PERSONAL, AdapterState
 from fedoa.model.mixing import activate_both, arm_instance_mix, mixer_of
 from fedoa.training.loop import Objective, planned_steps, train_slot
@@ -35,6 +41,8 @@ def arm_personal_mix(ctx: ClientContext, global_state: AdapterState, personal: A
 
 
 class PersonalThenGlobal(Algorithm):
+    personal_schedule = True
+
     def personal_objective(self, ctx: ClientContext, global_state: AdapterState) -> Objective:
         """P's loss; called with G loaded in its slot and P's starting state in its own."""
         return task_objective

@@ -32,15 +32,36 @@ from __future__ import annotations
 import time
 
 import torch
+from pydantic import model_validator
 
 from fedoa.algorithms.base import Algorithm, ClientContext, ClientUpdate, Phase
 from fedoa.algorithms.fedprox import squared_distance
-from fedoa.algorithms.registry import register
+from fedoa.config import Section, need, setting
 from fedoa.data.batching import epoch_batches, iterate_batches
 from fedoa.model.adapters import PERSONAL, AdapterState
+from fedoa.registry import register
 from fedoa.seeding import derive_seed
 from fedoa.training.loop import LocalResult, lr_factor, optimizer_step, planned_steps
 from fedoa.training.losses import response_loss
+
+
+class PFedMeSettings(Section):
+    """pFedMe: the Moreau envelope and the server's mixing."""
+
+    lam: float = setting(15.0, "lambda: weight of the Moreau-envelope term lambda/2 * ||theta - w||^2.", gt=0)
+    inner_steps: int = setting(5, "K: optimizer steps on the personal adapter theta per batch (approximate inner solve).", ge=1)
+    eta: float = setting(
+        0.005,
+        "eta: rate of the local-model update w <- w - eta * lambda * (w - theta) after each batch; eta * lambda "
+        "must lie in (0, 1].",
+        gt=0,
+    )
+    beta: float = setting(1.0, "beta: server mixing w <- (1 - beta) * w + beta * mean(uploads); 1 = FedAvg.", gt=0)
+
+    @model_validator(mode="after")
+    def _pull_rate(self) -> "PFedMeSettings":
+        need(self.eta * self.lam <= 1, "pfedme.eta", "eta * lam must be <= 1 (w moves toward theta)")
+        return self
 
 
 @torch.no_grad()
@@ -59,13 +80,13 @@ def server_mix(previous: AdapterState, average: AdapterState, beta: float) -> Ad
     return out
 
 
-@register
+@register(PFedMeSettings)
 class PFedMe(Algorithm):
     name = "pfedme"
 
     def local_update(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> tuple[LocalResult, AdapterState]:
         """The client's pFedMe update; ``theta`` ends in the PERSONAL slot, ``w`` is returned."""
-        cfg, pc, am = self.cfg.train, self.cfg.pfedme, ctx.am
+        cfg, pc, am = self.cfg.train, self.settings, ctx.am
         start = time.perf_counter()
         seed_text = ctx.seed_text(round_, "pfedme")
         am.set(PERSONAL, global_state)  # theta starts at the received w
@@ -120,10 +141,10 @@ class PFedMe(Algorithm):
 
     def aggregate(self, updates: list[ClientUpdate], global_state: AdapterState, round_: int) -> AdapterState:
         average = super().aggregate(updates, global_state, round_)
-        beta = self.cfg.pfedme.beta
+        beta = self.settings.beta
         if beta == 1.0 or average is global_state:
             return average
         return server_mix(global_state, average, beta)
 
     def local_steps(self, num_examples: int, round_: int) -> int:
-        return planned_steps(num_examples, self.cfg.train) * self.cfg.pfedme.inner_steps
+        return planned_steps(num_examples, self.cfg.train) * self.settings.inner_steps

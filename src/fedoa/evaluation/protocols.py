@@ -1,4 +1,6 @@
-"""ID/OOD protocols: which clients a run has and which test sets each client's models meet.
+"""ID/OOD protocols: which test sets count as ID and as OOD for each client's models.
+
+The clients themselves come from the data layer (:mod:`fedoa.data.scenario`).
 
 The FedOA paper does not state which distribution shift its table measures, so the plausible
 protocols are all offered (``[protocol] name``) and every report names the one used:
@@ -18,18 +20,15 @@ of its own task.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from fedoa.data import TaskSplits, load_clients, load_tasks, make_clients
-from fedoa.data.partition import cap_records
-from fedoa.data.records import ClientData
+from fedoa.data.records import ClientData, Record
+from fedoa.data.scenario import Scenario, build_scenario
 from fedoa.errors import ConfigError, DataError
 from fedoa.evaluation.matrix import EvalPlan, default_plan
 
 if TYPE_CHECKING:
     from fedoa.config import RunConfig
-
-PROTOCOLS = ("natural", "within-category", "leave-category-out")
 
 DESCRIPTIONS = {
     "natural": "ID: the client's own test data; OOD: every other client's test data.",
@@ -42,31 +41,6 @@ DESCRIPTIONS = {
         "test data; OOD: the held-out category's test data (held by no client)."
     ),
 }
-
-
-# ----------------------------------------------------------------------------- categories
-
-
-def task_categories(tasks: TaskSplits) -> dict[str, str]:
-    """task -> category (from its records; a task without one is its own category)."""
-    out: dict[str, str] = {}
-    for task, (train, test) in tasks.items():
-        cats = {r.category for r in train + test}
-        if len(cats) > 1:
-            raise DataError(f"task {task!r} mixes categories {sorted(cats)}", where="data")
-        out[task] = (cats.pop() if cats else "") or task
-    return out
-
-
-def categories_of(task_category: dict[str, str]) -> dict[str, list[str]]:
-    """category -> its tasks, in the tasks' order."""
-    out: dict[str, list[str]] = {}
-    for task, cat in task_category.items():
-        out.setdefault(cat, []).append(task)
-    return out
-
-
-# ----------------------------------------------------------------------------- clients
 
 
 # ----------------------------------------------------------------------------- plans
@@ -131,51 +105,87 @@ def leave_category_out_plan(
 # ----------------------------------------------------------------------------- entry points
 
 
-def holdout_categories(cfg: RunConfig) -> list[str]:
-    """The categories of the configured data (what leave-category-out can hold out)."""
-    return list(categories_of(task_categories(load_tasks(cfg.data, cfg.data.split_seed))))
+def plan_for(cfg: RunConfig, scenario: Scenario) -> EvalPlan:
+    """The evaluation plan of ``cfg.protocol`` over a scenario (``eval.extra_ood = false`` drops
+    the extra OOD groups)."""
+    name, ood = cfg.protocol.name, cfg.eval.ood
+    if name == "natural":
+        plan = default_plan(scenario.clients, ood=ood)
+    elif name == "within-category":
+        plan = within_category_plan(scenario.clients, scenario.task_category, ood=ood)
+    else:
+        plan = leave_category_out_plan(scenario.clients, scenario.heldout, scenario.holdout, ood=ood)
+    return plan if cfg.eval.extra_ood else plan.headline_only()
 
 
 def load_protocol(cfg: RunConfig, holdout: str | None = None) -> tuple[list[ClientData], EvalPlan]:
-    """The clients and the evaluation plan of ``cfg.protocol`` (``holdout`` overrides the
-    configured held-out category; ``eval.extra_ood = false`` drops the extra OOD groups)."""
-    clients, plan = _load_protocol(cfg, holdout)
-    return clients, plan if cfg.eval.extra_ood else plan.headline_only()
+    """The clients and the evaluation plan of ``cfg`` (``holdout`` overrides ``protocol.holdout``)."""
+    scenario = build_scenario(cfg, holdout)
+    return scenario.clients, plan_for(cfg, scenario)
 
 
-def _load_protocol(cfg: RunConfig, holdout: str | None) -> tuple[list[ClientData], EvalPlan]:
+# ----------------------------------------------------------------------------- plans from descriptions
+
+
+def stand_ins(pairs: list[list[str]], size: int) -> list[Record]:
+    """Records that stand for a test set the server never sees: right size, tasks, categories."""
+    recs = [Record("", "", (), task, category) for task, category in pairs] or [Record("", "")]
+    return [recs[i % len(recs)] for i in range(size)]
+
+
+def plan_from_reports(cfg: RunConfig, reports: dict[str, dict[str, Any]]) -> EvalPlan:
+    """The plan of a deployment, built by the protocol's own plan builder from what the nodes
+    reported about their test sets (sizes, tasks, categories; the server never sees records):
+    the same plan ``fedoa run`` makes from the same data.
+
+    A client's ID set is its node's own test data; every other set must be readable by the node
+    (from its eval-path). Without any eval-path on any node only ID is evaluated.
+    """
+    names = sorted(reports)
+    sizes: dict[str, int] = {}
+    pairs: dict[str, list[list[str]]] = {}
+
+    def note(name: str, desc: dict[str, Any], who: str) -> None:
+        if name in sizes and sizes[name] != desc["size"]:
+            raise DataError(f"test set {name!r} has {sizes[name]} records on one node but {desc['size']} on "
+                              f"{who!r}: every node must read the same shared test files")
+        sizes[name] = desc["size"]
+        pairs.setdefault(name, desc["pairs"])
+
+    for c in names:
+        note(c, reports[c]["test"], c)
+    for c in names:
+        for name, desc in reports[c]["sets"].items():
+            note(name, desc, c)
+    clients = [ClientData(c, stand_ins(reports[c]["train-pairs"], len(reports[c]["train-pairs"])),
+                          stand_ins(pairs[c], sizes[c])) for c in names]
+    any_shared = any(reports[c]["sets"] for c in names)
+    ood = cfg.eval.ood and any_shared
     name = cfg.protocol.name
-    seed = cfg.data.split_seed
     if name == "natural":
-        clients = load_clients(cfg.data, seed)
-        return clients, default_plan(clients, ood=cfg.eval.ood)
-    tasks = load_tasks(cfg.data, seed)
-    task_category = task_categories(tasks)
-    if name == "within-category":
-        clients = make_clients(tasks, cfg.data, seed)
-        return clients, within_category_plan(clients, task_category, ood=cfg.eval.ood)
-    if name == "leave-category-out":
-        holdout = cfg.protocol.holdout if holdout is None else holdout
-        by_category = categories_of(task_category)
+        plan = default_plan(clients, ood=ood)
+    elif name == "within-category":
+        task_category = {t: (cat or t) for ps in pairs.values() for t, cat in ps}
+        for c in clients:
+            for r in c.train:
+                task_category.setdefault(r.task, r.category or r.task)
+        plan = within_category_plan(clients, task_category, ood=ood)
+    else:
+        holdout = cfg.protocol.holdout
         if not holdout:
-            raise ConfigError(
-                f"is required for 'leave-category-out'; one of: {', '.join(by_category)}",
-                where="protocol.holdout",
-            )
-        if holdout not in by_category:
-            raise ConfigError(
-                f"unknown category {holdout!r}; one of: {', '.join(by_category)}", where="protocol.holdout"
-            )
-        if len(by_category) < 2:
-            raise ConfigError("needs data of at least two categories", where="protocol.holdout")
-        kept = {t: v for t, v in tasks.items() if task_category[t] != holdout}
-        clients = make_clients(kept, cfg.data, seed)
-        heldout = {
-            t: cap_records(tasks[t][1], cfg.data.test_per_client, seed, f"{t}:test")
-            for t in by_category[holdout]
-        }
-        empty = [t for t, recs in heldout.items() if not recs]
-        if empty:
-            raise DataError(f"held-out task(s) {empty} have no test records", where="data")
-        return clients, leave_category_out_plan(clients, heldout, holdout, ood=cfg.eval.ood)
-    raise ConfigError(f"unknown protocol {name!r}; one of: {', '.join(PROTOCOLS)}", where="protocol.name")
+            raise DataError("protocol 'leave-category-out' needs protocol.holdout in a deployment")
+        heldout = {s: stand_ins(pairs[s], sizes[s]) for s in sizes
+                   if s not in reports and {(cat or t) for t, cat in pairs[s]} == {holdout}}
+        if ood and not heldout:
+            raise DataError(f"no node's eval-path holds a test set of the held-out category {holdout!r}")
+        plan = leave_category_out_plan(clients, heldout, holdout, ood=ood)
+    if not cfg.eval.extra_ood:
+        plan = plan.headline_only()
+    if cfg.eval.ood and not any_shared:
+        plan.description += " OOD not evaluated: no node has an eval-path with shared test sets."
+    for c in plan.clients:
+        missing = [s for s in plan.sets_of(c) if s not in {c} | set(reports[c]["sets"])]
+        if missing:
+            raise DataError(f"the node of client {c!r} cannot read test set(s) {missing}: give it an eval-path "
+                              "that holds every client's test file (<category>/<task>_test.jsonl)")
+    return plan

@@ -11,8 +11,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -22,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
 from fedoa.config import LoraConfig
+from fedoa.io import atomic_write, write_text
 
 GLOBAL = "global"
 PERSONAL = "personal"
@@ -192,24 +191,12 @@ class AdapterModel:
         save_adapter(state, self.adapter_config(self.base_path), folder)
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_adapter(state: AdapterState, config: dict, folder: str | Path) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    _atomic_write(folder / "adapter_model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    text = json.dumps(config, indent=2, sort_keys=True, default=str)
-    _atomic_write(folder / "adapter_config.json", lambda p: Path(p).write_text(text, encoding="utf-8"))
+    atomic_write(folder / "adapter_model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    write_text(folder / "adapter_config.json", json.dumps(config, indent=2, sort_keys=True, default=str))
 
 
 def load_adapter_state(folder: str | Path) -> AdapterState:

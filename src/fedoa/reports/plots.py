@@ -7,6 +7,8 @@ from typing import Any
 
 import matplotlib
 
+from fedoa.io import atomic_write
+
 matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -43,10 +45,9 @@ def plot_run(results: dict[str, Any], path: Path) -> Path:
 
 
 def save_figure(fig, path: Path) -> Path:
-    """Write the figure next to `path` first, then rename: a crash never leaves half a PNG."""
+    """Write the figure atomically (a crash never leaves half a PNG)."""
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)

@@ -1,14 +1,19 @@
 """``results.json``: the machine-readable outcome of a run, shared by every runtime."""
 from __future__ import annotations
 
-import json
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 from fedoa.config import RunConfig
-from fedoa.evaluation.matrix import EvalPlan, SetScores, matrices, per_client, records, summarize
+from fedoa.evaluation.matrix import (
+    EvalPlan,
+    SetScores,
+    matrices,
+    per_client,
+    records,
+    summarize,
+)
+
 
 def _clean(x: Any) -> Any:
     """NaN -> None, so the file is strict JSON."""
@@ -64,10 +69,3 @@ def build_results(
     if extra:
         results.update(extra)
     return _clean(results)
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Atomic: a reader never sees a half-written file, a crash never truncates an old one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)

@@ -7,8 +7,6 @@ and seeds) runs once per client and round, also across restarts of the compariso
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from fedoa.algorithms.base import Phase
+from fedoa.io import atomic_write
 from fedoa.model.adapters import AdapterState
 
 
@@ -39,13 +38,6 @@ class DiskMemo:
         return state, phase
 
     def put(self, key: str, state: AdapterState, phase: Phase) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".memo-", dir=self.folder)
-        os.close(fd)
-        try:
-            meta = json.dumps({**asdict(phase), "reused": False})
-            save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata={"phase": meta})
-            os.replace(tmp, self._path(key))
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        meta = json.dumps({**asdict(phase), "reused": False})
+        tensors = {k: v.contiguous() for k, v in state.items()}
+        atomic_write(self._path(key), lambda tmp: save_file(tensors, tmp, metadata={"phase": meta}))

@@ -9,13 +9,17 @@ import torch
 from safetensors.torch import load_file
 
 from fedoa.errors import FedoaError
-from fedoa.runtime.flower.deploy import run_config_values, write_app
 from fedoa.runtime.flower.node import node_spec
-from fedoa.runtime.flower.server import ServerSettings, run_server
-from fedoa.runtime.simulation import run_simulation
+from fedoa.runtime.flower.server_app import serve
+from fedoa.runtime.inprocess import run_simulation
+from tests.support import tiny_config
+from tests.support.flower import NAMES, FakeGrid, make_federation, run_config
 
-from tests.conftest import tiny_config
-from tests.runtime.flower.harness import NAMES, FakeGrid, make_federation
+
+@pytest.fixture(autouse=True)
+def output_root(tmp_path, monkeypatch):
+    """The server writes only under its output root: the test's folder."""
+    monkeypatch.setenv("FEDOA_OUTPUT_ROOT", str(tmp_path))
 
 
 @pytest.fixture
@@ -29,9 +33,12 @@ def task_identity():
 
 
 def deploy(cfg, paths, nodes, out, **kw):
-    rc = run_config_values(cfg, out, num_nodes=len(nodes), eval_path=str(paths["shared"]), poll_interval=0.0, **kw)
-    grid = FakeGrid(nodes, rc)
-    return grid, rc
+    rc = run_config(cfg, out, num_nodes=len(nodes), eval_path=str(paths["shared"]), **kw)
+    return FakeGrid(nodes, rc), rc
+
+
+def quiet(grid, rc):
+    return serve(grid, rc, log=lambda m: None)
 
 
 def adapter(folder):
@@ -41,15 +48,15 @@ def adapter(folder):
 def test_deployment_logic_matches_the_in_process_run(tmp_path, task_identity):
     cfg, paths, nodes = make_federation(tmp_path)
     sim = run_simulation(cfg, tmp_path / "sim", progress=False)
-    grid, rc = deploy(cfg, paths, nodes, tmp_path / "dep")
-    dep = run_server(grid, ServerSettings.from_run_config(rc), log=lambda m: None)
+    grid, rc = deploy(cfg, paths, nodes, "dep")
+    dep = quiet(grid, rc)
 
     a, b = adapter(tmp_path / "sim"), adapter(tmp_path / "dep")
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
     for key in ("summary", "per_client", "matrices", "clients", "test_sets", "id_set", "ood_sets"):
         assert json.dumps(dep[key], sort_keys=True) == json.dumps(sim[key], sort_keys=True), key
-    for key in ("adapter_bytes", "bytes_up_per_round", "bytes_down_per_round", "clients_per_round"):
+    for key in ("adapter_bytes", "bytes_up_per_round", "bytes_down_per_round", "updates_per_round"):
         assert dep["communication"][key] == sim["communication"][key]
     assert dep["failures"] == []
     sim_lines = [json.loads(x) for x in (tmp_path / "sim" / "metrics.jsonl").read_text().splitlines()]
@@ -72,18 +79,19 @@ def test_deployment_logic_matches_the_in_process_run(tmp_path, task_identity):
 
 def test_a_lost_node_is_recorded_and_the_round_goes_on(tmp_path, task_identity):
     cfg, paths, nodes = make_federation(tmp_path)
-    grid, rc = deploy(cfg, paths, nodes, tmp_path / "dep", min_nodes=2)
+    grid, rc = deploy(cfg, paths, nodes, "dep", min_nodes=2)
 
     def kill_b_in_round_two(msg):
         if msg.metadata.message_type == "train" and msg.metadata.group_id == "2":
             grid.dead.add(101)
 
     grid.on_push = kill_b_in_round_two
-    dep = run_server(grid, ServerSettings.from_run_config(rc), log=lambda m: None)
+    dep = quiet(grid, rc)
     assert dep["communication"]["updates_per_round"] == {"1": ["a", "b", "c"], "2": ["a", "c"]}
     assert dep["clients"] == ["a", "c"]  # b's personal model could not be evaluated
     assert set(dep["matrices"]["global"]["a"]) == {"a", "b", "c"}  # b's test set is still used (eval-path)
-    assert len(dep["failures"]) == 2 and "round 2: client b" in dep["failures"][0]
+    assert len(dep["failures"]) == 2 and "round 2: client b (node 101)" in dep["failures"][0]
+    assert dep["failures"][1].startswith("evaluation: client b")
     assert "Node Unavailable" in dep["failures"][0]
     assert dep["deployment"]["clients_not_evaluated"] == ["b"]
     assert "## Failures" in (tmp_path / "dep" / "report.md").read_text()
@@ -91,17 +99,17 @@ def test_a_lost_node_is_recorded_and_the_round_goes_on(tmp_path, task_identity):
 
 def test_too_few_updates_stop_the_run_and_a_rerun_resumes_exactly(tmp_path, task_identity):
     cfg, paths, nodes = make_federation(tmp_path)
-    full_grid, rc = deploy(cfg, paths, nodes, tmp_path / "full")
-    run_server(full_grid, ServerSettings.from_run_config(rc), log=lambda m: None)
+    full_grid, rc = deploy(cfg, paths, nodes, "full")
+    quiet(full_grid, rc)
 
-    grid, rc = deploy(cfg, paths, nodes, tmp_path / "dep", min_nodes=3, round_timeout=0.5)
+    grid, rc = deploy(cfg, paths, nodes, "dep", min_nodes=3, round_timeout=0.5)
     grid.on_push = lambda m: grid.silent.add(102) if m.metadata.group_id == "2" else None
     with pytest.raises(FedoaError, match="round 2: 2 of 3"):
-        run_server(grid, ServerSettings.from_run_config(rc), log=lambda m: None)
+        quiet(grid, rc)
     assert not (tmp_path / "dep" / "results.json").exists()
     # the nodes have run round 2 already (a and b); the rerun must start them from round 1's state
     grid2 = FakeGrid(nodes, rc)
-    run_server(grid2, ServerSettings.from_run_config(rc), log=lambda m: None)
+    quiet(grid2, rc)
     assert [t for _, t in grid2.sent].count("train") == 3  # only round 2 again
     a, b = adapter(tmp_path / "full"), adapter(tmp_path / "dep")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -120,8 +128,8 @@ def test_embedded_vader_nodes_and_shared_test_sets(tmp_path, task_identity):
     sim = run_simulation(cfg, tmp_path / "sim", progress=False)
     nodes = {7: {"client-name": "movie", "vader-domain": "movie", "state-dir": str(tmp_path / "s")},
              8: {"client-name": "nyt", "vader-domain": "nyt", "state-dir": str(tmp_path / "s")}}
-    rc = run_config_values(cfg, tmp_path / "dep", num_nodes=2, eval_path="embedded:vader", poll_interval=0.0)
-    dep = run_server(FakeGrid(nodes, rc), ServerSettings.from_run_config(rc), log=lambda m: None)
+    rc = run_config(cfg, "dep", num_nodes=2, eval_path="embedded:vader")
+    dep = quiet(FakeGrid(nodes, rc), rc)
     _same_results(sim, dep, tmp_path / "sim", tmp_path / "dep")
 
 
@@ -130,8 +138,8 @@ def test_leave_category_out_held_out_sets_come_from_the_eval_path(tmp_path, task
     cfg.protocol.name, cfg.protocol.holdout = "leave-category-out", "y"
     sim = run_simulation(cfg, tmp_path / "sim", progress=False)
     nodes = {n: v for n, v in nodes.items() if v["client-name"] != "c"}  # nobody holds the held-out category
-    rc = run_config_values(cfg, tmp_path / "dep", num_nodes=2, eval_path=str(paths["shared"]), poll_interval=0.0)
-    dep = run_server(FakeGrid(nodes, rc), ServerSettings.from_run_config(rc), log=lambda m: None)
+    rc = run_config(cfg, "dep", num_nodes=2, eval_path=str(paths["shared"]))
+    dep = quiet(FakeGrid(nodes, rc), rc)
     assert dep["ood_sets"] == {"a": ["c"], "b": ["c"]}
     _same_results(sim, dep, tmp_path / "sim", tmp_path / "dep")
 
@@ -139,9 +147,9 @@ def test_leave_category_out_held_out_sets_come_from_the_eval_path(tmp_path, task
 def test_a_misconfigured_node_stops_the_run_at_the_start(tmp_path, task_identity):
     cfg, paths, nodes = make_federation(tmp_path)
     nodes[101]["data-path"] = str(tmp_path / "nowhere")
-    grid, rc = deploy(cfg, paths, nodes, tmp_path / "dep")
+    grid, rc = deploy(cfg, paths, nodes, "dep")
     with pytest.raises(FedoaError, match="node 101 cannot serve a client: .*data folder not found"):
-        run_server(grid, ServerSettings.from_run_config(rc), log=lambda m: None)
+        quiet(grid, rc)
     assert [t for _, t in grid.sent] == ["query"] * 3  # nothing was trained
 
 
@@ -152,9 +160,9 @@ def test_a_method_that_pools_data_is_refused(tmp_path, task_identity):
         pytest.skip("no centralized method registered")
     cfg, paths, nodes = make_federation(tmp_path)
     cfg.method = "centralized"
-    grid, rc = deploy(cfg, paths, nodes, tmp_path / "dep")
+    grid, rc = deploy(cfg, paths, nodes, "dep")
     with pytest.raises(FedoaError, match="pooled data"):
-        run_server(grid, ServerSettings.from_run_config(rc), log=lambda m: None)
+        quiet(grid, rc)
     assert "train" not in [t for _, t in grid.sent]
 
 
@@ -167,8 +175,8 @@ def test_other_methods_match_the_in_process_run(tmp_path, task_identity, method)
     cfg, paths, nodes = make_federation(tmp_path, fed={"rounds": 2})
     cfg.method = method
     sim = run_simulation(cfg, tmp_path / "sim", progress=False)
-    grid, rc = deploy(cfg, paths, nodes, tmp_path / "dep")
-    dep = run_server(grid, ServerSettings.from_run_config(rc), log=lambda m: None)
+    grid, rc = deploy(cfg, paths, nodes, "dep")
+    dep = quiet(grid, rc)
     for key in ("summary", "matrices", "clients"):
         assert json.dumps(dep[key], sort_keys=True) == json.dumps(sim[key], sort_keys=True), key
     for key in ("adapter_bytes", "bytes_up_per_round", "bytes_down_per_round"):
@@ -185,13 +193,26 @@ def test_node_config_and_run_config_are_checked(tmp_path):
         node_spec({"client-name": "a", "data_path": "/x"})
     with pytest.raises(FedoaError, match="file name"):
         node_spec({"client-name": "../a", "vader-domain": "movie"})
-    rc = run_config_values(tiny_config(), "relative/out", num_nodes=2)
-    with pytest.raises(FedoaError, match="absolute"):
-        ServerSettings.from_run_config(rc)
-    app = write_app(tmp_path / "app", run_config_values(tiny_config(), tmp_path / "o", num_nodes=2))
-    import tomllib
 
-    pyproject = tomllib.loads((app / "pyproject.toml").read_text())
-    assert pyproject["tool"]["flwr"]["app"]["components"]["serverapp"] == "fedoa.runtime.flower.server_app:app"
-    st = ServerSettings.from_run_config(pyproject["tool"]["flwr"]["app"]["config"])
-    assert st.cfg.to_dict() == tiny_config().to_dict() and st.num_nodes == 2
+
+@pytest.mark.parametrize("out", ["../elsewhere", "/etc/fedoa", "a/../../b"])
+def test_the_server_writes_only_under_its_output_root(tmp_path, out):
+    grid = FakeGrid({}, {})
+    with pytest.raises(FedoaError, match="leaves the server's output root"):
+        serve(grid, run_config(tiny_config(), out, num_nodes=1), log=lambda m: None)
+    assert grid.sent == []
+
+
+def test_the_run_config_is_flower_keys_and_round_trips():
+    from fedoa.runtime.flower.runconfig import DeploySettings, flatten, unflatten
+
+    cfg = tiny_config(data={"hf_columns": {"instruction": "q"}})
+    rc = flatten(cfg, DeploySettings(out_dir="x", num_nodes=3))
+    assert all(isinstance(v, (bool, int, float, str)) for v in rc.values())
+    assert rc["train.lr"] == cfg.train.lr and rc["deploy.num-nodes"] == 3
+    back, deploy = unflatten(rc)
+    assert back == cfg and deploy.num_nodes == 3 and deploy.out_dir == "x"
+    with pytest.raises(FedoaError, match="train.lr"):
+        unflatten({**rc, "train.lr": "fast"})
+    with pytest.raises(FedoaError, match="deploy.num-nodes"):
+        unflatten({**rc, "deploy.num-nodes": "four"})

@@ -6,19 +6,13 @@ import tomllib
 import pytest
 
 from fedoa.cli import main
-from fedoa.errors import FedoaError
-from fedoa.runtime.flower.deploy import (
+from fedoa.cli.deploy import (
     node_config_arg,
     superlink_command,
     supernode_command,
-    toml_value,
     write_connection,
 )
-
-
-@pytest.mark.parametrize("text", ['plain', 'a "quoted" \\ back\\slash', "new\nline\ttab", "del\x7fctl\x01", "ünïcode ✓ 😀"])
-def test_toml_strings_round_trip(text):
-    assert tomllib.loads(f"v = {toml_value(text)}")["v"] == text
+from fedoa.errors import FedoaError
 
 
 def test_node_config_text_parses_back_with_flowers_own_parser():
@@ -50,19 +44,45 @@ def test_insecure_is_refused_off_loopback(tmp_path):
     assert conf["superlink"]["fedoa"] == {"address": "10.0.0.5:8000", "root-certificates": str(ca)}
 
 
-def test_deploy_app_writes_a_valid_flower_app(tmp_path, capsys):
+def test_the_checked_in_flower_app_is_valid_and_up_to_date(capsys):
     from flwr.common.config import validate_config
 
-    rc = main(["deploy", "app", "--app-dir", str(tmp_path / "app"), "--out", str(tmp_path / "out"), "--nodes", "4",
-               "--set", "fed.rounds=2", "--eval-path", "embedded:vader"])
-    assert rc == 0
-    conf = tomllib.loads((tmp_path / "app" / "pyproject.toml").read_text())
+    from fedoa.runtime.flower.runconfig import (
+        APP_DIR,
+        app_config,
+        app_pyproject,
+        unflatten,
+    )
+
+    assert main(["deploy", "app"]) == 0
+    assert capsys.readouterr().out.strip() == str(APP_DIR)
+    text = (APP_DIR / "pyproject.toml").read_text()
+    assert text == app_pyproject(), "regenerate it: fedoa deploy app --write"
+    conf = tomllib.loads(text)
     ok, errors, _ = validate_config(conf, check_module=True)
     assert ok, errors
-    run = conf["tool"]["flwr"]["app"]["config"]
-    assert run["num-nodes"] == 4 and run["eval-path"] == "embedded:vader" and run["out-dir"] == str(tmp_path / "out")
-    assert "rounds = 2" in run["fedoa-config"]
-    assert sorted(p.name for p in (tmp_path / "app").iterdir()) == ["pyproject.toml"]  # no code, no data in the FAB
+    assert sorted(p.name for p in APP_DIR.iterdir()) == ["pyproject.toml"]  # no code, no data in the FAB
+    from flwr.common.config import flatten_dict
+
+    flat = flatten_dict(conf["tool"]["flwr"]["app"]["config"])  # as Flower hands it to the apps
+    assert flat == app_config()
+    cfg, deploy = unflatten(flat)
+    assert cfg.data.source == "vader" and cfg.model.max_length == 128  # the embedded default preset
+
+
+def test_a_run_sends_only_the_keys_that_differ(tmp_path):
+    from fedoa.cli import build_parser
+    from fedoa.cli.deploy import _run_settings
+    from fedoa.runtime.flower.runconfig import overrides
+
+    args = build_parser().parse_args(["deploy", "run", "--out", "r1", "--nodes", "4", "--set", "fed.rounds=2",
+                                      "--eval-path", "embedded:vader", "--min-nodes", "3"])
+    cfg, deploy = _run_settings(args)
+    assert overrides(cfg, deploy) == {"fed.rounds": 2, "fed.min_clients": 3, "deploy.out-dir": "r1",
+                                      "deploy.num-nodes": 4, "deploy.eval-path": "embedded:vader"}
+    bad = build_parser().parse_args(["deploy", "run", "--out", str(tmp_path), "--nodes", "1"])
+    with pytest.raises(FedoaError, match="folder name"):
+        _run_settings(bad)
 
 
 def test_deploy_commands_reject_bad_input_before_starting_anything(tmp_path, capsys):

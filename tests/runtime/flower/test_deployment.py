@@ -12,18 +12,18 @@ import time
 import pytest
 from safetensors.torch import load_file
 
+from fedoa.cli.deploy import flower_env
 from fedoa.config import config_to_toml
-from fedoa.runtime.flower.deploy import flower_env
-from fedoa.runtime.simulation import run_simulation
-
-from tests.runtime.flower.harness import NAMES, Processes, make_federation, wait_for_port
+from fedoa.runtime.inprocess import run_simulation
+from tests.support.flower import NAMES, Processes, make_federation, wait_for_port
 
 pytestmark = pytest.mark.slow
 
 
 def start_federation(tmp_path, procs: Processes, paths, home) -> int:
     port = procs.port()
-    procs.start("superlink", ["deploy", "superlink", "--insecure", "--port", str(port), "--flwr-home", str(home)])
+    procs.start("superlink", ["deploy", "superlink", "--insecure", "--port", str(port), "--flwr-home", str(home),
+                              "--output-root", str(tmp_path)])
     wait_for_port(port, proc=procs.procs["superlink"])
     for n in NAMES:
         procs.start(f"node-{n}", [
@@ -37,7 +37,8 @@ def start_federation(tmp_path, procs: Processes, paths, home) -> int:
 def launch(tmp_path, procs: Processes, cfg, paths, port, home, out, *extra) -> subprocess.Popen:
     (tmp_path / "run.toml").write_text(config_to_toml(cfg))
     return procs.start("run", [
-        "deploy", "run", "--config", str(tmp_path / "run.toml"), "--out", str(out), "--nodes", "3",
+        "deploy", "run", "--config", str(tmp_path / "run.toml"), "--out", out.name, "--nodes", "3",
+        "--output-root", str(out.parent),
         "--eval-path", str(paths["shared"]), "--superlink", f"127.0.0.1:{port}", "--insecure",
         "--flwr-home", str(home), "--timeout", "420", *extra,
     ])

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,16 +37,15 @@ from pathlib import Path
 from typing import Any
 
 from fedoa.checkpoint import client_file_name, load_client_state, save_client_state
-from fedoa.config import RunConfig, load_config
-from fedoa.data.partition import cap_records
+from fedoa.config import RunConfig
 from fedoa.data.records import ClientData, Record
-from fedoa.errors import ConfigError, DataError, FedoaError
+from fedoa.data.scenario import node_client, shared_test_sets
+from fedoa.errors import FedoaError
 from fedoa.paths import cache_dir
 
 NODE_KEYS = ("client-name", "data-path", "vader-domain", "state-dir", "eval-path")
 # keys Flower itself may put into a node's config (simulation); accepted and ignored
 _FLOWER_KEYS = ("partition-id", "num-partitions")
-EMBEDDED_VADER = "embedded:vader"
 
 
 class NodeError(FedoaError):
@@ -98,75 +96,7 @@ def node_spec(node_config: Mapping[str, Any]) -> NodeSpec:
     )
 
 
-def config_from_text(text: str) -> RunConfig:
-    """The run's config from its TOML text (``fedoa-config`` in the run config)."""
-    with tempfile.TemporaryDirectory(prefix="fedoa-config-") as tmp:
-        path = Path(tmp) / "run.toml"
-        path.write_text(text, encoding="utf-8")
-        try:
-            return load_config(path)
-        except ConfigError as e:
-            raise ConfigError(e.message, where=f"fedoa-config: {(e.where or '').split(': ', 1)[-1]}") from None
-
-
 # ---------------------------------------------------------------------------- data
-
-
-def _merge(tasks: dict[str, tuple[list[Record], list[Record]]]) -> tuple[list[Record], list[Record]]:
-    train = [r for tr, _ in tasks.values() for r in tr]
-    test = [r for _, te in tasks.values() for r in te]
-    return train, test
-
-
-def load_node_data(cfg: RunConfig, spec: NodeSpec) -> ClientData:
-    """This node's client: every task in its data, merged, then capped like any client."""
-    seed = cfg.data.split_seed
-    if spec.vader_domain:
-        from fedoa.data.vader import load_vader
-
-        tasks = load_vader([spec.vader_domain], cfg.data.test_fraction, seed)
-    else:
-        from fedoa.data.jsonl import load_jsonl_folder
-
-        tasks = load_jsonl_folder(spec.data_path)
-    train, test = _merge(tasks)
-    client = ClientData(
-        spec.client,
-        cap_records(train, cfg.data.train_per_client, seed, f"{spec.client}:train"),
-        cap_records(test, cfg.data.test_per_client, seed, f"{spec.client}:test"),
-    )
-    if not client.train or not client.test:
-        raise DataError(f"node {spec.client!r} has no {'training' if not client.train else 'test'} records",
-                        where=spec.data_path or f"vader:{spec.vader_domain}")
-    return client
-
-
-def load_eval_sets(cfg: RunConfig, eval_path: str) -> dict[str, list[Record]]:
-    """Shared test sets: task -> records, in (category, task) order, capped like a client's."""
-    seed, cap = cfg.data.split_seed, cfg.data.test_per_client
-    if not eval_path:
-        return {}
-    if eval_path == EMBEDDED_VADER:
-        from fedoa.data.vader import load_vader
-
-        return {d: cap_records(te, cap, seed, f"{d}:test") for d, (_, te) in load_vader((), cfg.data.test_fraction, seed).items()}
-    from fedoa.data.jsonl import load_jsonl_file
-
-    root = Path(eval_path).expanduser()
-    if not root.is_dir():
-        raise DataError("eval-path folder not found", where=str(root))
-    found: dict[str, tuple[str, Path]] = {}
-    for file in sorted(root.glob("*/*_test.jsonl")):
-        task = file.name[: -len("_test.jsonl")]
-        if task in found:
-            raise DataError(f"test set {task!r} appears in two categories", where=str(root))
-        found[task] = (file.parent.name, file)
-    if not found:
-        raise DataError("no <category>/<task>_test.jsonl files found", where=str(root))
-    out = {}
-    for category, task in sorted((c, t) for t, (c, _) in found.items()):
-        out[task] = cap_records(load_jsonl_file(found[task][1], category=category, task=task), cap, seed, f"{task}:test")
-    return out
 
 
 def _pairs(records: list[Record]) -> list[list[str]]:
@@ -236,13 +166,14 @@ class NodeRun:
 
     @classmethod
     def from_context(cls, node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> "NodeRun":
+        from fedoa.runtime.flower.runconfig import unflatten
+
         spec = node_spec(node_config)
-        text = run_config.get("fedoa-config")
-        if not isinstance(text, str) or not text:
-            raise NodeError("the run config has no fedoa-config (was the app made by `fedoa deploy`?)")
-        cfg = config_from_text(text)
-        eval_path = spec.eval_path if spec.eval_path is not None else str(run_config.get("eval-path", ""))
-        return cls(cfg, spec, eval_path)
+        cfg, deploy = unflatten(dict(run_config))
+        return cls(cfg, spec, spec.eval_path if spec.eval_path is not None else deploy.eval_path)
+
+    def client(self) -> ClientData:
+        return node_client(self.cfg, self.spec.client, self.spec.data_path, self.spec.vader_domain)
 
     def _client_state(self, session, store: StateStore, base_round: int):
         if base_round <= 0:
@@ -252,8 +183,8 @@ class NodeRun:
     # -------------------------------------------------------------- query
 
     def query(self) -> dict[str, Any]:
-        client = load_node_data(self.cfg, self.spec)
-        sets = {name: describe_set(recs) for name, recs in load_eval_sets(self.cfg, self.eval_path).items()}
+        client = self.client()
+        sets = {name: describe_set(recs) for name, recs in shared_test_sets(self.cfg, self.eval_path).items()}
         return {
             "client": self.spec.client,
             "train": len(client.train),
@@ -270,7 +201,7 @@ class NodeRun:
         start = time.perf_counter()
         round_, base = int(values["round"]), int(values["state-round"])
         store = StateStore(self.spec, str(values["run-key"]))
-        client = load_node_data(self.cfg, self.spec)
+        client = self.client()
         session = open_session(self.cfg, clients=[client])
         state = self._client_state(session, store, base)
         ctx = session.context(self.spec.client, state)
@@ -279,7 +210,8 @@ class NodeRun:
         store.prune(base)
         store.write_info({"client": self.spec.client, "last_trained_round": round_, "method": self.cfg.method})
         phases = [
-            {"phase": p.phase, "steps": p.steps, "examples": p.examples, "seconds": p.seconds, "metrics": p.metrics}
+            {"phase": p.phase, "steps": p.steps, "examples": p.examples, "seconds": p.seconds, "metrics": p.metrics,
+             "reused": p.reused}
             for p in update.phases
         ]
         reply = {
@@ -302,9 +234,9 @@ class NodeRun:
         pairs = [tuple(p) for p in json.loads(values["pairs"])]
         base = int(values["state-round"])
         store = StateStore(self.spec, str(values["run-key"]))
-        client = load_node_data(self.cfg, self.spec)
+        client = self.client()
         wanted = {s for _, s in pairs}
-        shared = load_eval_sets(self.cfg, self.eval_path) if wanted - {client.name} else {}
+        shared = shared_test_sets(self.cfg, self.eval_path) if wanted - {client.name} else {}
         sets = {}
         for s in sorted(wanted):
             if s == client.name:

@@ -5,10 +5,11 @@ Thin wrappers around Flower's own commands (``flower-superlink``, ``flower-super
 
 - every Flower process gets ``FLWR_HOME`` (fedoa's own, ``--flwr-home``; default
   ``<fedoa cache>/flower``), ``FLWR_TELEMETRY_ENABLED=0`` and ``FLWR_DISABLE_UPDATE_CHECK=1``;
-- the SuperLink never builds per-run environments
-  (``--disable-runtime-dependency-installation``): the apps run in this installed environment;
+- the SuperLink never builds per-run environments (``--disable-runtime-dependency-installation``):
+  the apps run in this installed environment; it writes results only under its ``--output-root``;
 - ``--insecure`` is accepted only for a loopback address; anything else needs TLS certificates;
-- the app folder (``pyproject.toml`` with the run config) is generated per run;
+- the app is the checked-in Flower project (``fedoa deploy app`` prints its folder); a run's
+  settings travel as Flower run-config keys (only those that differ from the app's defaults);
 - ``flwr run`` exits 0 even when the run failed, so the real status is read with ``flwr ls``.
 """
 from __future__ import annotations
@@ -25,51 +26,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from fedoa.errors import FedoaError
+from fedoa.io import write_text
 
 CONNECTION = "fedoa"
-APP_NAME = "fedoa-app"
-PUBLISHER = "fedoa"
-SERVER_APP = "fedoa.runtime.flower.server_app:app"
-CLIENT_APP = "fedoa.runtime.flower.client_app:app"
 DEFAULT_PORT = 8000
 
 
 class DeployCliError(FedoaError):
     """A ``fedoa deploy`` argument cannot work (insecure on a network address, missing files)."""
-
-
-# ---------------------------------------------------------------------------- TOML
-
-
-def toml_value(v: Any) -> str:
-    """A TOML literal for a str/bool/int/float (strings as basic strings, everything escaped)."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if v != v or v in (float("inf"), float("-inf")):
-            raise ValueError(f"cannot write {v!r} as a TOML value")
-        return repr(v)
-    if isinstance(v, str):
-        out = []
-        for ch in v:
-            o = ord(ch)
-            if ch == '"':
-                out.append('\\"')
-            elif ch == "\\":
-                out.append("\\\\")
-            elif ch == "\n":
-                out.append("\\n")
-            elif ch == "\t":
-                out.append("\\t")
-            elif o < 0x20 or o == 0x7F:
-                out.append(f"\\u{o:04x}")
-            else:
-                out.append(ch)
-        return '"' + "".join(out) + '"'
-    raise TypeError(f"unsupported TOML value {v!r}")
 
 
 def node_config_arg(values: dict[str, Any]) -> str:
@@ -85,7 +52,7 @@ def node_config_arg(values: dict[str, Any]) -> str:
             else:
                 raise DeployCliError(f"node-config value of {k} cannot hold both ' and \" (or a newline): {v!r}")
         else:
-            text = toml_value(v)
+            text = tomli_w.dumps({"v": v}).split("=", 1)[1].strip()
         parts.append(f"{k}={text}")
     return " ".join(parts)
 
@@ -148,76 +115,15 @@ def write_connection(flwr_home: Path, address: str, insecure: bool, root_certifi
         )
     if not insecure and not root_certificates and not is_loopback(host):
         raise DeployCliError("a SuperLink on the network needs --root-certificates CA.pem", where="--superlink")
-    lines = ["[superlink]", f"default = {toml_value(CONNECTION)}", "", f"[superlink.{CONNECTION}]",
-             f"address = {toml_value(address)}"]
+    connection: dict[str, Any] = {"address": address}
     if insecure:
-        lines.append("insecure = true")
+        connection["insecure"] = True
     elif root_certificates:
         ca = Path(root_certificates).expanduser().resolve()
         if not ca.is_file():
             raise DeployCliError("file not found", where=str(ca))
-        lines.append(f"root-certificates = {toml_value(str(ca))}")
-    flwr_home.mkdir(parents=True, exist_ok=True)
-    (flwr_home / "config.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-# ---------------------------------------------------------------------------- the app
-
-
-def run_config_values(
-    cfg, out_dir: str | Path, num_nodes: int, min_nodes: int = 1, eval_path: str = "",
-    round_timeout: float = 0.0, eval_timeout: float = 0.0, join_timeout: float = 600.0,
-    fresh: bool = False, poll_interval: float = 1.0,
-) -> dict[str, Any]:
-    from fedoa.config import config_to_toml
-
-    return {
-        "fedoa-config": config_to_toml(cfg),
-        "out-dir": str(out_dir),
-        "num-nodes": int(num_nodes),
-        "min-nodes": int(min_nodes),
-        "eval-path": str(eval_path),
-        "round-timeout": float(round_timeout),
-        "eval-timeout": float(eval_timeout),
-        "join-timeout": float(join_timeout),
-        "fresh": bool(fresh),
-        "poll-interval": float(poll_interval),
-    }
-
-
-def write_app(folder: str | Path, run_config: dict[str, Any]) -> Path:
-    """The Flower app folder for ``flwr run``: only ``pyproject.toml``. The components are
-    modules of the installed fedoa package, so the FAB carries no code and no data."""
-    import fedoa
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    config_lines = [f"{k} = {toml_value(v)}" for k, v in run_config.items()]
-    text = "\n".join([
-        "# Generated by `fedoa deploy`: the Flower app of one fedoa run.",
-        "# The ServerApp and ClientApp are modules of the installed fedoa package; the SuperLink and",
-        "# SuperNodes run them in their own (already installed) environment, so nothing is listed",
-        "# under dependencies and nothing is installed per run.",
-        "[project]",
-        f"name = {toml_value(APP_NAME)}",
-        f"version = {toml_value(fedoa.__version__)}",
-        'description = "fedoa: federated adapters (FedOA and baselines) on Flower"',
-        'license = "Apache-2.0"',
-        "dependencies = []",
-        "",
-        "[tool.flwr.app]",
-        f"publisher = {toml_value(PUBLISHER)}",
-        "",
-        "[tool.flwr.app.components]",
-        f"serverapp = {toml_value(SERVER_APP)}",
-        f"clientapp = {toml_value(CLIENT_APP)}",
-        "",
-        "[tool.flwr.app.config]",
-        *config_lines,
-        "",
-    ])
-    (folder / "pyproject.toml").write_text(text, encoding="utf-8")
-    return folder
+        connection["root-certificates"] = str(ca)
+    write_text(flwr_home / "config.toml", tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: connection}}))
 
 
 # ---------------------------------------------------------------------------- commands
@@ -299,9 +205,16 @@ def _json_out(proc: subprocess.CompletedProcess, what: str) -> dict[str, Any]:
     raise DeployCliError(f"{what} failed (exit {proc.returncode}): " + " | ".join(tail))
 
 
-def submit(app_dir: Path, flwr_home: Path) -> int:
-    """``flwr run APP fedoa`` -> the run id."""
-    out = _json_out(flwr(["run", str(app_dir), CONNECTION, "--format", "json"], flwr_home), "flwr run")
+def submit(app_dir: Path, flwr_home: Path, run_config: dict[str, Any]) -> int:
+    """``flwr run APP fedoa --run-config overrides.toml`` -> the run id."""
+    from fedoa.runtime.flower.runconfig import nest
+
+    nested = nest(run_config)
+    with tempfile.TemporaryDirectory(prefix="fedoa-run-") as tmp:
+        overrides = Path(tmp) / "overrides.toml"
+        overrides.write_text(tomli_w.dumps(nested), encoding="utf-8")
+        cmd = ["run", str(app_dir), CONNECTION, "--format", "json"] + (["--run-config", str(overrides)] if nested else [])
+        out = _json_out(flwr(cmd, flwr_home), "flwr run")
     if not out.get("success") or not out.get("run-id"):
         raise DeployCliError(f"flwr run did not start a run: {out}")
     return int(out["run-id"])
@@ -360,6 +273,10 @@ def cmd_superlink(args) -> int:
         args.host, args.port, args.insecure, args.ssl_certfile, args.ssl_keyfile, args.ssl_ca_certfile,
         args.enable_supernode_auth, args.database,
     )
+    if args.output_root:  # the ServerApp (a child of the SuperLink) writes results only under it
+        root = Path(args.output_root).expanduser().resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        os.environ["FEDOA_OUTPUT_ROOT"] = str(root)
     return _exec(cmd, _flwr_home(args))
 
 
@@ -384,48 +301,46 @@ def cmd_supernode(args) -> int:
     return _exec(cmd, _flwr_home(args))
 
 
-def _load_config(args):
+def _run_settings(args):
+    """The run's config (every key) and deployment settings from the command line."""
     from fedoa.config import default_config_path, load_config
+    from fedoa.runtime.flower.runconfig import DeploySettings
 
-    return load_config(args.config or default_config_path(), args.set or [])
-
-
-def _run_config(args) -> dict[str, Any]:
-    cfg = _load_config(args)
-    out = Path(args.out).expanduser()
-    out = out if out.is_absolute() else Path.cwd() / out
+    overrides = list(args.set or [])
+    if args.min_nodes:
+        overrides.append(f"fed.min_clients={args.min_nodes}")
+    cfg = load_config(args.config or default_config_path(), overrides)
+    if Path(args.out).is_absolute():
+        raise DeployCliError("give a folder name: the SuperLink writes under its own --output-root", where="--out")
     eval_path = args.eval_path or ""
     if eval_path and eval_path != "embedded:vader":
         eval_path = str(Path(eval_path).expanduser().resolve())
-    return run_config_values(
-        cfg, out, args.nodes, args.min_nodes, eval_path, args.round_timeout, args.eval_timeout,
-        args.join_timeout, args.fresh,
+    deploy = DeploySettings(
+        out_dir=args.out, num_nodes=args.nodes, eval_path=eval_path, round_timeout=args.round_timeout,
+        eval_timeout=args.eval_timeout, join_timeout=args.join_timeout, fresh=args.fresh,
     )
+    return cfg, deploy
 
 
 def cmd_app(args) -> int:
-    folder = write_app(args.app_dir, _run_config(args))
-    print(f"wrote {folder / 'pyproject.toml'}; start it with: flwr run {folder} <connection> --stream")
+    from fedoa.runtime.flower.runconfig import APP_DIR, app_pyproject
+
+    if args.write:
+        write_text(APP_DIR / "pyproject.toml", app_pyproject())
+    print(APP_DIR)
     return 0
 
 
 def cmd_run(args) -> int:
+    from fedoa.runtime.flower.runconfig import APP_DIR, overrides
+
     home = _flwr_home(args)
     write_connection(home, args.superlink, args.insecure, args.root_certificates)
-    rc = _run_config(args)
-    tmp = None
-    if args.app_dir:
-        app_dir = write_app(args.app_dir, rc)
-    else:
-        tmp = tempfile.mkdtemp(prefix="fedoa-app-")
-        app_dir = write_app(tmp, rc)
-    try:
-        run_id = submit(app_dir, home)
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-    print(f"fedoa: started run {run_id} on {args.superlink}; results go to {rc['out-dir']} on the SuperLink's machine",
-          flush=True)
+    cfg, deploy = _run_settings(args)
+    run_id = submit(APP_DIR, home, overrides(cfg, deploy))
+    out = Path(args.output_root).expanduser().resolve() / args.out if args.output_root else None
+    print(f"fedoa: started run {run_id} on {args.superlink}; results go to {args.out} under the SuperLink's "
+          "output root", flush=True)
     if args.detach:
         print(f"follow it with: fedoa deploy log {run_id}; status: fedoa deploy status {run_id}")
         return 0
@@ -435,7 +350,7 @@ def cmd_run(args) -> int:
         print(f"\nfedoa: stopped following; run {run_id} goes on on the SuperLink "
               f"(fedoa deploy log {run_id} / status {run_id} / stop {run_id})", file=sys.stderr)
         return 130
-    return _finish(run_id, status, Path(rc["out-dir"]))
+    return _finish(run_id, status, out)
 
 
 def _finish(run_id: int, status: dict[str, Any], out: Path | None) -> int:
@@ -511,9 +426,11 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
 def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML config file (default: the embedded default config)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key (repeatable)")
-    p.add_argument("--out", required=True, help="output folder on the SuperLink's machine (results.json, report.md ...)")
+    p.add_argument("--out", required=True, help="the run's folder name under the SuperLink's --output-root "
+                   "(results.json, report.md ...)")
     p.add_argument("--nodes", type=int, required=True, help="clients (SuperNodes) to wait for before round 1")
-    p.add_argument("--min-nodes", type=int, default=1, help="updates a round needs to be aggregated (default 1)")
+    p.add_argument("--min-nodes", type=int, default=0, help="updates a round needs to be aggregated "
+                   "(fed.min_clients; default: the config's)")
     p.add_argument("--eval-path", default="", help="shared test sets every node reads for OOD: a folder of "
                    "<category>/<task>_test.jsonl or 'embedded:vader' (default: ID only)")
     p.add_argument("--round-timeout", type=float, default=0.0, help="seconds to wait for a round's replies (0: until "
@@ -523,7 +440,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fresh", action="store_true", help="ignore an unfinished run's checkpoint in OUT")
 
 
-def add_deploy_parser(sub) -> None:
+def add_parser(sub) -> None:
     """Register ``fedoa deploy ...`` on the main parser's subparsers."""
     deploy = sub.add_parser("deploy", help="run on several machines with Flower's Deployment Engine "
                             "(SuperLink, SuperNodes, runs); see docs/deployment.md")
@@ -539,6 +456,8 @@ def add_deploy_parser(sub) -> None:
     p.add_argument("--enable-supernode-auth", action="store_true",
                    help="accept only SuperNodes registered with `flwr supernode register`")
     p.add_argument("--database", help="SQLite file for the SuperLink's state (default: in memory)")
+    p.add_argument("--output-root", help="the only folder runs write their results under "
+                   "(default: <fedoa cache>/deployments)")
     p.add_argument("--flwr-home", help="Flower's home folder (default: <fedoa cache>/flower)")
     p.set_defaults(func=cmd_superlink)
 
@@ -561,15 +480,15 @@ def add_deploy_parser(sub) -> None:
     p = dsub.add_parser("run", help="launch a run on the SuperLink and follow it until it finishes")
     _run_args(p)
     _connection_args(p)
-    p.add_argument("--app-dir", help="write the generated Flower app here (default: a temporary folder)")
+    p.add_argument("--output-root", help="the SuperLink's --output-root, when it is on this machine: print the "
+                   "results at the end")
     p.add_argument("--detach", action="store_true", help="return once the run is started")
     p.add_argument("--no-logs", action="store_true", help="do not stream the ServerApp's log")
     p.add_argument("--timeout", type=float, default=0.0, help="give up following after this many seconds (0: never)")
     p.set_defaults(func=cmd_run)
 
-    p = dsub.add_parser("app", help="only write the Flower app folder (for `flwr run` by hand)")
-    _run_args(p)
-    p.add_argument("--app-dir", required=True, help="folder to write pyproject.toml into")
+    p = dsub.add_parser("app", help="print the folder of the checked-in Flower app (for `flwr run` by hand)")
+    p.add_argument("--write", action="store_true", help="regenerate its pyproject.toml from the settings classes")
     p.set_defaults(func=cmd_app)
 
     for name, func, help_ in (

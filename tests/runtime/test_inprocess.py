@@ -4,22 +4,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import fedoa.runtime.simulation as sim
+import fedoa.runtime.driver as driver
+from fedoa.runtime.inprocess import run_simulation
 from fedoa.runtime.sampling import sample_clients
-from fedoa.runtime.simulation import run_simulation
-
-from tests.conftest import tiny_config
+from tests.support import vader_tiny_config
 
 SUMMARY_KEYS = ("personal", "global", "zero_shot")
-
-
-def vader_tiny_config(**kw):
-    cfg = tiny_config(**kw)
-    cfg.data.source = "vader"
-    cfg.data.tasks = ["movie", "tweets", "nyt"]
-    cfg.data.train_per_client = 8
-    cfg.data.test_per_client = 6
-    return cfg
 
 
 def test_two_round_fedoa_run_writes_every_artifact(tmp_path):
@@ -39,16 +29,19 @@ def test_two_round_fedoa_run_writes_every_artifact(tmp_path):
     assert on_disk["summary"] == results["summary"]
     assert (out / "report.md").read_text().startswith("# fedoa run: fedoa")
     assert (out / "accuracy.png").stat().st_size > 1000
-    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(lines) == 2 * 3 * 2  # rounds x clients x (personal, global)
-    assert {l["phase"] for l in lines} == {"personal", "global"}
-    assert all(l["examples"] == 8 and l["seconds"] > 0 and "task_loss" in l for l in lines)
-    assert all("reg" in l for l in lines if l["phase"] == "personal")
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 * 3 * 3  # rounds x clients x (personal, global, update)
+    assert {line["phase"] for line in lines} == {"personal", "global", "update"}
+    steps = [line for line in lines if line["phase"] != "update"]
+    assert all(line["examples"] == 8 and line["seconds"] > 0 and "task_loss" in line for line in steps)
+    assert all("reg" in line for line in lines if line["phase"] == "personal")
+    updates = [line for line in lines if line["phase"] == "update"]
+    assert all(line["update_norm"] > 0 and line["bytes"] == results["communication"]["adapter_bytes"] for line in updates)
     for folder in [out / "adapters" / "global"] + [out / "adapters" / "personal" / c for c in ("movie", "tweets", "nyt")]:
         assert (folder / "adapter_config.json").is_file() and (folder / "adapter_model.safetensors").is_file()
     assert not (out / ".run").exists()
     resolved = (out / "config.toml").read_text()
-    assert 'method = "fedoa"' in resolved and "tiny:llama" in resolved
+    assert 'method = "fedoa"' in resolved and str(cfg.model.name) in resolved
 
 
 def test_same_seed_same_result_and_resume_after_a_crash_is_exact(tmp_path, monkeypatch):
@@ -62,7 +55,7 @@ def test_same_seed_same_result_and_resume_after_a_crash_is_exact(tmp_path, monke
     assert all(torch.equal(a[k], b[k]) for k in a)
 
     # crash right after the checkpoint of round 1, then run the same command again
-    real = sim.save_checkpoint
+    real = driver.save_checkpoint
 
     def crash_after_round_one(folder, round_, *args, **kw):
         real(folder, round_, *args, **kw)
@@ -70,12 +63,12 @@ def test_same_seed_same_result_and_resume_after_a_crash_is_exact(tmp_path, monke
             raise KeyboardInterrupt
 
     crashed = tmp_path / "crashed"
-    monkeypatch.setattr(sim, "save_checkpoint", crash_after_round_one)
+    monkeypatch.setattr(driver, "save_checkpoint", crash_after_round_one)
     with pytest.raises(KeyboardInterrupt):
         run_simulation(cfg, crashed, progress=False)
     assert not (crashed / "results.json").exists()
     assert (crashed / ".run" / "checkpoint" / "state.json").is_file()
-    monkeypatch.setattr(sim, "save_checkpoint", real)
+    monkeypatch.setattr(driver, "save_checkpoint", real)
     run_simulation(cfg, crashed, progress=False)
     c = load_file(str(crashed / "adapters" / "global" / "adapter_model.safetensors"))
     assert all(torch.equal(a[k], c[k]) for k in a)
@@ -84,7 +77,7 @@ def test_same_seed_same_result_and_resume_after_a_crash_is_exact(tmp_path, monke
         q = load_file(str(crashed / "adapters" / "personal" / client / "adapter_model.safetensors"))
         assert all(torch.equal(p[k], q[k]) for k in p)
     lines = (crashed / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 2 * 3 * 2  # the resumed run did not duplicate round 1's lines
+    assert len(lines) == 2 * 3 * 3  # the resumed run did not duplicate round 1's lines
 
 
 def test_client_sampling_is_seeded_and_sized():
@@ -99,6 +92,6 @@ def test_client_sampling_is_seeded_and_sized():
 def test_partial_participation_keeps_personal_adapters(tmp_path):
     cfg = vader_tiny_config(fed={"client_fraction": 0.34, "rounds": 3})
     results = run_simulation(cfg, tmp_path / "r", progress=False)
-    rounds = results["communication"]["clients_per_round"]
-    assert all(len(v) == 1 for v in rounds.values())
+    rounds = results["communication"]["updates_per_round"]
+    assert len(rounds) == 3 and all(len(v) == 1 for v in rounds.values())
     assert results["communication"]["bytes_up_per_round"] == results["communication"]["adapter_bytes"]

@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 
 from fedoa.data.records import ClientData
-
+from tests.support import synthetic_clients, tiny_config
 
 # ---------------------------------------------------------------------------- data
 
@@ -44,10 +44,19 @@ def write_federation(root: Path, clients: list[ClientData], categories: dict[str
 NAMES = ("a", "b", "c")
 
 
+def run_config(cfg, out: str, **deploy) -> dict:
+    """The Flower run config of a run (``deploy``: DeploySettings fields; ``min_nodes``: fed.min_clients)."""
+    from fedoa.runtime.flower.runconfig import DeploySettings, flatten
+
+    cfg = cfg.clone()
+    if "min_nodes" in deploy:
+        cfg.fed.min_clients = deploy.pop("min_nodes")
+    deploy.setdefault("poll_interval", 0.0)
+    return flatten(cfg, DeploySettings(out_dir=out, **deploy))
+
+
 def make_federation(tmp_path: Path, categories: dict[str, str] | None = None, **cfg_sections):
     """Three synthetic clients on disk, the in-process config over their union, node configs."""
-    from tests.conftest import synthetic_clients, tiny_config
-
     paths = write_federation(tmp_path / "data", synthetic_clients(NAMES, n_train=8, n_test=6), categories)
     cfg = tiny_config(**cfg_sections)
     cfg.data.source = "jsonl"

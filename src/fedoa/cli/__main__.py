@@ -1,0 +1,5 @@
+import sys
+
+from fedoa.cli import main
+
+sys.exit(main())

@@ -1,0 +1,44 @@
+"""``fedoa compare``: several methods x seeds under one protocol, one table with intervals."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fedoa.cli.common import add_config_args, load
+
+EXAMPLE = """example:
+  fedoa compare --methods fedit,ditto,local,feddpa,fedoa --seeds 3 \\
+      --config benchmarks/flan8_cpu.toml --out runs/flan8-cpu
+  fedoa compare --methods 'fedoa,shipped=fedoa[fedoa.feature=answer;fed.personal_init=global]' \\
+      --seeds 2 --out runs/variants
+"""
+
+
+def compare(args: argparse.Namespace) -> int:
+    from fedoa.compare import parse_methods, parse_seeds, run_compare
+    from fedoa.reports.compare import print_compare
+
+    methods = parse_methods(args.methods)  # unknown names exit 2 before anything runs
+    cfg = load(args)
+    summary = run_compare(cfg, methods, parse_seeds(args.seeds, cfg.seed), Path(args.out), progress=not args.quiet,
+                          focus=args.focus, report_only=args.report_only)
+    print_compare(summary)
+    failed = [r["path"] for r in summary["runs"] if r["status"] == "failed"]
+    print(f"comparison in {args.out}/compare.md (+ compare.json, compare.png); "
+          f"wall time {summary['wall_seconds']:.0f} s" + (f"; FAILED runs: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("compare", help="run several methods x seeds under one protocol and tabulate them",
+                       epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(p)
+    p.add_argument("--methods", required=True, help="comma-separated method names, e.g. fedit,ditto,fedoa; a "
+                   "variant with its own settings and label: shipped=fedoa[fedoa.feature=answer;fed.personal_init=global]")
+    p.add_argument("--seeds", default="3", help="number of seeds (from the config's seed on) or a list like 0,1,2")
+    p.add_argument("--out", required=True, help="output folder (runs/, compare.md, compare.json, compare.png)")
+    p.add_argument("--focus", default="fedoa", help="method whose personal models are compared with every other "
+                   "row by paired differences (default: fedoa)")
+    p.add_argument("--report-only", action="store_true", help="run nothing; tabulate the runs that have finished")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=compare)

@@ -1,0 +1,34 @@
+"""``fedoa run``: one federated training + ID/OOD evaluation, in this process."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fedoa.cli.common import add_config_args, load
+
+EXAMPLE = """example:
+  fedoa run --out runs/default                       # the embedded default (make run)
+  fedoa run --out runs/flan8 --set data.source=jsonl --set data.path=../shared/data/flan8 \\
+      --set data.train_per_client=64 --set data.test_per_client=50
+"""
+
+
+def run(args: argparse.Namespace) -> int:
+    from fedoa.reports.markdown import print_summary
+    from fedoa.runtime.inprocess import run_simulation
+
+    results = run_simulation(load(args), Path(args.out), progress=not args.quiet, fresh=args.fresh)
+    print_summary(results)
+    print(f"wall time {results['timing']['wall_seconds']:.0f} s; results in {args.out}/results.json, "
+          f"report in {args.out}/report.md")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help="run one federated training + ID/OOD evaluation in-process", epilog=EXAMPLE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(p)
+    p.add_argument("--out", required=True, help="output folder (results.json, report.md, adapters/ ...)")
+    p.add_argument("--fresh", action="store_true", help="ignore an unfinished run's checkpoint in OUT")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)

@@ -1,0 +1,326 @@
+"""THE round loop, written once for every runtime.
+
+The driver decides everything a federation decides: resume, which clients take part in a round,
+what counts as an update, aggregation, the checkpoint, metrics, communication accounting,
+evaluation and the published artifacts. A :class:`Transport` only carries the work to the
+clients and back: :class:`fedoa.runtime.inprocess.InProcess` (every client in this process, one
+resident model) or :class:`fedoa.runtime.flower.transport.FlowerTransport` (one Flower SuperNode
+per client). Both runtimes therefore produce the same adapters from the same inputs by
+construction.
+
+Work in progress lives in ``OUT/.run/`` (metrics and a checkpoint per round); the finished
+artifacts are moved into ``OUT`` only at the end, so a failed or interrupted run never
+overwrites earlier results, and running the same command again resumes from the last finished
+round. A config that differs from the checkpoint's stops the run (exit 2, naming the keys)
+unless the caller asks to start afresh.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedoa.algorithms import make_algorithm
+from fedoa.algorithms.base import Algorithm, ClientState, ClientUpdate
+from fedoa.checkpoint import client_file_name, load_checkpoint, save_checkpoint
+from fedoa.config import RunConfig, config_to_toml
+from fedoa.errors import ConfigError, FedoaError
+from fedoa.evaluation.matrix import EvalPlan, SetScores
+from fedoa.io import write_json, write_text
+from fedoa.model.adapters import AdapterModel, AdapterState, state_bytes
+from fedoa.reports.markdown import render_report
+from fedoa.reports.plots import plot_run
+from fedoa.reports.results import build_results
+from fedoa.runtime.common import eval_kinds, metric_line
+from fedoa.runtime.sampling import sample_clients
+
+WORK = ".run"
+Scores = dict[str, dict[str, dict[str, SetScores]]]  # kind -> client -> test set -> scores
+Schedule = dict[int, dict[str, list[str]]]  # round -> trainer -> the clients whose data it uses
+
+
+class RoundError(FedoaError):
+    """A round cannot produce a model (too few valid updates). Not the user's input: exit 1."""
+
+    exit_code = 1
+
+
+@dataclass
+class Failure:
+    """A client that did not deliver: why, whether it is gone, whether it received the global state."""
+
+    reason: str
+    lost: bool = False
+    sent: bool = True
+    node: int | None = None  # the Flower node, where there is one
+
+
+class Transport(ABC):
+    """How the driver reaches its clients."""
+
+    #: the adapter shapes (initialization, export); the transport's own model
+    am: AdapterModel
+    #: seconds spent loading data and model and joining clients
+    setup_seconds: float = 0.0
+    #: clients whose models could not be evaluated: {round: "eval", client, node, phase, reason}
+    eval_failures: list[dict[str, Any]] = []
+
+    @abstractmethod
+    def open(self, algo: Algorithm) -> list[str]:
+        """Everything before round 1 (data, model, nodes); the clients' names. Fails on bad input."""
+
+    @abstractmethod
+    def eval_plan(self) -> EvalPlan:
+        """Which test sets each client's models meet."""
+
+    def begin(self, schedule: Schedule) -> None:
+        """The rounds still to run and who trains in each (progress bars)."""
+
+    @abstractmethod
+    def train(self, round_: int, groups: dict[str, list[str]], global_state: AdapterState) -> dict[str, ClientUpdate | Failure]:
+        """One round's client updates from ``global_state``, per trainer of ``groups``."""
+
+    @abstractmethod
+    def evaluate(self, plan: EvalPlan, kinds: list[str], global_state: AdapterState) -> tuple[EvalPlan, Scores]:
+        """Scores of every evaluated model; the plan restricted to the clients that could be scored."""
+
+    @abstractmethod
+    def client_states(self) -> dict[str, ClientState]:
+        """Private client state to checkpoint here (in-process), or {} (it lives on the nodes)."""
+
+    def restore(self, client_states: dict[str, ClientState], meta: dict[str, Any]) -> None:
+        """Continue from a checkpoint."""
+
+    def meta(self) -> dict[str, Any]:
+        """JSON state of the transport to checkpoint (e.g. which round each node's state is at)."""
+        return {}
+
+    def round_done(self, round_: int, updates: list[ClientUpdate]) -> None:
+        """The driver aggregated these updates of ``round_``."""
+
+    def log(self, message: str) -> None:
+        """A line for the operator (Flower's ServerApp log; the in-process runtime stays quiet)."""
+
+    @abstractmethod
+    def write_adapters(self, folder: Path, global_state: AdapterState) -> None:
+        """PEFT-format adapters of the run under ``folder``."""
+
+    def extra_results(self) -> dict[str, Any]:
+        """Runtime-specific entries of results.json."""
+        return {}
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+def run_federation(
+    cfg: RunConfig, transport: Transport, out_dir: str | Path, fresh: bool = False, restart_on_change: bool = False,
+) -> dict[str, Any]:
+    """Train and evaluate ``cfg`` through ``transport``; publish into ``out_dir``; return results.json."""
+    start = time.perf_counter()
+    cfg = cfg.clone()  # validated again, cross-section checks included
+    algo = make_algorithm(cfg)
+    names = transport.open(algo)  # bad data, model or nodes fail here, before anything is written
+    for n in names:
+        client_file_name(n)  # names that cannot become file names fail before round 1
+    plan = transport.eval_plan()
+    out_dir = Path(out_dir)
+    work = out_dir / WORK
+    if fresh and work.exists():
+        shutil.rmtree(work)
+    state = Resume(cfg, work, restart_on_change).load(algo, transport, names)
+    schedule = {
+        r: algo.training_groups(sample_clients(names, cfg.fed.client_fraction, cfg.seed, r), names)
+        for r in range(state.first_round, cfg.fed.rounds + 1)
+    }
+    transport.begin(schedule)
+    global_state = state.global_state
+    with (work / "metrics.jsonl").open("a", encoding="utf-8") as log:
+        for r, groups in schedule.items():
+            global_state = run_round(cfg, algo, transport, r, groups, global_state, state.meta, log)
+            save_checkpoint(work / "checkpoint", r, global_state, transport.client_states(),
+                            {**state.meta, "transport": transport.meta()})
+    eval_start = time.perf_counter()
+    scored_plan, scores = transport.evaluate(plan, eval_kinds(cfg, algo), global_state)
+    timing = {
+        "wall_seconds": time.perf_counter() - start,
+        "setup_seconds": transport.setup_seconds,
+        "train_seconds": state.meta["train_seconds"],
+        "eval_seconds": time.perf_counter() - eval_start,
+    }
+    extra = {"failures": failure_lines(state.meta["failures"] + transport.eval_failures), **transport.extra_results()}
+    results = build_results(cfg, scored_plan, scores, communication(cfg, global_state, state.meta), timing, extra)
+    publish(out_dir, work, cfg, results, lambda folder: transport.write_adapters(folder, global_state))
+    return results
+
+
+def run_round(cfg: RunConfig, algo: Algorithm, transport: Transport, r: int, groups: dict[str, list[str]],
+              global_state: AdapterState, meta: dict[str, Any], log) -> AdapterState:
+    """One round: dispatch, collect, aggregate; the metrics and accounting of the round."""
+    t0 = time.perf_counter()
+    replies = transport.train(r, groups, global_state)
+    updates = []
+    for trainer in groups:
+        reply = replies.get(trainer, Failure("no reply"))
+        if isinstance(reply, Failure):
+            meta["failures"].append({"round": r, "client": trainer, "node": reply.node, "phase": "train",
+                                     "reason": reply.reason})
+            transport.log(f"[fedoa] round {r}: client {trainer!r} failed: {reply.reason}")
+            continue
+        updates.append(reply)
+    need = min(cfg.fed.min_clients, len(groups))
+    if len(updates) < need:
+        raise RoundError(
+            f"round {r}: {len(updates)} of {len(groups)} sampled clients sent an update, fewer than "
+            f"fed.min_clients = {cfg.fed.min_clients}; the run stops here and resumes from round {r} when "
+            "started again"
+        )
+    for u in updates:
+        for ph in u.phases:
+            log.write(metric_line(r, u.client, ph))
+        if u.state is not None:  # the change the client made to the global adapter (and what it sent)
+            sent = {"bytes": state_bytes(u.state)} if algo.federated else {}
+            log.write(json.dumps({"round": r, "client": u.client, "phase": "update",
+                                  "update_norm": update_norm(u.state, global_state), **sent}) + "\n")
+    log.flush()
+    if algo.federated:
+        meta["bytes_up"] += sum(state_bytes(u.state) for u in updates if u.state is not None)
+        sent = sum(1 for t in groups if not (isinstance(replies.get(t), Failure) and not replies[t].sent))
+        meta["bytes_down"] += state_bytes(global_state) * sent
+    new_state = algo.aggregate(updates, global_state, r)
+    transport.round_done(r, updates)
+    meta["updates_per_round"][str(r)] = [u.client for u in updates]
+    meta["train_seconds"] += time.perf_counter() - t0
+    transport.log(f"[fedoa] round {r}/{cfg.fed.rounds}: aggregated {len(updates)} update(s) in "
+                  f"{time.perf_counter() - t0:.1f} s")
+    return new_state
+
+
+def update_norm(state: AdapterState, reference: AdapterState) -> float:
+    """L2 norm of an uploaded adapter's change from the state the client received."""
+    total = sum(float((state[k].double() - reference[k].double()).pow(2).sum()) for k in state)
+    return total ** 0.5
+
+
+# ---------------------------------------------------------------------------- resume
+
+
+@dataclass
+class RunState:
+    first_round: int
+    global_state: AdapterState
+    meta: dict[str, Any]
+
+
+class Resume:
+    """The checkpoint of an unfinished run, if it was made with the same config."""
+
+    def __init__(self, cfg: RunConfig, work: Path, restart_on_change: bool):
+        self.cfg, self.work, self.restart_on_change = cfg, work, restart_on_change
+
+    def load(self, algo: Algorithm, transport: Transport, names: list[str]) -> RunState:
+        found = load_checkpoint(self.work / "checkpoint")
+        if found is not None:
+            changed = changed_keys(found[3].get("config"), self.cfg.to_dict())
+            if not changed:
+                return self._continue(found, transport, names)
+            if not self.restart_on_change:
+                raise ConfigError(
+                    f"the unfinished run in {self.work.parent} was made with other values of {', '.join(changed)}; "
+                    "rerun with --fresh to start over (or use another --out)", where="config")
+            shutil.rmtree(self.work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        (self.work / "metrics.jsonl").write_text("", encoding="utf-8")
+        meta = {"config": self.cfg.to_dict(), "clients": names, "bytes_up": 0, "bytes_down": 0,
+                "train_seconds": 0.0, "updates_per_round": {}, "failures": []}
+        transport.restore({n: algo.init_client(transport.am, n) for n in names}, {})
+        return RunState(1, algo.init_global(transport.am), meta)
+
+    def _continue(self, found, transport: Transport, names: list[str]) -> RunState:
+        done, global_state, client_states, meta = found
+        if meta.get("clients") != names:
+            raise ConfigError(
+                f"the checkpoint in {self.work} was made with clients {meta.get('clients')}, this run has "
+                f"{names}: bring the same clients back, or rerun with --fresh", where="clients")
+        transport.restore(client_states, meta.pop("transport", {}))
+        truncate_metrics(self.work / "metrics.jsonl", done + 1)
+        transport.log(f"[fedoa] resuming from the checkpoint after round {done}")
+        return RunState(done + 1, global_state, meta)
+
+
+def changed_keys(stored: Any, current: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between a checkpoint's config and this run's."""
+    if not isinstance(stored, dict):
+        return ["config"]
+    out = []
+    for k in sorted(set(stored) | set(current)):
+        a, b = stored.get(k), current.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_keys(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def truncate_metrics(path: Path, first_round: int) -> None:
+    """Drop metric lines of rounds that will be re-run (a crash may have left some)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line)["round"] < first_round]
+    write_text(path, "".join(line + "\n" for line in keep))
+
+
+# ---------------------------------------------------------------------------- outputs
+
+
+def communication(cfg: RunConfig, global_state: AdapterState, meta: dict[str, Any]) -> dict[str, Any]:
+    rounds = cfg.fed.rounds
+    return {
+        "rounds": rounds,
+        "adapter_bytes": state_bytes(global_state),
+        "bytes_up_per_round": meta["bytes_up"] / rounds,
+        "bytes_down_per_round": meta["bytes_down"] / rounds,
+        "bytes_up_total": meta["bytes_up"],
+        "bytes_down_total": meta["bytes_down"],
+        "updates_per_round": meta["updates_per_round"],
+    }
+
+
+def failure_lines(failures: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for f in failures:
+        where = "evaluation" if f["round"] == "eval" else f"round {f['round']}"
+        node = f" (node {f['node']})" if f.get("node") is not None else ""
+        out.append(f"{where}: client {f['client']}{node} failed in {f['phase']}: {f['reason']}")
+    return out
+
+
+def publish(out_dir: Path, work: Path, cfg: RunConfig, results: dict[str, Any],
+            write_adapters: Callable[[Path], None]) -> None:
+    """Write the final artifacts into ``work/final``, move each into ``out_dir``, drop ``work``."""
+    final = work / "final"
+    if final.exists():
+        shutil.rmtree(final)
+    final.mkdir(parents=True)
+    write_text(final / "config.toml", config_to_toml(cfg))
+    write_json(final / "results.json", results)
+    write_text(final / "report.md", render_report(results))
+    plot_run(results, final / "accuracy.png")
+    shutil.copy(work / "metrics.jsonl", final / "metrics.jsonl")
+    write_adapters(final / "adapters")
+    for item in sorted(final.iterdir()):
+        dest = out_dir / item.name
+        if dest.is_dir():
+            trash = work / f"old-{item.name}"
+            if trash.exists():
+                shutil.rmtree(trash)
+            dest.replace(trash)
+        item.replace(dest)
+    shutil.rmtree(work)
+
