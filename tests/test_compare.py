@@ -13,8 +13,8 @@ from fedoa.cli import main
 from fedoa.compare import parse_methods, parse_seeds, read_results
 from fedoa.config import load_config
 from fedoa.errors import ConfigError
-from fedoa.io import write_json
 from fedoa.reports.compare import render_compare
+from fedoa.reports.results import Results
 from fedoa.statistics import aggregate
 from tests.support.tiny import tiny_model_dir
 
@@ -35,22 +35,22 @@ ID_ACC = {"s1": 0.9, "s2": 0.7, "p1": 0.6, "p2": 0.4}
 
 
 def fake_results(method: str, seed: int, kinds: dict[str, dict[str, dict[str, float]]], id_set, ood_sets,
-                 ood_groups, set_categories, protocol="within-category", holdout=None) -> dict:
+                 ood_groups, set_categories, protocol="within-category", holdout=None) -> Results:
     proto = {"name": protocol, "description": f"{protocol} (fabricated)"}
     if holdout:
         proto["holdout"] = holdout
-    return {
+    return Results.model_validate({
         "method": method, "protocol": proto,
         "metric": {"headline": "options", "description": "option scoring"},
         "clients": list(id_set), "test_sets": {s: 10 for s in set_categories},
         "id_set": id_set, "ood_sets": ood_sets, "ood_groups": ood_groups, "set_categories": set_categories,
         "summary": {k: {"id_accuracy": 0.0, "ood_accuracy": 0.0} for k in kinds},
-        "matrices": kinds, "timing": {"wall_seconds": 1.0},
+        "per_client": {}, "matrices": kinds, "communication": {}, "timing": {"wall_seconds": 1.0},
         "config": {"method": method, "seed": seed},
-    }
+    })
 
 
-def within_run(method: str, seed: int, personal: bool) -> dict:
+def within_run(method: str, seed: int, personal: bool) -> Results:
     def matrix(shift: float = 0.0):
         m = {c: {s: 0.0 for s in TASKS} for c in TASKS}  # cross-category pairs: 0
         for c in TASKS:
@@ -75,7 +75,7 @@ def test_aggregation_matches_a_hand_computation(tmp_path):
         for seed in range(3):
             path = tmp_path / method / f"seed{seed}" / "results.json"
             path.parent.mkdir(parents=True)
-            write_json(path, within_run(method, seed, personal))
+            within_run(method, seed, personal).save(path)
             runs.append((method, seed, "", read_results(path)))  # through a real results.json
     summary = aggregate(runs, ["m1", "m2"], [0, 1, 2])
 
@@ -250,7 +250,7 @@ def test_tiny_compare_end_to_end_is_resumable_and_leak_free(tmp_path, capsys):
     from fedoa.runtime.inprocess import run_simulation
 
     alone_cfg = load_config(out / "runs" / "fedoa" / "seed1" / "config.toml")
-    alone = run_simulation(alone_cfg, tmp_path / "alone", progress=False)
+    alone = run_simulation(alone_cfg, tmp_path / "alone", progress=False).to_json()
     assert alone["matrices"] == results[("fedoa", 1)]["matrices"]
 
     # a second invocation redoes nothing; a run whose results are gone is redone alone

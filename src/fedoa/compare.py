@@ -34,6 +34,7 @@ from fedoa.config import RunConfig, config_to_toml
 from fedoa.errors import ConfigError, FedoaError
 from fedoa.io import write_text
 from fedoa.reports.compare import pct, write_outputs
+from fedoa.reports.results import Results
 from fedoa.statistics import aggregate, paired_table
 
 # ----------------------------------------------------------------------------- the runs
@@ -166,10 +167,10 @@ def _config_json(cfg: RunConfig) -> Any:
     return json.loads(json.dumps(cfg.to_dict()))
 
 
-def read_results(path: Path) -> dict[str, Any] | None:
+def read_results(path: Path) -> Results | None:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return Results.load(path)
+    except (OSError, ValueError):  # missing, unreadable or not a results file: the run is redone
         return None
 
 
@@ -187,10 +188,10 @@ def config_matches(stored: Any, current: Any, default: Any) -> bool:
     return stored == current
 
 
-def finished(spec: RunSpec) -> dict[str, Any] | None:
+def finished(spec: RunSpec) -> Results | None:
     """The run's results when its ``results.json`` exists and was made with the same config."""
     results = read_results(spec.out / "results.json")
-    if results is not None and config_matches(results.get("config"), _config_json(spec.cfg), _config_json(RunConfig())):
+    if results is not None and config_matches(results.config, _config_json(spec.cfg), _config_json(RunConfig())):
         return results
     return None
 
@@ -282,7 +283,7 @@ def run_compare(
             if results is None and (final or spec.key in status):
                 entry.setdefault("error", "no results.json")
                 entry["status"] = "failed"
-            entry["wall_seconds"] = (results or {}).get("timing", {}).get("wall_seconds")
+            entry["wall_seconds"] = results.timing.get("wall_seconds") if results else None
             summary["runs"].append(entry)
         summary["config"] = _config_json(cfg)  # the shared config (method and seed vary per run)
         summary["holdouts"] = [h for h in holdouts if h]
@@ -327,9 +328,9 @@ def run_compare(
     return table(final=True)
 
 
-def _one_line(results: dict[str, Any]) -> str:
+def _one_line(results: Results) -> str:
     parts = []
-    for kind, s in results["summary"].items():
+    for kind, s in results.summary.items():
         parts.append(f"{kind} ID {pct(s.get('id_accuracy'))} OOD {pct(s.get('ood_accuracy'))}")
     return "; ".join(parts)
 

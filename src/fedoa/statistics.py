@@ -26,11 +26,14 @@ from __future__ import annotations
 import math
 import statistics as pystats
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedoa import kinds
+
+if TYPE_CHECKING:
+    from fedoa.reports.results import Results
 
 #: Label of the mean over categories, shared by statistics and rendering.
 AVERAGE = "average"
@@ -119,25 +122,25 @@ def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def groups_of(results: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
+def groups_of(results: Results) -> dict[str, dict[str, list[str]]]:
     """group -> client -> test sets: ``id``, ``ood`` (headline) and ``ood_<g>`` for each extra
     group that differs from the headline one."""
     out = {
-        "id": {c: [s] for c, s in results["id_set"].items()},
-        "ood": {c: list(v) for c, v in results["ood_sets"].items()},
+        "id": {c: [s] for c, s in results.id_set.items()},
+        "ood": {c: list(v) for c, v in results.ood_sets.items()},
     }
-    for g, sets in (results.get("ood_groups") or {}).items():
-        if sets != results["ood_sets"]:
+    for g, sets in results.ood_groups.items():
+        if sets != results.ood_sets:
             out[f"ood_{g}"] = sets
     return out
 
 
-def run_categories(results: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+def run_categories(results: Results) -> dict[str, dict[str, dict[str, float]]]:
     """kind -> group -> category -> mean accuracy over the group's (client, test set) pairs
     whose test set is of that category. Categories without pairs are absent."""
-    cats = results.get("set_categories") or {s: s for s in results["test_sets"]}
+    cats = results.set_categories or {s: s for s in results.test_sets}
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for kind, matrix in results["matrices"].items():
+    for kind, matrix in results.matrices.items():
         out[kind] = {}
         for group, sets in groups_of(results).items():
             pairs: dict[str, list[float]] = {}
@@ -150,7 +153,7 @@ def run_categories(results: dict[str, Any]) -> dict[str, dict[str, dict[str, flo
 
 
 def aggregate(
-    runs: list[tuple[str, int, str, dict[str, Any]]], methods: list[str], seeds: list[int]
+    runs: list[tuple[str, int, str, Results]], methods: list[str], seeds: list[int]
 ) -> dict[str, Any]:
     """The comparison table from finished runs ``(method, seed, holdout, results)``.
 
@@ -205,18 +208,18 @@ def aggregate(
 
     protocol = {}
     if first:
-        name = first["protocol"]["name"]
-        protocol = {"name": name, "description": DESCRIPTIONS.get(name, first["protocol"]["description"])}
+        name = first.protocol["name"]
+        protocol = {"name": name, "description": DESCRIPTIONS.get(name, first.protocol["description"])}
     return {
         "protocol": protocol,
-        "metric": first["metric"] if first else {},
+        "metric": first.metric if first else {},
         "methods": methods,
         "seeds": seeds,
         "categories": categories,
         "groups": group_names,
         "group_labels": {g: group_label(g, protocol.get("name", "")) for g in group_names},
         "table": table,
-        "config": first["config"] if first else None,
+        "config": first.config if first else None,
     }
 
 
@@ -235,11 +238,11 @@ Row = tuple[str, str]  # (method label, model kind); ("zero_shot", "zero_shot") 
 ObsKey = tuple[str, str, str, int]  # (held-out category, client, test set, record index)
 
 
-def run_outcomes(results: dict[str, Any], holdout: str = "") -> dict[str, dict[str, dict[str, dict[ObsKey, int]]]]:
+def run_outcomes(results: Results, holdout: str = "") -> dict[str, dict[str, dict[str, dict[ObsKey, int]]]]:
     """kind -> group -> category -> {observation: outcome} of one run (records with outcomes only)."""
-    cats = results.get("set_categories") or {s: s for s in results["test_sets"]}
+    cats = results.set_categories or {s: s for s in results.test_sets}
     out: dict[str, dict[str, dict[str, dict[ObsKey, int]]]] = {}
-    for kind, by_client in (results.get("records") or {}).items():
+    for kind, by_client in results.records.items():
         per_group = out.setdefault(kind, {})
         for group, sets in groups_of(results).items():
             per_cat = per_group.setdefault(group, {})
@@ -253,7 +256,7 @@ def run_outcomes(results: dict[str, Any], holdout: str = "") -> dict[str, dict[s
     return out
 
 
-def collect_outcomes(runs: list[tuple[str, int, str, dict[str, Any]]]) -> dict[Row, dict[int, dict]]:
+def collect_outcomes(runs: list[tuple[str, int, str, Results]]) -> dict[Row, dict[int, dict]]:
     """row -> seed -> group -> category -> {observation: outcome}, over the runs of a comparison."""
     rows: dict[Row, dict[int, dict]] = {}
     for label, seed, holdout, results in runs:
@@ -305,7 +308,7 @@ def compare_rows(a: dict[int, dict], b: dict[int, dict], group: str, categories:
 
 
 def paired_table(
-    runs: list[tuple[str, int, str, dict[str, Any]]], focus: list[str], categories: list[str], groups: list[str]
+    runs: list[tuple[str, int, str, Results]], focus: list[str], categories: list[str], groups: list[str]
 ) -> list[dict[str, Any]]:
     """Every focus row (its personal and mixed models) against every other row, per group.
 

@@ -186,12 +186,13 @@ def test_named_ood_groups_are_summarized_beside_the_headline():
 def test_results_json_keeps_its_keys_and_names_the_protocol():
     plan = _plan_with_groups()
     scores = {"global": {c: {s: SetScores(options=0.5) for s in plan.sets_of(c)} for c in plan.clients}}
-    results = build_results(RunConfig(), plan, scores, {"rounds": 1}, {"wall_seconds": 1.0})
+    typed = build_results(RunConfig(), plan, scores, {"rounds": 1}, {"wall_seconds": 1.0})
+    results = typed.to_json()
     assert results["summary"]["global"]["id_accuracy"] == 0.5
     assert results["summary"]["global"]["ood_accuracy"] == 0.5
     assert results["protocol"]["name"] == "p"
     assert results["metric"]["headline"] == "options"
     assert results["ood_groups"] == plan.ood_groups
     assert results["set_categories"] == {"a": "", "b": "", "c": ""}
-    report = render_report(results)
+    report = render_report(typed)
     assert "protocol: **p**" in report and "metric: **options**" in report and "sibling 50.0" in report

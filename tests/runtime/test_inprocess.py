@@ -15,8 +15,7 @@ SUMMARY_KEYS = ("personal", "global", "zero_shot")
 def test_two_round_fedoa_run_writes_every_artifact(tmp_path):
     cfg = vader_tiny_config()
     out = tmp_path / "run"
-    results = run_simulation(cfg, out, progress=False)
-
+    results = run_simulation(cfg, out, progress=False).to_json()
     for kind in SUMMARY_KEYS:
         for metric in ("id_accuracy", "ood_accuracy"):
             v = results["summary"][kind][metric]
@@ -91,7 +90,7 @@ def test_client_sampling_is_seeded_and_sized():
 
 def test_partial_participation_keeps_personal_adapters(tmp_path):
     cfg = vader_tiny_config(fed={"client_fraction": 0.34, "rounds": 3})
-    results = run_simulation(cfg, tmp_path / "r", progress=False)
+    results = run_simulation(cfg, tmp_path / "r", progress=False).to_json()
     rounds = results["communication"]["updates_per_round"]
     assert len(rounds) == 3 and all(len(v) == 1 for v in rounds.values())
     assert results["communication"]["bytes_up_per_round"] == results["communication"]["adapter_bytes"]

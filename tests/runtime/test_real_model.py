@@ -19,7 +19,7 @@ def test_smollm2_fedoa_run_and_stock_peft_reproduces_personal_logits(tmp_path, m
         "fed.rounds=1", "fed.personal_start_round=1", "train.batch_size=4", "train.micro_batch_size=4", "eval.batch_size=8",
     ])
     session = open_session(cfg)
-    results = run_simulation(cfg, tmp_path / "run", progress=False, session=session)
+    results = run_simulation(cfg, tmp_path / "run", progress=False, session=session).to_json()
     for kind in ("personal", "global", "zero_shot"):
         assert 0.0 <= results["summary"][kind]["id_accuracy"] <= 1.0
     folder = tmp_path / "run" / "adapters" / "personal" / "movie"

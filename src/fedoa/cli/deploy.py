@@ -363,10 +363,11 @@ def _finish(run_id: int, status: dict[str, Any], out: Path | None) -> int:
 
 def _print_results(out: Path) -> None:
     from fedoa.reports.markdown import print_summary
+    from fedoa.reports.results import Results
 
-    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    results = Results.load(out / "results.json")
     print_summary(results)
-    for line in results.get("failures", []):
+    for line in results.failures:
         print(f"failure: {line}")
     print(f"results in {out}/results.json, report in {out}/report.md")
 

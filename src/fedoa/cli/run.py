@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
 
     results = run_simulation(load(args), Path(args.out), progress=not args.quiet, fresh=args.fresh)
     print_summary(results)
-    print(f"wall time {results['timing']['wall_seconds']:.0f} s; results in {args.out}/results.json, "
+    print(f"wall time {results.timing['wall_seconds']:.0f} s; results in {args.out}/results.json, "
           f"report in {args.out}/report.md")
     return 0
 

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fedoa.kinds import LABELS, ORDER
+
+if TYPE_CHECKING:
+    from fedoa.reports.results import Results
 
 KINDS = tuple((k, LABELS[k]) for k in ORDER)
 
@@ -13,28 +16,28 @@ def pct(x: float | None) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
 
-def summary_rows(results: dict[str, Any]) -> list[list[str]]:
+def summary_rows(results: Results) -> list[list[str]]:
     """One row per client plus the mean: ID and OOD accuracy of every evaluated model kind."""
-    kinds = [(k, label) for k, label in KINDS if k in results["summary"]]
+    kinds = [(k, label) for k, label in KINDS if k in results.summary]
     rows = []
-    for c in results["clients"]:
+    for c in results.clients:
         row = [c]
         for k, _ in kinds:
-            pc = results["per_client"][k][c]
+            pc = results.per_client[k][c]
             row += [pct(pc["id_accuracy"]), pct(pc["ood_accuracy"])]
         rows.append(row)
     mean = ["**mean**"]
     for k, _ in kinds:
-        s = results["summary"][k]
+        s = results.summary[k]
         mean += [f"**{pct(s['id_accuracy'])}**", f"**{pct(s['ood_accuracy'])}**"]
     rows.append(mean)
     return rows
 
 
-def summary_header(results: dict[str, Any]) -> list[str]:
+def summary_header(results: Results) -> list[str]:
     head = ["client"]
     for k, label in KINDS:
-        if k in results["summary"]:
+        if k in results.summary:
             head += [f"{label} ID", f"{label} OOD"]
     return head
 
@@ -45,26 +48,26 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def matrix_table(results: dict[str, Any], kind: str) -> str:
-    sets = list(results["test_sets"])
+def matrix_table(results: Results, kind: str) -> str:
+    sets = list(results.test_sets)
     rows = []
-    for c in results["clients"]:
-        row = results["matrices"][kind][c]
+    for c in results.clients:
+        row = results.matrices[kind][c]
         rows.append([c] + [pct(row[s]) if s in row else "" for s in sets])
     return md_table([f"{kind} model of \\ test set"] + sets, rows)
 
 
-def render_report(results: dict[str, Any]) -> str:
-    cfg = results["config"]
-    comm = results["communication"]
-    timing = results["timing"]
+def render_report(results: Results) -> str:
+    cfg = results.config
+    comm = results.communication
+    timing = results.timing
     parts = [
-        f"# fedoa run: {results['method']}",
+        f"# fedoa run: {results.method}",
         "",
         f"- model: `{cfg['model']['name']}`, LoRA r={cfg['lora']['r']} on {', '.join(cfg['lora']['target_modules'])}",
-        f"- data: `{cfg['data']['source']}` ({len(results['clients'])} clients, partition {cfg['data']['partition']})",
-        f"- protocol: **{results['protocol']['name']}**: {results['protocol']['description']}",
-        f"- metric: **{results['metric']['headline']}** ({results['metric']['description']}), accuracy in %",
+        f"- data: `{cfg['data']['source']}` ({len(results.clients)} clients, partition {cfg['data']['partition']})",
+        f"- protocol: **{results.protocol['name']}**: {results.protocol['description']}",
+        f"- metric: **{results.metric['headline']}** ({results.metric['description']}), accuracy in %",
         f"- rounds: {cfg['fed']['rounds']}, client fraction {cfg['fed']['client_fraction']}, "
         f"lr {cfg['train']['lr']}, epochs {cfg['train']['epochs']}, batch {cfg['train']['batch_size']}",
         f"- upload per round: {comm.get('bytes_up_per_round', 0) / 1e6:.2f} MB; wall time {timing.get('wall_seconds', 0):.0f} s",
@@ -74,22 +77,22 @@ def render_report(results: dict[str, Any]) -> str:
         md_table(summary_header(results), summary_rows(results)),
         "",
     ]
-    if results.get("ood_groups"):
+    if results.ood_groups:
         parts += ["## OOD groups", ""] + [
             f"- {kind}: " + ", ".join(
                 f"{k[4:-9]} {pct(v)}" for k, v in s.items() if k.startswith("ood_") and k != "ood_accuracy"
             )
-            for kind, s in results["summary"].items()
+            for kind, s in results.summary.items()
         ] + [""]
-    for kind in results["matrices"]:
+    for kind in results.matrices:
         parts += [f"## Matrix: {kind}", "", matrix_table(results, kind), ""]
     if "generation" in results:
         parts += ["## Generation exact match (secondary metric)", ""]
-        for kind, s in results["generation"]["summary"].items():
+        for kind, s in results.generation["summary"].items():
             parts.append(f"- {kind}: ID {pct(s['id_accuracy'])}, OOD {pct(s['ood_accuracy'])}")
         parts.append("")
-    if results.get("failures"):
-        parts += ["## Failures", ""] + [f"- {f}" for f in results["failures"]] + [""]
+    if results.failures:
+        parts += ["## Failures", ""] + [f"- {f}" for f in results.failures] + [""]
     return "\n".join(parts)
 
 
@@ -102,11 +105,11 @@ def console():
     return Console() if sys.stdout.isatty() else Console(width=200)
 
 
-def print_summary(results: dict[str, Any]) -> None:
+def print_summary(results: Results) -> None:
     """The ID/OOD table on the terminal (rich)."""
     from rich.table import Table
 
-    table = Table(title=f"{results['method']}: accuracy % ({results['metric']['headline']}, {results['protocol']['name']})")
+    table = Table(title=f"{results.method}: accuracy % ({results.metric['headline']}, {results.protocol['name']})")
     for h in summary_header(results):
         table.add_column(h, justify="right" if h != "client" else "left")
     for row in summary_rows(results):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -12,14 +12,17 @@ from fedoa.io import atomic_write
 matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 
+if TYPE_CHECKING:
+    from fedoa.reports.results import Results
 
-def plot_run(results: dict[str, Any], path: Path) -> Path:
-    kinds = list(results["matrices"])
-    sets = list(results["test_sets"])
-    clients = results["clients"]
+
+def plot_run(results: Results, path: Path) -> Path:
+    kinds = list(results.matrices)
+    sets = list(results.test_sets)
+    clients = results.clients
     fig, axes = plt.subplots(1, len(kinds) + 1, figsize=(4.2 * (len(kinds) + 1), 3.8))
     for ax, kind in zip(axes, kinds):
-        grid = [[results["matrices"][kind][c].get(s, math.nan) for s in sets] for c in clients]
+        grid = [[results.matrices[kind][c].get(s, math.nan) for s in sets] for c in clients]
         grid = [[math.nan if v is None else 100 * v for v in row] for row in grid]
         im = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis")
         ax.set_xticks(range(len(sets)), sets, rotation=45, ha="right", fontsize=8)
@@ -33,14 +36,14 @@ def plot_run(results: dict[str, Any], path: Path) -> Path:
     ax = axes[-1]
     width = 0.8 / len(kinds)
     for k, kind in enumerate(kinds):
-        s = results["summary"][kind]
+        s = results.summary[kind]
         vals = [100 * (s["id_accuracy"] or 0), 100 * (s["ood_accuracy"] or 0)]
         ax.bar([x + k * width for x in range(2)], vals, width, label=kind)
     ax.set_xticks([x + width * (len(kinds) - 1) / 2 for x in range(2)], ["ID", "OOD"])
     ax.set_ylim(0, 100)
     ax.set_ylabel("accuracy %")
     ax.legend(fontsize=8)
-    ax.set_title(results["method"])
+    ax.set_title(results.method)
     return save_figure(fig, path)
 
 

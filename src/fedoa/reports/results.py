@@ -1,8 +1,15 @@
-"""``results.json``: the machine-readable outcome of a run, shared by every runtime."""
+"""``results.json``: the outcome of a run, typed, shared by every runtime and every report.
+
+:class:`Results` is what a run returns and writes; :meth:`Results.load` reads a finished run's
+file back (also files of older fedoa versions: keys added since are optional).
+"""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedoa.config import RunConfig
 from fedoa.evaluation.matrix import (
@@ -13,6 +20,52 @@ from fedoa.evaluation.matrix import (
     records,
     summarize,
 )
+from fedoa.io import write_json
+
+Table = dict[str, dict[str, float | None]]  # client or kind -> key -> accuracy
+
+
+class Results(BaseModel):
+    """Accuracies are in [0, 1]; None where a value could not be measured."""
+
+    model_config = ConfigDict(extra="allow")  # runtime- and feature-specific entries (deployment, dp ...)
+
+    method: str
+    protocol: dict[str, Any]
+    metric: dict[str, str]
+    clients: list[str]
+    test_sets: dict[str, int]
+    id_set: dict[str, str]
+    ood_sets: dict[str, list[str]]
+    ood_groups: dict[str, dict[str, list[str]]] = Field(default_factory=dict)
+    set_categories: dict[str, str] = Field(default_factory=dict)
+    #: kind -> {id_accuracy, ood_accuracy, ood_<group>_accuracy}
+    summary: Table
+    #: kind -> client -> {id_accuracy, ood_accuracy, ...}
+    per_client: dict[str, Table]
+    #: kind -> client -> test set -> accuracy
+    matrices: dict[str, Table]
+    #: kind -> client -> test set -> one character per record: '1' right, '0' wrong, '-' not scored
+    records: dict[str, dict[str, dict[str, str]]] = Field(default_factory=dict)
+    communication: dict[str, Any]
+    timing: dict[str, float]
+    config: dict[str, Any]
+    generation: dict[str, Any] | None = None
+    failures: list[str] = Field(default_factory=list)
+    #: per evaluated round: {round, summary, per_client} (eval.every)
+    rounds: list[dict[str, Any]] = Field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def save(self, path: str | Path) -> Path:
+        return write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Results":
+        import json
+
+        return cls.model_validate(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 def _clean(x: Any) -> Any:
@@ -33,20 +86,19 @@ def build_results(
     communication: dict[str, Any],
     timing: dict[str, float],
     extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> Results:
     metric = "generation" if cfg.eval.metric == "generation" else "options"
     mats = matrices(scores, metric)
-    results: dict[str, Any] = {
+    values: dict[str, Any] = {
         "method": cfg.method,
         "protocol": {"name": plan.protocol, "description": plan.description, **plan.details},
         "metric": {
             "headline": metric,
             "description": "option scoring: the option with the highest log-likelihood"
-            if metric == "options"
-            else "greedy generation, exact match after normalization",
+            if metric == "options" else "greedy generation, exact match after normalization",
         },
         "clients": plan.clients,
-        "test_sets": {name: len(records) for name, records in plan.sets.items()},
+        "test_sets": {name: len(recs) for name, recs in plan.sets.items()},
         "id_set": plan.id_set,
         "ood_sets": plan.ood_sets,
         "ood_groups": plan.ood_groups,
@@ -54,7 +106,6 @@ def build_results(
         "summary": {kind: summarize(m, plan) for kind, m in mats.items()},
         "per_client": {kind: per_client(m, plan) for kind, m in mats.items()},
         "matrices": mats,
-        # per record of each (model, test set): '1' right, '0' wrong, '-' not scored (paired statistics)
         "records": records(scores, metric),
         "communication": communication,
         "timing": timing,
@@ -62,10 +113,5 @@ def build_results(
     }
     if cfg.eval.metric == "both":
         gen = matrices(scores, "generation")
-        results["generation"] = {
-            "summary": {kind: summarize(m, plan) for kind, m in gen.items()},
-            "matrices": gen,
-        }
-    if extra:
-        results.update(extra)
-    return _clean(results)
+        values["generation"] = {"summary": {kind: summarize(m, plan) for kind, m in gen.items()}, "matrices": gen}
+    return Results.model_validate(_clean({**values, **(extra or {})}))

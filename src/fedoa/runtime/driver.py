@@ -31,11 +31,11 @@ from fedoa.checkpoint import client_file_name, load_checkpoint, save_checkpoint
 from fedoa.config import RunConfig, config_to_toml
 from fedoa.errors import ConfigError, FedoaError
 from fedoa.evaluation.matrix import EvalPlan, SetScores
-from fedoa.io import write_json, write_text
+from fedoa.io import write_text
 from fedoa.model.adapters import AdapterModel, AdapterState, state_bytes
 from fedoa.reports.markdown import render_report
 from fedoa.reports.plots import plot_run
-from fedoa.reports.results import build_results
+from fedoa.reports.results import Results, build_results
 from fedoa.runtime.common import eval_kinds, metric_line
 from fedoa.runtime.sampling import sample_clients
 
@@ -120,8 +120,8 @@ class Transport(ABC):
 
 def run_federation(
     cfg: RunConfig, transport: Transport, out_dir: str | Path, fresh: bool = False, restart_on_change: bool = False,
-) -> dict[str, Any]:
-    """Train and evaluate ``cfg`` through ``transport``; publish into ``out_dir``; return results.json."""
+) -> Results:
+    """Train and evaluate ``cfg`` through ``transport``; publish into ``out_dir``; return the results."""
     start = time.perf_counter()
     cfg = cfg.clone()  # validated again, cross-section checks included
     algo = make_algorithm(cfg)
@@ -301,7 +301,7 @@ def failure_lines(failures: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def publish(out_dir: Path, work: Path, cfg: RunConfig, results: dict[str, Any],
+def publish(out_dir: Path, work: Path, cfg: RunConfig, results: Results,
             write_adapters: Callable[[Path], None]) -> None:
     """Write the final artifacts into ``work/final``, move each into ``out_dir``, drop ``work``."""
     final = work / "final"
@@ -309,7 +309,7 @@ def publish(out_dir: Path, work: Path, cfg: RunConfig, results: dict[str, Any],
         shutil.rmtree(final)
     final.mkdir(parents=True)
     write_text(final / "config.toml", config_to_toml(cfg))
-    write_json(final / "results.json", results)
+    results.save(final / "results.json")
     write_text(final / "report.md", render_report(results))
     plot_run(results, final / "accuracy.png")
     shutil.copy(work / "metrics.jsonl", final / "metrics.jsonl")

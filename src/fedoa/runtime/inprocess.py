@@ -15,6 +15,7 @@ from fedoa.algorithms.base import Algorithm, ClientContext, ClientState, ClientU
 from fedoa.config import RunConfig
 from fedoa.evaluation.matrix import EvalPlan, evaluate_models
 from fedoa.model.adapters import AdapterState
+from fedoa.reports.results import Results
 from fedoa.runtime.common import activate_model, model_identity
 from fedoa.runtime.driver import Schedule, Scores, Transport, run_federation
 from fedoa.runtime.session import Session, open_session
@@ -93,7 +94,7 @@ class InProcess(Transport):
 def run_simulation(
     cfg: RunConfig, out_dir: str | Path, progress: bool = True, fresh: bool = False, session: Session | None = None,
     restart_on_change: bool = False,
-) -> dict[str, Any]:
+) -> Results:
     """``fedoa run``: the federation in this process. Bad input fails before anything is written."""
     session = session or open_session(cfg)
     return run_federation(session.cfg, InProcess(session, progress), out_dir, fresh, restart_on_change)

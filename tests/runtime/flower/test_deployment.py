@@ -63,7 +63,7 @@ def env(tmp_path):
 def test_three_supernodes_train_the_same_global_adapter_as_the_in_process_run(tmp_path, env):
     home, e = env
     cfg, paths, _ = make_federation(tmp_path)
-    sim = run_simulation(cfg, tmp_path / "sim", progress=False)
+    sim = run_simulation(cfg, tmp_path / "sim", progress=False).to_json()
     procs = Processes(tmp_path / "logs", e)
     try:
         t0 = time.monotonic()
