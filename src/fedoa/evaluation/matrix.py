@@ -62,6 +62,12 @@ class EvalPlan:
         used = {s for c in plan.clients for s in plan.sets_of(c)}
         return dataclasses.replace(plan, sets={s: r for s, r in self.sets.items() if s in used})
 
+    def only(self, clients: list[str]) -> "EvalPlan":
+        """The plan for these clients only (e.g. the ones whose models could be evaluated)."""
+        return dataclasses.replace(
+            self, id_set={c: self.id_set[c] for c in clients}, ood_sets={c: self.ood_sets.get(c, []) for c in clients},
+            ood_groups={g: {c: v.get(c, []) for c in clients} for g, v in self.ood_groups.items()})
+
     def set_category(self, name: str) -> str:
         """The category of a test set's records (their task when uncategorized; 'mixed')."""
         cats = {r.category or r.task for r in self.sets[name]}

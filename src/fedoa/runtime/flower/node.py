@@ -1,30 +1,11 @@
 """The node side of the Flower app: one SuperNode = one client with its own data and state.
 
-A node is configured by its SuperNode's ``--node-config`` (TOML values, strings quoted)::
-
-    client-name = "movie"          # the client this node is; names its state and its ID test set
-    data-path   = "/srv/fedoa/movie"   # a folder <category>/<task>_{train,test}.jsonl (Flan-8 layout)
-    vader-domain = "movie"         # ... or, instead of data-path, one embedded VADER domain (demo)
-    state-dir   = "/srv/fedoa/state"   # where the personal adapters live (default: fedoa's cache)
-    eval-path   = "/mnt/shared/test"   # optional: overrides the run's eval-path on this node
-
-Everything the node holds in ``data-path`` is this one client's data (several task folders are
-merged into one client). The run's ``[data]`` settings that shape a client still apply here:
-``train_per_client``/``test_per_client`` caps, ``split_seed``, ``test_fraction`` (VADER),
-``template``; the in-process loader's ``source``/``path``/``tasks``/``partition`` do not (the
-node's data *is* its partition).
-
-Shared test sets (for OOD): ``eval-path`` is a folder of ``<category>/<task>_test.jsonl`` files
-(``_train`` files beside them are ignored), or ``embedded:vader`` for the embedded VADER test
-splits. A set is named by its task, like a client of the in-process runtime, and capped with the
-same seeded ``test_per_client`` sample, so with the same files the deployment meets exactly the
-test data of ``fedoa run``.
-
-State: ``state-dir/<client-name>/<run-key>/round-NNNN.safetensors`` is the client's private state
-(its personal adapter) after round NNNN; the server says which round's state a message starts
-from (the last round whose update it aggregated), so a node restart, a server restart or a rerun
-of the same run continues exactly. ``.../adapters/personal/`` holds the final personal adapter in
-PEFT's layout (written at evaluation).
+A node is configured by its SuperNode's ``--node-config`` (``client-name``, ``data-path`` or
+``vader-domain``, optional ``state-dir`` and ``eval-path``; see docs/deployment.md). Its data is
+one client (:func:`fedoa.data.scenario.node_client`); shared test sets come from the eval-path.
+State: ``state-dir/<client>/<run-key>/round-NNNN.safetensors`` is the client's private state after
+round NNNN; the server says which round's state a message continues from, so node and server
+restarts continue exactly. ``.../adapters/personal/`` holds the final personal adapter (PEFT layout).
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -314,7 +314,7 @@ class FlowerTransport(Transport):
         rows = [c for c in rows if all((model_identity(self.algo, k, c), s) in done for k in kinds for s in plan.sets_of(c))]
         if not rows:
             raise DeployError("no client's models could be evaluated")
-        final = restrict(plan, rows)
+        final = plan.only(rows)
         replay = Replay(done)
 
         def activate(kind: str, client: str) -> None:
@@ -350,9 +350,3 @@ class Replay:
 
     def score(self, set_name: str, fingerprint: str | None = None) -> SetScores:
         return self.done[(self.ident, set_name)]
-
-
-def restrict(plan: EvalPlan, rows: list[str]) -> EvalPlan:
-    """The plan for the clients in ``rows`` only (the ones whose models could be evaluated)."""
-    return replace(plan, id_set={c: plan.id_set[c] for c in rows}, ood_sets={c: plan.ood_sets.get(c, []) for c in rows},
-                   ood_groups={g: {c: v.get(c, []) for c in rows} for g, v in plan.ood_groups.items()})
