@@ -48,7 +48,17 @@ class ModelConfig(Section):
     )
     gguf_file: str = setting("", "GGUF file name inside `name` when `name` is a folder of GGUF files.")
     dtype: Literal["float32", "bfloat16", "float16"] = setting(
-        "float32", "Compute dtype of the frozen base model (LoRA weights and optimizer stay float32)."
+        "float32",
+        "Dtype of the frozen base model (with `quantization`: the 4-bit compute dtype); LoRA weights, "
+        "optimizer states, averaging and saved adapters stay float32.",
+    )
+    quantization: Literal["none", "4bit", "8bit"] = setting(
+        "none",
+        "Quantize the frozen base with bitsandbytes (QLoRA-style; pip install 'fedoa[quant]'): '4bit' "
+        "(NF4, double quantization) or '8bit' (LLM.int8); LoRA stays float32.",
+    )
+    gradient_checkpointing: bool = setting(
+        False, "Recompute each decoder layer's activations in the backward pass (less memory, ~1/3 more compute)."
     )
     device: str = setting(
         "auto", "'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'.", pattern=r"^(auto|cpu|cuda(:\d+)?)$"

