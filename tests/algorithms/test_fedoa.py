@@ -132,3 +132,14 @@ def test_answer_feature_reads_the_last_prompt_position(tiny):
         assert batch.targets[batch.loss_rows == i][0] == e.response[0]
     last = features(hidden, batch, "last_token")
     assert all(torch.equal(last[i], hidden[i, len(e) - 1]) for i, e in enumerate(ex))
+
+
+def test_example_features_come_back_in_example_order_whatever_the_batching(tiny):
+    am, tok, train, g = _setup(tiny, tiny_config())
+    am.set(GLOBAL, g)
+    assert len({len(e) for e in train}) > 1  # lengths differ: the batches are sorted, the output is not
+    batched = example_features(am, GLOBAL, train, "answer", 3, tok.pad_token_id)
+    with torch.no_grad():
+        one_by_one = [features(am.hidden(b.input_ids, b.attention_mask), b, "answer")
+                      for b in (collate([e], [i], tok.pad_token_id) for i, e in enumerate(train))]
+    assert torch.allclose(batched, torch.cat(one_by_one), atol=1e-5)

@@ -46,13 +46,16 @@ def example_features(
 
     Computed once per local update: the received global adapter does not change during the
     personal step, so recomputing it per step and epoch (as the reference does) is wasted work.
+    Batches are cut from the examples sorted by length (right padding: a row's features do not
+    depend on its neighbours), which spares ~20% of the padded tokens of arbitrary batches.
     """
     from fedoa.data.batching import iterate_batches
 
     am.use(slot)
     am.peft.eval()
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
     out = []
-    for batch in iterate_batches(examples, list(range(len(examples))), batch_size, pad_id):
+    for batch in iterate_batches(examples, order, batch_size, pad_id):
         batch = batch.to(am.device)
         out.append(features(am.hidden(batch.input_ids, batch.attention_mask), batch, kind))
-    return torch.cat(out)
+    return torch.cat(out)[torch.tensor(order).argsort()]
