@@ -57,7 +57,6 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # the checkout's fedoa and its te
 
 from fedoa.algorithms import make_algorithm  # noqa: E402
 from fedoa.config import LoraConfig, TrainConfig, default_config_path, load_config  # noqa: E402
-from fedoa.data.batching import collate  # noqa: E402
 from fedoa.data.prompts import Encoded  # noqa: E402
 from fedoa.evaluation.scoring import option_scores  # noqa: E402
 from fedoa.model.adapters import GLOBAL, AdapterModel  # noqa: E402
@@ -309,7 +308,8 @@ def simulate(spec: dict) -> dict:
     write_clients(work / "data", spec["clients"], spec["records"])
     cfg = load_config(default_config_path(), [
         f"model.name={json.dumps(spec['model'])}", f"model.max_length={spec['seq']}", f"lora.r={spec['r']}",
-        "data.source='jsonl'", f"data.path={json.dumps(str(work / 'data'))}", f"data.train_per_client={spec['records']}",
+        "data.source='jsonl'", f"data.path={json.dumps(str(work / 'data'))}",
+        f"data.train_per_client={spec['records']}",
         "data.test_per_client=2", "fed.rounds=1", "fed.personal_start_round=1", "eval.ood=false",
         "eval.zero_shot=false",
     ])
@@ -393,7 +393,7 @@ def run(args) -> dict:
     details["trainer"] = trainer_comparison(session, cfg, model_path)
     clock("trainer")
 
-    step = details["lora_step"]
+    step, scored = details["lora_step"], details["scoring"]
     ratios = {
         "mfu_lora_step_seq64": step[64]["mfu"],
         "mfu_lora_step_seq128": step[128]["mfu"],
@@ -405,7 +405,7 @@ def run(args) -> dict:
         "bytes_per_client_round_over_base": comm["bytes_up_per_round"] / 32 / model_32["base_bytes"],
         "bytes_whole_run_over_base": (comm["bytes_up_total"] + comm["bytes_down_total"]) / model_32["base_bytes"],
         "trainer_round_over_fedoa_round": details["trainer"]["ratio"],
-        "per_option_over_cached_scoring": details["scoring"]["per_option_seconds"] / details["scoring"]["cached_seconds"],
+        "per_option_over_cached_scoring": scored["per_option_seconds"] / scored["cached_seconds"],
     }
     return {"ratios": ratios, "details": details, "scaling": rows}
 
@@ -441,9 +441,11 @@ def print_table(out: dict) -> None:
         "fedoa_over_fedit_round_3_epochs": "{fedoa:.1f} s vs {fedit:.1f} s (floor 2.17)".format(**d["client_round"][3]),
         "memory_32_over_2_clients_tiny": "{:.0f} vs {:.0f} MB".format(*(b / 1e6 for b in d["memory"]["tiny"][::-1])),
         "memory_32_over_2_clients_model": "{:.0f} vs {:.0f} MB".format(*(b / 1e6 for b in d["memory"]["model"][::-1])),
-        "bytes_per_client_round_over_base": f"{d['bytes']['adapter_bytes'] / 1e6:.2f} MB vs {d['bytes']['base'] / 1e6:.0f} MB",
+        "bytes_per_client_round_over_base": f"{d['bytes']['adapter_bytes'] / 1e6:.2f} MB vs "
+                                            f"{d['bytes']['base'] / 1e6:.0f} MB",
         "bytes_whole_run_over_base": "32 clients, 1 round, up and down",
-        "trainer_round_over_fedoa_round": "Trainer {trainer_seconds:.1f} s vs fedoa {fedoa_seconds:.1f} s".format(**d["trainer"]),
+        "trainer_round_over_fedoa_round": "Trainer {trainer_seconds:.1f} s vs fedoa {fedoa_seconds:.1f} s".format(
+            **d["trainer"]),
         "per_option_over_cached_scoring": "{per_option_seconds:.2f} s vs {cached_seconds:.2f} s".format(**d["scoring"]),
     }
     for name, value in r.items():

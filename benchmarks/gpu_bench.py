@@ -71,7 +71,7 @@ def sync(device: torch.device) -> None:
 
 def bf16_peak(device: torch.device, n: int, iters: int) -> float:
     """FLOP/s of a square bf16 matmul loop (warm-up first)."""
-    a, b = torch.randn(n, n, device=device, dtype=torch.bfloat16), torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
     out = torch.empty(n, n, device=device, dtype=torch.bfloat16)
     for _ in range(3):
         torch.mm(a, b, out=out)
@@ -185,7 +185,8 @@ def bench_arch(name: str, arch: dict, device, peak: float, sizes: dict, budget: 
             rows = client_rounds(am, cfg, device) if budget.left() else [{"epochs": "-", "skipped": "budget"}]
             out["client_round"] += [{"arch": name, **row} for row in rows]
             for clients in sizes["clients"]:
-                row = memory_row(am, cfg, clients, device) if budget.left() else {"clients": clients, "skipped": "budget"}
+                skipped = {"clients": clients, "skipped": "budget"}
+                row = memory_row(am, cfg, clients, device) if budget.left() else skipped
                 out["memory"].append({"arch": name, "memory_kind": memory_kind(device), **row})
         del am, base
         if device.type == "cuda":
@@ -243,7 +244,8 @@ def main() -> None:
     else:
         if not torch.cuda.is_available():
             sys.exit("gpu_bench: no CUDA device (use --tiny for the CPU check)")
-        device, archs, peak_n, sizes = torch.device("cuda"), ARCHS, 8192, {"seq": 512, "steps": 10, "clients": (2, 8, 32)}
+        sizes = {"seq": 512, "steps": 10, "clients": (2, 8, 32)}
+        device, archs, peak_n = torch.device("cuda"), ARCHS, 8192
     budget = Budget(args.budget)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     out: dict = {"device": name, "step": [], "client_round": [], "memory": []}

@@ -142,7 +142,8 @@ def _check_bitsandbytes(mode: str, device: torch.device, compute: torch.dtype) -
     try:
         import bitsandbytes as bnb
     except ImportError:
-        raise ModelError(f"{mode!r} needs bitsandbytes: pip install 'fedoa[quant]'", where="model.quantization") from None
+        raise ModelError(f"{mode!r} needs bitsandbytes: pip install 'fedoa[quant]'",
+                         where="model.quantization") from None
     try:
         if mode == "4bit":
             layer = bnb.nn.Linear4bit(64, 64, compute_dtype=compute, quant_type="nf4")
