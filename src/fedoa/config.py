@@ -156,6 +156,13 @@ class EvalConfig(Section):
         "Also score the protocol's OOD groups beyond the headline one (within-category: every other task "
         "besides the sibling); false scores only ID and headline OOD sets.",
     )
+    every: int = setting(
+        1,
+        "Evaluate after every N-th round too (0: only after the last). Between rounds the personal and "
+        "global models are scored on the first `round_records` records of the ID and headline OOD sets.",
+        ge=0,
+    )
+    round_records: int = setting(25, "Records per test set scored between rounds (the last round scores all).", ge=1)
 
 
 class ProtocolConfig(Section):
@@ -175,7 +182,18 @@ class ProtocolConfig(Section):
     )
 
 
-COMMON = ("method", "seed", "model", "lora", "data", "train", "fed", "eval", "protocol")
+class TrackingConfig(Section):
+    """Experiment tracking: the metrics of metrics.jsonl, also in TensorBoard and MLflow."""
+
+    tensorboard: bool = setting(True, "Write TensorBoard event files into the run folder (tensorboard/).")
+    mlflow: bool = setting(False, "Also log to MLflow (pip install 'fedoa[tracking]').")
+    mlflow_uri: str = setting(
+        "", "MLflow tracking URI; empty: $MLFLOW_TRACKING_URI, else a file store in the run folder (mlruns/)."
+    )
+    experiment: str = setting("fedoa", "MLflow experiment name.")
+
+
+COMMON = ("method", "seed", "model", "lora", "data", "train", "fed", "eval", "protocol", "tracking")
 
 
 class RunConfig(BaseModel):
@@ -193,6 +211,7 @@ class RunConfig(BaseModel):
     fed: FedConfig = Field(default_factory=FedConfig, description=FedConfig.__doc__)
     eval: EvalConfig = Field(default_factory=EvalConfig, description=EvalConfig.__doc__)
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig, description=ProtocolConfig.__doc__)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description=TrackingConfig.__doc__)
 
     @model_validator(mode="before")
     @classmethod

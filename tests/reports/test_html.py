@@ -19,6 +19,7 @@ from PIL import Image
 
 from fedoa.reports.findings import compare_findings, run_findings
 from fedoa.reports.html import render_compare_html, render_run_html, write_html
+from fedoa.reports.results import Results
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -28,7 +29,7 @@ CHROMIUM_TIMEOUT_S = 90  # the machine may be busy; a healthy call takes a few s
 
 # ---------------------------------------------------------------- inputs
 
-def run_inputs() -> tuple[dict, list[dict]]:
+def run_inputs() -> tuple[Results, list[dict]]:
     """The fixture run plus the keys it predates: per-round accuracy and the global-update norm."""
     results = json.loads((FIXTURES / "run_results.json").read_text())
     metrics = [json.loads(line) for line in (FIXTURES / "run_metrics.jsonl").read_text().splitlines() if line]
@@ -44,15 +45,15 @@ def run_inputs() -> tuple[dict, list[dict]]:
     }
     last = {"round": 2, "summary": results["summary"], "per_client": results["per_client"]}
     results["rounds"] = [first, last]
-    return results, metrics
+    return Results.model_validate(results), metrics
 
 
 def compare_input() -> dict:
     return json.loads((FIXTURES / "compare.json").read_text())
 
 
-def two_clients(global_ood: tuple[float, float], personal_ood: tuple[float, float]) -> dict:
-    """A minimal results dict: two clients, personal, global and zero-shot models."""
+def two_clients(global_ood: tuple[float, float], personal_ood: tuple[float, float]) -> Results:
+    """Minimal results: two clients, personal, global and zero-shot models (nothing else is read)."""
     def kind(ood: tuple[float, float], id_acc: float) -> tuple[dict, dict]:
         per = {c: {"id_accuracy": id_acc, "ood_accuracy": o} for c, o in zip(("a", "b"), ood)}
         return per, {"id_accuracy": id_acc, "ood_accuracy": sum(ood) / 2}
@@ -60,9 +61,9 @@ def two_clients(global_ood: tuple[float, float], personal_ood: tuple[float, floa
     per_g, sum_g = kind(global_ood, 0.70)
     per_p, sum_p = kind(personal_ood, 0.90)
     per_z, sum_z = kind((0.80, 0.80), 0.60)
-    return {"clients": ["a", "b"],
-            "summary": {"personal": sum_p, "global": sum_g, "zero_shot": sum_z},
-            "per_client": {"personal": per_p, "global": per_g, "zero_shot": per_z}}
+    return Results.model_construct(clients=["a", "b"],
+                                   summary={"personal": sum_p, "global": sum_g, "zero_shot": sum_z},
+                                   per_client={"personal": per_p, "global": per_g, "zero_shot": per_z})
 
 
 # ---------------------------------------------------------------- findings (fast)
@@ -86,7 +87,7 @@ def test_gain_and_loss_against_zero_shot_and_best_kinds():
 
 def test_loss_trend_and_round_trend():
     results = two_clients(global_ood=(0.5, 0.5), personal_ood=(0.5, 0.5))
-    results["rounds"] = [{"round": 1, "summary": {"global": {"id_accuracy": 0.5, "ood_accuracy": 0.4}}},
+    results.rounds = [{"round": 1, "summary": {"global": {"id_accuracy": 0.5, "ood_accuracy": 0.4}}},
                          {"round": 3, "summary": {"global": {"id_accuracy": 0.7, "ood_accuracy": 0.5}}}]
     metrics = [{"round": r, "client": c, "phase": "global", "task_loss": loss}
                for r, c, loss in ((1, "a", 2.0), (1, "b", 4.0), (3, "a", 1.0), (3, "b", 2.0))]
@@ -122,9 +123,9 @@ def test_write_html_replaces_atomically(tmp_path):
 
 
 def test_run_page_without_rounds_or_metrics_shows_only_the_matrices():
-    results = json.loads((FIXTURES / "run_results.json").read_text())
+    results = Results.load(FIXTURES / "run_results.json")
     page = render_run_html(results, [])
-    assert page.count('class="plot"') == len(results["matrices"])
+    assert page.count('class="plot"') == len(results.matrices)
     assert "No training metrics were logged." in page
 
 
@@ -178,7 +179,7 @@ def pages(tmp_path_factory) -> dict[str, tuple[Path, int]]:
     write_html(render_compare_html(compare_input()), compare_page)
     # run: training curves, accuracy per round, per client per round, one heatmap per kind;
     # compare: bars and a forest plot per group
-    return {"run": (run_page, 3 + len(results["matrices"])), "compare": (compare_page, 2 * 2)}
+    return {"run": (run_page, 3 + len(results.matrices)), "compare": (compare_page, 2 * 2)}
 
 
 @pytest.mark.slow

@@ -6,12 +6,15 @@ any other report can list only what the numbers support.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedoa import kinds
 from fedoa.reports.compare import cell, row_label
 from fedoa.reports.markdown import pct
 from fedoa.statistics import AVERAGE
+
+if TYPE_CHECKING:
+    from fedoa.reports.results import Results
 
 
 def known(*values: float | None) -> bool:
@@ -39,17 +42,17 @@ def best_kind_sentence(summary: dict[str, Any], key: str, label: str) -> str | N
     return f"Best on {label}: {best[0]} ({pct(top)})."
 
 
-def global_vs_personal(results: dict[str, Any], key: str, label: str) -> str | None:
-    per = results["per_client"]
+def global_vs_personal(results: Results, key: str, label: str) -> str | None:
+    per = results.per_client
     if kinds.GLOBAL not in per or kinds.PERSONAL not in per:
         return None
-    pairs = [(per[kinds.GLOBAL][c][key], per[kinds.PERSONAL][c][key]) for c in results["clients"]]
+    pairs = [(per[kinds.GLOBAL][c][key], per[kinds.PERSONAL][c][key]) for c in results.clients]
     pairs = [(g, p) for g, p in pairs if known(g, p)]
     if not pairs:
         return None
     wins = sum(g > p and not same(g, p) for g, p in pairs)
     losses = sum(g < p and not same(g, p) for g, p in pairs)
-    means = f"({pct(results['summary'][kinds.GLOBAL][key])} vs {pct(results['summary'][kinds.PERSONAL][key])})"
+    means = f"({pct(results.summary[kinds.GLOBAL][key])} vs {pct(results.summary[kinds.PERSONAL][key])})"
     if wins == len(pairs):
         return f"The global model beats every personal model on {label} {means}."
     if losses == len(pairs):
@@ -118,16 +121,16 @@ def rounds_trend(rounds: list[dict]) -> str | None:
     return f"OOD accuracy from round {first['round']} to round {last['round']}: {', '.join(moves)} points."
 
 
-def run_findings(results: dict[str, Any], metrics: list[dict]) -> list[str]:
+def run_findings(results: Results, metrics: list[dict]) -> list[str]:
     """Plain-words statements generated from the numbers, most telling first."""
-    summary = results["summary"]
+    summary = results.summary
     found = [global_vs_personal(results, "ood_accuracy", "OOD"), global_vs_personal(results, "id_accuracy", "ID")]
     found += [versus_zero_shot(summary, k) for k in (kinds.PERSONAL, kinds.MIXED, kinds.GLOBAL)]
     found += [best_kind_sentence(summary, "id_accuracy", "ID"), best_kind_sentence(summary, "ood_accuracy", "OOD")]
-    found.append(rounds_trend(results.get("rounds") or []))
+    found.append(rounds_trend(results.rounds))
     found += loss_trend(metrics)
-    if results.get("failures"):
-        found.append(f"{len(results['failures'])} failure(s) were recorded; see Failures below.")
+    if results.failures:
+        found.append(f"{len(results.failures)} failure(s) were recorded; see Failures below.")
     return [f for f in found if f]
 
 

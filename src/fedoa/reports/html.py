@@ -9,20 +9,29 @@ import base64
 import io
 import json
 import math
-import os
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from fedoa import kinds
+from fedoa.io import write_text
 from fedoa.reports.compare import KIND_LABELS, present_kinds, row_label, table_rows
-from fedoa.reports.findings import compare_findings, known, mean_by_round, paired_by_focus, run_findings
+from fedoa.reports.findings import (
+    compare_findings,
+    known,
+    mean_by_round,
+    paired_by_focus,
+    run_findings,
+)
 from fedoa.reports.markdown import summary_header, summary_rows
 from fedoa.reports.plots import plt  # selects the file-only Agg backend
 from fedoa.statistics import AVERAGE
+
+if TYPE_CHECKING:
+    from fedoa.reports.results import Results
 
 KIND_COLORS = {kinds.PERSONAL: "C0", kinds.MIXED: "C2", kinds.GLOBAL: "C1", kinds.ZERO_SHOT: "0.5"}
 CURVES = (("task_loss", "task loss"), ("reg", "regularizer distance"), ("prox", "proximal term"),
@@ -45,19 +54,8 @@ SCRIPT = """window.addEventListener('load', function () {
 # ---------------------------------------------------------------- shared pieces
 
 def write_html(text: str, path: Path) -> None:
-    """Atomic and durable: readers never see half a page, a crash never loses the old one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself must survive a power cut
-    finally:
-        os.close(fd)
+    """Atomic and durable (fedoa.io): readers never see half a page."""
+    write_text(path, text)
 
 
 def page(title: str, body: list[str]) -> str:
@@ -161,9 +159,9 @@ def accuracy_by_round_per_client(rounds: list[dict], clients: list[str]) -> str:
     return figure_html(fig, "ID (solid) and OOD (dashed) accuracy per round for each client")
 
 
-def matrix_heatmap(results: dict[str, Any], kind: str) -> str:
-    sets, clients = list(results["test_sets"]), results["clients"]
-    grid = [[results["matrices"][kind][c].get(s) for s in sets] for c in clients]
+def matrix_heatmap(results: Results, kind: str) -> str:
+    sets, clients = list(results.test_sets), results.clients
+    grid = [[results.matrices[kind][c].get(s) for s in sets] for c in clients]
     grid = [[math.nan if v is None else 100 * v for v in row] for row in grid]
     fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(sets), 1.2 + 0.4 * len(clients)))
     im = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis")
@@ -173,7 +171,7 @@ def matrix_heatmap(results: dict[str, Any], kind: str) -> str:
         for j, v in enumerate(row):
             if not math.isnan(v):
                 ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="w" if v < 60 else "k")
-            if results["id_set"].get(clients[i]) == sets[j]:  # outline each client's own (ID) set
+            if results.id_set.get(clients[i]) == sets[j]:  # outline each client's own (ID) set
                 ax.add_patch(plt.Rectangle((j - .5, i - .5), 1, 1, fill=False, edgecolor="red", lw=1.5))
     ax.set_title(f"{kinds.LABELS.get(kind, kind)} model of client × test set (accuracy %)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
@@ -182,16 +180,16 @@ def matrix_heatmap(results: dict[str, Any], kind: str) -> str:
 
 # ---------------------------------------------------------------- run: page
 
-def run_header(results: dict[str, Any]) -> list[tuple[str, str]]:
-    cfg = results.get("config") or {}
-    comm, timing = results.get("communication") or {}, results.get("timing") or {}
+def run_header(results: Results) -> list[tuple[str, str]]:
+    cfg = results.config
+    comm, timing = results.communication, results.timing
     data = cfg.get("data", {})
     return [
-        ("method", results["method"]),
-        ("protocol", f"{results['protocol']['name']}: {results['protocol'].get('description', '')}"),
-        ("metric", f"{results['metric']['headline']}: {results['metric'].get('description', '')}"),
+        ("method", results.method),
+        ("protocol", f"{results.protocol['name']}: {results.protocol.get('description', '')}"),
+        ("metric", f"{results.metric['headline']}: {results.metric.get('description', '')}"),
         ("model", str(cfg.get("model", {}).get("name", "?"))),
-        ("data", f"{data.get('path') or data.get('source', '?')} ({len(results['clients'])} clients, "
+        ("data", f"{data.get('path') or data.get('source', '?')} ({len(results.clients)} clients, "
                  f"partition {data.get('partition', '?')})"),
         ("rounds", str(comm.get("rounds", cfg.get("fed", {}).get("rounds", "?")))),
         ("wall time", f"{timing.get('wall_seconds', 0):.1f} s"),
@@ -199,36 +197,36 @@ def run_header(results: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
-def run_tables(results: dict[str, Any]) -> list[str]:
+def run_tables(results: Results) -> list[str]:
     rows = [[c.replace("**", "") for c in row] for row in summary_rows(results)]
-    comm, timing = results.get("communication") or {}, results.get("timing") or {}
+    comm, timing = results.communication, results.timing
     comm_rows = [[k.replace("_", " "), human_bytes(comm[k])] for k in
                  ("adapter_bytes", "bytes_up_per_round", "bytes_down_per_round", "bytes_up_total") if k in comm]
     time_rows = [[k.replace("_seconds", ""), f"{v:.1f} s"] for k, v in timing.items() if known(v)]
     parts = ["<h2>ID / OOD accuracy per client (%)</h2>", html_table(summary_header(results), rows, bold_last=True),
              "<h2>Communication</h2>", html_table(["quantity", "size"], comm_rows),
              "<h2>Time</h2>", html_table(["stage", "seconds"], time_rows)]
-    if results.get("failures"):
-        parts += ["<h2>Failures</h2>", bullet_list(results["failures"])]
-    config = json.dumps(results.get("config") or {}, indent=2)
+    if results.failures:
+        parts += ["<h2>Failures</h2>", bullet_list(results.failures)]
+    config = json.dumps(results.config, indent=2)
     return parts + [f"<details><summary>Configuration</summary><pre>{escape(config)}</pre></details>"]
 
 
-def render_run_html(results: dict[str, Any], metrics: list[dict]) -> str:
-    body = [f"<h1>fedoa run: {escape(results['method'])}</h1>", header_list(run_header(results)),
+def render_run_html(results: Results, metrics: list[dict]) -> str:
+    body = [f"<h1>fedoa run: {escape(results.method)}</h1>", header_list(run_header(results)),
             "<h2>What this run shows</h2>", bullet_list(run_findings(results, metrics), "findings"),
             "<h2>Per-round curves</h2>"]
     curves = training_curves(metrics)
     body.append(curves or "<p>No training metrics were logged.</p>")
-    rounds = results.get("rounds") or []
+    rounds = results.rounds
     if rounds:
         body.append(accuracy_by_round(rounds))
-        if len(results["clients"]) <= 16:  # beyond that the small multiples are unreadable
-            body.append(accuracy_by_round_per_client(rounds, results["clients"]))
+        if len(results.clients) <= 16:  # beyond that the small multiples are unreadable
+            body.append(accuracy_by_round_per_client(rounds, results.clients))
     body += ["<h2>Accuracy matrices</h2>", '<div class="plots">',
-             *[matrix_heatmap(results, k) for k in results["matrices"]], "</div>"]
+             *[matrix_heatmap(results, k) for k in results.matrices], "</div>"]
     body += run_tables(results)
-    return page(f"fedoa run: {results['method']}", body)
+    return page(f"fedoa run: {results.method}", body)
 
 
 # ---------------------------------------------------------------- comparison

@@ -30,13 +30,16 @@ from fedoa.algorithms.base import Algorithm, ClientState, ClientUpdate
 from fedoa.checkpoint import client_file_name, load_checkpoint, save_checkpoint
 from fedoa.config import RunConfig, config_to_toml
 from fedoa.errors import ConfigError, FedoaError
-from fedoa.evaluation.matrix import EvalPlan, SetScores
+from fedoa.evaluation.matrix import EvalPlan, SetScores, matrices, per_client, summarize
 from fedoa.io import write_text
+from fedoa.kinds import GLOBAL, PERSONAL
 from fedoa.model.adapters import AdapterModel, AdapterState, state_bytes
+from fedoa.reports.html import render_run_html
 from fedoa.reports.markdown import render_report
 from fedoa.reports.plots import plot_run
-from fedoa.reports.results import Results, build_results
-from fedoa.runtime.common import eval_kinds, metric_line
+from fedoa.reports.results import Results, build_results, clean
+from fedoa.reports.tracking import Tracker
+from fedoa.runtime.common import eval_kinds, phase_line
 from fedoa.runtime.sampling import sample_clients
 
 WORK = ".run"
@@ -140,27 +143,88 @@ def run_federation(
     }
     transport.begin(schedule)
     global_state = state.global_state
-    with (work / "metrics.jsonl").open("a", encoding="utf-8") as log:
+    log = MetricsLog(work / "metrics.jsonl", Tracker(cfg.tracking, work, out_dir.name, flat(cfg.to_dict())))
+    try:
         for r, groups in schedule.items():
             global_state = run_round(cfg, algo, transport, r, groups, global_state, state.meta, log)
+            if cfg.eval.every and r % cfg.eval.every == 0 and r < cfg.fed.rounds:
+                state.meta["rounds"].append(evaluate_round(cfg, algo, transport, plan, r, global_state, log))
             save_checkpoint(work / "checkpoint", r, global_state, transport.client_states(),
                             {**state.meta, "transport": transport.meta()})
-    eval_start = time.perf_counter()
-    scored_plan, scores = transport.evaluate(plan, eval_kinds(cfg, algo), global_state)
+        eval_start = time.perf_counter()
+        scored_plan, scores = transport.evaluate(plan, eval_kinds(cfg, algo), global_state)
+        last = round_entry(cfg, cfg.fed.rounds, scored_plan, scores)
+        for line in round_lines(last):
+            log.write(line)
+    finally:
+        log.close()
     timing = {
         "wall_seconds": time.perf_counter() - start,
         "setup_seconds": transport.setup_seconds,
         "train_seconds": state.meta["train_seconds"],
         "eval_seconds": time.perf_counter() - eval_start,
     }
-    extra = {"failures": failure_lines(state.meta["failures"] + transport.eval_failures), **transport.extra_results()}
+    extra = {"failures": failure_lines(state.meta["failures"] + transport.eval_failures),
+             "rounds": state.meta["rounds"] + [last], **transport.extra_results()}
     results = build_results(cfg, scored_plan, scores, communication(cfg, global_state, state.meta), timing, extra)
     publish(out_dir, work, cfg, results, lambda folder: transport.write_adapters(folder, global_state))
     return results
 
 
+class MetricsLog:
+    """``metrics.jsonl`` (one JSON object per line) and the experiment trackers, fed together."""
+
+    def __init__(self, path: Path, tracker: Tracker):
+        self.file, self.tracker = path.open("a", encoding="utf-8"), tracker
+
+    def write(self, line: dict[str, Any]) -> None:
+        self.file.write(json.dumps(line) + "\n")
+        self.tracker.log(line)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+        self.tracker.close()
+
+
+def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def evaluate_round(cfg: RunConfig, algo: Algorithm, transport: Transport, plan: EvalPlan, r: int,
+                   global_state: AdapterState, log: MetricsLog) -> dict[str, Any]:
+    """A cheap look between rounds: personal and global models on the first records of ID and OOD."""
+    kinds = [k for k in eval_kinds(cfg, algo) if k in (PERSONAL, GLOBAL)]
+    scored, scores = transport.evaluate(plan.limited(cfg.eval.round_records), kinds, global_state)
+    entry = round_entry(cfg, r, scored, scores)
+    for line in round_lines(entry):
+        log.write(line)
+    log.flush()
+    return entry
+
+
+def round_entry(cfg: RunConfig, r: int, plan: EvalPlan, scores: Scores) -> dict[str, Any]:
+    """``{round, records, summary, per_client}`` of one evaluation (accuracies in [0, 1], None unknown)."""
+    mats = matrices(scores, "generation" if cfg.eval.metric == "generation" else "options")
+    return clean({"round": r, "records": plan.limit or None,
+                  "summary": {k: summarize(m, plan) for k, m in mats.items()},
+                  "per_client": {k: per_client(m, plan) for k, m in mats.items()}})
+
+
+def round_lines(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The metrics lines of an evaluation: one per model kind and client."""
+    return [{"round": entry["round"], "client": c, "phase": "eval", "kind": kind,
+             **({"records": entry["records"]} if entry["records"] else {}), **row}
+            for kind, rows in entry["per_client"].items() for c, row in rows.items()]
+
+
 def run_round(cfg: RunConfig, algo: Algorithm, transport: Transport, r: int, groups: dict[str, list[str]],
-              global_state: AdapterState, meta: dict[str, Any], log) -> AdapterState:
+              global_state: AdapterState, meta: dict[str, Any], log: MetricsLog) -> AdapterState:
     """One round: dispatch, collect, aggregate; the metrics and accounting of the round."""
     t0 = time.perf_counter()
     replies = transport.train(r, groups, global_state)
@@ -182,11 +246,11 @@ def run_round(cfg: RunConfig, algo: Algorithm, transport: Transport, r: int, gro
         )
     for u in updates:
         for ph in u.phases:
-            log.write(metric_line(r, u.client, ph))
+            log.write(phase_line(r, u.client, ph))
         if u.state is not None:  # the change the client made to the global adapter (and what it sent)
             sent = {"bytes": state_bytes(u.state)} if algo.federated else {}
-            log.write(json.dumps({"round": r, "client": u.client, "phase": "update",
-                                  "update_norm": update_norm(u.state, global_state), **sent}) + "\n")
+            log.write({"round": r, "client": u.client, "phase": "update",
+                       "update_norm": update_norm(u.state, global_state), **sent})
     log.flush()
     if algo.federated:
         meta["bytes_up"] += sum(state_bytes(u.state) for u in updates if u.state is not None)
@@ -237,7 +301,7 @@ class Resume:
         self.work.mkdir(parents=True, exist_ok=True)
         (self.work / "metrics.jsonl").write_text("", encoding="utf-8")
         meta = {"config": self.cfg.to_dict(), "clients": names, "bytes_up": 0, "bytes_down": 0,
-                "train_seconds": 0.0, "updates_per_round": {}, "failures": []}
+                "train_seconds": 0.0, "updates_per_round": {}, "failures": [], "rounds": []}
         transport.restore({n: algo.init_client(transport.am, n) for n in names}, {})
         return RunState(1, algo.init_global(transport.am), meta)
 
@@ -251,6 +315,10 @@ class Resume:
         truncate_metrics(self.work / "metrics.jsonl", done + 1)
         transport.log(f"[fedoa] resuming from the checkpoint after round {done}")
         return RunState(done + 1, global_state, meta)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def changed_keys(stored: Any, current: dict[str, Any], prefix: str = "") -> list[str]:
@@ -313,6 +381,11 @@ def publish(out_dir: Path, work: Path, cfg: RunConfig, results: Results,
     write_text(final / "report.md", render_report(results))
     plot_run(results, final / "accuracy.png")
     shutil.copy(work / "metrics.jsonl", final / "metrics.jsonl")
+    write_text(final / "report.html", render_run_html(results, read_metrics(work / "metrics.jsonl")))
+    if (work / "tensorboard").is_dir():
+        shutil.copytree(work / "tensorboard", final / "tensorboard")
+    if (work / "mlruns").is_dir():
+        shutil.copytree(work / "mlruns", final / "mlruns")
     write_adapters(final / "adapters")
     for item in sorted(final.iterdir()):
         dest = out_dir / item.name

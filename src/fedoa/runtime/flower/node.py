@@ -218,14 +218,12 @@ class NodeRun:
         client = self.client()
         wanted = {s for _, s in pairs}
         shared = shared_test_sets(self.cfg, self.eval_path) if wanted - {client.name} else {}
-        sets = {}
-        for s in sorted(wanted):
-            if s == client.name:
-                sets[s] = client.test
-            elif s in shared:
-                sets[s] = shared[s]
-            else:
-                raise NodeError(f"test set {s!r} is not readable on node {client.name!r} (eval-path {self.eval_path!r})")
+        readable = {**shared, client.name: client.test}
+        missing = sorted(wanted - set(readable))
+        if missing:
+            raise NodeError(f"test set(s) {missing} not readable on node {client.name!r} (eval-path {self.eval_path!r})")
+        limit = int(values.get("limit", 0)) or None  # a look between rounds: the first records of each set
+        sets = {s: readable[s][:limit] for s in sorted(wanted)}
         plan = EvalPlan(sets=sets, id_set={client.name: client.name}, ood_sets={client.name: [s for s in sets if s != client.name]})
         session = open_session(self.cfg, clients=[client], plan=plan)
         algo, am = session.algorithm, session.am

@@ -296,7 +296,8 @@ class FlowerTransport(Transport):
                 n = self.fed.alive(c)
                 client_of[n] = c
                 contents[n] = wire.content({"round": self.cfg.fed.rounds, "state-round": self.client_rounds.get(c, 0),
-                                            "run-key": self.run_key, "pairs": [list(p) for p in pairs]}, global_state)
+                                            "run-key": self.run_key, "pairs": [list(p) for p in pairs],
+                                            "limit": plan.limit}, global_state)
             self.log(f"[fedoa] evaluating on {len(contents)} node(s): "
                      + ", ".join(f"{c} {len(p)} model x set" for c, p in work.items()))
             for n, rep in self.exchange(wire.EVALUATE, contents, "eval", self.st.eval_timeout).items():
