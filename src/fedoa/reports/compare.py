@@ -133,7 +133,6 @@ def plot_compare(summary: dict[str, Any], path: Path) -> Path:
 
 def write_outputs(summary: dict[str, Any], out_dir: Path, plot: bool = True) -> None:
     from fedoa.io import write_json, write_text
-
     from fedoa.reports.html import render_compare_html
 
     write_json(out_dir / "compare.json", summary)
