@@ -123,8 +123,16 @@ class FedConfig(Section):
 
     rounds: int = setting(3, "Communication rounds.", ge=1)
     client_fraction: float = setting(1.0, "Fraction of clients sampled per round (at least one).", gt=0, le=1)
-    aggregation: Literal["uniform", "examples"] = setting(
-        "uniform", "FedAvg weights: 'uniform' (the reference) or by example count."
+    aggregation: Literal["uniform", "examples", "median", "trimmed_mean"] = setting(
+        "uniform",
+        "How the server combines the uploads: FedAvg with 'uniform' weights (the reference) or by example "
+        "count; or robustly: coordinate-wise 'median' or 'trimmed_mean'.",
+    )
+    trim_fraction: float = setting(
+        0.2, "trimmed_mean: the fraction of the largest and of the smallest values dropped per coordinate.", ge=0, lt=0.5
+    )
+    clip_norm: float = setting(
+        0.0, "Scale each upload's change from the global adapter down to at most this L2 norm (0: no clipping).", ge=0
     )
     min_clients: int = setting(
         1, "Valid updates a round needs to be aggregated (at most the sampled count); fewer stop the run.", ge=1
@@ -193,7 +201,37 @@ class TrackingConfig(Section):
     experiment: str = setting("fedoa", "MLflow experiment name.")
 
 
-COMMON = ("method", "seed", "model", "lora", "data", "train", "fed", "eval", "protocol", "tracking")
+class TrustConfig(Section):
+    """What the server checks before an upload is aggregated (names, shapes, dtypes and finiteness always)."""
+
+    norm_factor: float = setting(
+        10.0, "Reject an upload whose change norm exceeds this multiple of the round's median (0: no check).", ge=0
+    )
+    max_norm: float = setting(0.0, "Reject an upload whose change norm exceeds this (0: no absolute bound).", ge=0)
+
+
+class DPConfig(Section):
+    """Client-level differential privacy of the global adapter (DP-FedAvg)."""
+
+    noise_multiplier: float = setting(
+        0.0, "sigma: Gaussian noise std = sigma * clip_norm / (clients aggregated) per coordinate (0: DP off).", ge=0
+    )
+    clip_norm: float = setting(1.0, "C: each client's change is clipped to this L2 norm before averaging.", gt=0)
+    delta: float = setting(1e-5, "delta of the reported (epsilon, delta).", gt=0, lt=1)
+
+
+class AttackConfig(Section):
+    """A poisoning drill (robustness tests and benchmarks): these clients send hostile uploads."""
+
+    kind: Literal["none", "scale", "signflip", "nan"] = setting(
+        "none", "'scale': the change times `factor`; 'signflip': the change negated; 'nan': every value NaN."
+    )
+    clients: list[str] = setting([], "The hostile clients (names).")
+    factor: float = setting(100.0, "The scale of 'scale'.")
+
+
+COMMON = ("method", "seed", "model", "lora", "data", "train", "fed", "eval", "protocol", "tracking", "trust", "dp",
+          "attack")
 
 
 class RunConfig(BaseModel):
@@ -212,6 +250,9 @@ class RunConfig(BaseModel):
     eval: EvalConfig = Field(default_factory=EvalConfig, description=EvalConfig.__doc__)
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig, description=ProtocolConfig.__doc__)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description=TrackingConfig.__doc__)
+    trust: TrustConfig = Field(default_factory=TrustConfig, description=TrustConfig.__doc__)
+    dp: DPConfig = Field(default_factory=DPConfig, description=DPConfig.__doc__)
+    attack: AttackConfig = Field(default_factory=AttackConfig, description=AttackConfig.__doc__)
 
     @model_validator(mode="before")
     @classmethod
@@ -244,6 +285,8 @@ class RunConfig(BaseModel):
                  f"{self.method!r} would report an untrained personal adapter")
         need(self.protocol.name != "within-category" or self.data.partition == "natural", "protocol.name",
              "'within-category' needs data.partition = 'natural' (one task per client)")
+        need(self.dp.noise_multiplier == 0 or self.fed.aggregation == "uniform", "dp.noise_multiplier",
+             "DP-FedAvg averages uniformly: set fed.aggregation = 'uniform'")
         if self.data.source in ("jsonl", "hf"):
             need(bool(self.data.path), "data.path", f"is required for data.source = {self.data.source!r}")
         return self

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fedoa.kinds import LABELS, ORDER
 
@@ -57,6 +57,30 @@ def matrix_table(results: Results, kind: str) -> str:
     return md_table([f"{kind} model of \\ test set"] + sets, rows)
 
 
+def departures(config: dict[str, Any]) -> list[str]:
+    """The method's settings (and the personal schedule) that differ from the code defaults, which
+    are the reference's choices: a report says when a run is a variant."""
+    from fedoa.config import RunConfig
+
+    method, default = config.get("method", ""), RunConfig().to_dict()
+    keys = [(method, k) for k in config.get(method, {}) if isinstance(config.get(method), dict)]
+    keys += [("fed", k) for k in ("personal_start_round", "personal_init")]
+    return [f"{s}.{k} = {config[s][k]!r}" for s, k in keys
+            if s in default and k in default[s] and config.get(s, {}).get(k, default[s][k]) != default[s][k]]
+
+
+def setting_lines(results: Results) -> list[str]:
+    lines = []
+    changed = departures(results.config)
+    if changed:
+        lines.append(f"- not the reference's choices (fedoa's options): {', '.join(changed)}")
+    dp = getattr(results, "dp", None)
+    if dp:
+        lines.append(f"- differential privacy (DP-FedAvg): noise multiplier {dp['noise_multiplier']}, clip norm "
+                     f"{dp['clip_norm']}: (epsilon, delta) = ({dp['epsilon']:.2f}, {dp['delta']:g}) for the global adapter")
+    return lines
+
+
 def render_report(results: Results) -> str:
     cfg = results.config
     comm = results.communication
@@ -71,6 +95,7 @@ def render_report(results: Results) -> str:
         f"- rounds: {cfg['fed']['rounds']}, client fraction {cfg['fed']['client_fraction']}, "
         f"lr {cfg['train']['lr']}, epochs {cfg['train']['epochs']}, batch {cfg['train']['batch_size']}",
         f"- upload per round: {comm.get('bytes_up_per_round', 0) / 1e6:.2f} MB; wall time {timing.get('wall_seconds', 0):.0f} s",
+        *setting_lines(results),
         "",
         "## ID / OOD accuracy",
         "",

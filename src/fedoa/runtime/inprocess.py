@@ -19,6 +19,7 @@ from fedoa.reports.results import Results
 from fedoa.runtime.common import activate_model, model_identity
 from fedoa.runtime.driver import Schedule, Scores, Transport, run_federation
 from fedoa.runtime.session import Session, open_session
+from fedoa.runtime.trust import drill
 
 
 class InProcess(Transport):
@@ -44,11 +45,15 @@ class InProcess(Transport):
         self.rounds = max(schedule, default=0)
         self.bar = tqdm(total=total, desc="training", unit="step", disable=not self.progress, dynamic_ncols=True)
 
+    def examples_of(self, client: str) -> int:
+        return len(self.session.train[client])
+
     def train(self, round_: int, groups: dict[str, list[str]], global_state: AdapterState) -> dict[str, ClientUpdate]:
         out = {}
         for trainer, members in groups.items():
             self.bar.set_postfix_str(f"round {round_}/{self.session.cfg.fed.rounds} {trainer}")
-            out[trainer] = self.algo.client_update(self._context(trainer, members), global_state, round_)
+            update = self.algo.client_update(self._context(trainer, members), global_state, round_)
+            out[trainer] = drill(self.session.cfg.attack, trainer, update, global_state)
         if round_ == self.rounds:
             self.bar.close()
         return out

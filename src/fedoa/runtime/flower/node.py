@@ -23,6 +23,7 @@ from fedoa.data.records import ClientData, Record
 from fedoa.data.scenario import node_client, shared_test_sets
 from fedoa.errors import FedoaError
 from fedoa.paths import cache_dir
+from fedoa.runtime.trust import drill
 
 NODE_KEYS = ("client-name", "data-path", "vader-domain", "state-dir", "eval-path")
 # keys Flower itself may put into a node's config (simulation); accepted and ignored
@@ -186,7 +187,8 @@ class NodeRun:
         session = open_session(self.cfg, clients=[client])
         state = self._client_state(session, store, base)
         ctx = session.context(self.spec.client, state)
-        update = session.algorithm.client_update(ctx, global_state, round_)
+        update = drill(self.cfg.attack, self.spec.client, session.algorithm.client_update(ctx, global_state, round_),
+                       global_state)
         store.save(round_, ctx.state)
         store.prune(base)
         store.write_info({"client": self.spec.client, "last_trained_round": round_, "method": self.cfg.method})

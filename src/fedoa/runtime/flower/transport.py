@@ -213,6 +213,9 @@ class FlowerTransport(Transport):
     def eval_plan(self) -> EvalPlan:
         return self.plan
 
+    def examples_of(self, client: str) -> int:
+        return self.fed.reports[client]["train"]
+
     # -------------------------------------------------------------- training
 
     def train(self, round_: int, groups: dict[str, list[str]], global_state: AdapterState) -> dict[str, ClientUpdate | Failure]:
