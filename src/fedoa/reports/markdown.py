@@ -69,6 +69,15 @@ def departures(config: dict[str, Any]) -> list[str]:
             if s in default and k in default[s] and config.get(s, {}).get(k, default[s][k]) != default[s][k]]
 
 
+def data_lines(data: dict[str, Any]) -> list[str]:
+    """What the data checks found: prompts cut to fit, repeated records, test records seen in training."""
+    lines = [f"- client {c}: {n} training prompt(s) cut to fit model.max_length" for c, n in data.get("truncated_train", {}).items()]
+    lines += [f"- test set {s}: {n} prompt(s) cut to fit model.max_length" for s, n in data.get("truncated_test", {}).items()]
+    for c, counts in data.get("checks", {}).items():
+        lines.append(f"- client {c}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items() if v))
+    return lines
+
+
 def setting_lines(results: Results) -> list[str]:
     lines = []
     changed = departures(results.config)
@@ -116,6 +125,9 @@ def render_report(results: Results) -> str:
         for kind, s in results.generation["summary"].items():
             parts.append(f"- {kind}: ID {pct(s['id_accuracy'])}, OOD {pct(s['ood_accuracy'])}")
         parts.append("")
+    data = getattr(results, "data", None) or {}
+    if any(data.values()):
+        parts += ["## Data checks", ""] + data_lines(data) + [""]
     if results.failures:
         parts += ["## Failures", ""] + [f"- {f}" for f in results.failures] + [""]
     return "\n".join(parts)

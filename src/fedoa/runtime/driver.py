@@ -141,6 +141,7 @@ def run_federation(
     plan = transport.eval_plan()
     out_dir = Path(out_dir)
     work = out_dir / WORK
+    writable(out_dir)
     if fresh and work.exists():
         shutil.rmtree(work)
     state = Resume(cfg, work, restart_on_change).load(algo, transport, names)
@@ -186,6 +187,16 @@ def dp_results(cfg: RunConfig, meta: dict[str, Any]) -> dict[str, Any]:
                    "sampling_rate": cfg.fed.client_fraction, "epsilon_per_round": eps, "epsilon": eps[-1] if eps else None,
                    "accountant": "dp-accounting RDP: Poisson-sampled Gaussian mechanism, composed over rounds",
                    "protects": "the global adapter and everything computed from it, per client (user-level)"}}
+
+
+def writable(folder: Path) -> None:
+    """Fail before round 1, not after hours of training, when results could not be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text(folder / ".fedoa-write-test", "")
+        (folder / ".fedoa-write-test").unlink()
+    except OSError as e:
+        raise FedoaError(f"cannot write to the output folder: {e.strerror or e}", where=str(folder)) from None
 
 
 class MetricsLog:

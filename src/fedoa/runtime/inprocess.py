@@ -75,6 +75,8 @@ class InProcess(Transport):
         def activate(kind: str, client: str) -> str | None:
             return activate_model(self.session.context(client, self.states[client]), self.algo, kind, global_state)
 
+        if not plan.limit:  # the final evaluation: what was cut to fit, per test set
+            self.truncated_test = {s: ps.truncated for s, ps in evaluator.prepared.items() if ps.truncated}
         todo = {(identity(k, c), s): len(evaluator.prepared[s]) for k in kinds for c in plan.clients for s in plan.sets_of(c)}
         with tqdm(total=sum(todo.values()), desc="evaluating", unit="ex", disable=not self.progress,
                   dynamic_ncols=True) as bar:
@@ -85,6 +87,10 @@ class InProcess(Transport):
 
     def restore(self, client_states: dict[str, ClientState], meta: dict[str, Any]) -> None:
         self.states = client_states
+
+    def extra_results(self) -> dict[str, Any]:
+        data = {**self.session.data, "truncated_test": getattr(self, "truncated_test", {})}
+        return {"data": data} if any(data.values()) else {}
 
     def write_adapters(self, folder: Path, global_state: AdapterState) -> None:
         """PEFT-format adapters: ``global/`` and ``personal/<client>/`` (what the method exports)."""

@@ -238,11 +238,13 @@ class FlowerTransport(Transport):
                     self.fed.lost.add(n)
                 out[c] = rep
                 continue
-            values = wire.values_of(rep)
-            if values.get("client") != c:
-                out[c] = Failure(f"the reply came from client {values.get('client')!r}", node=n)
-                continue
-            out[c] = decode_update(values, wire.state_of(rep))
+            try:
+                values = wire.values_of(rep)
+                if values.get("client") != c:
+                    raise ValueError(f"it came from client {values.get('client')!r}")
+                out[c] = decode_update(values, wire.state_of(rep))
+            except (KeyError, TypeError, ValueError) as e:  # whatever a broken or hostile node sends
+                out[c] = Failure(f"malformed reply: {type(e).__name__}: {e}", node=n)
         return out
 
     def round_done(self, round_: int, updates: list[ClientUpdate]) -> None:
