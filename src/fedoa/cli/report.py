@@ -11,7 +11,7 @@ EXAMPLE = """example:
 
 
 def html_renderer():
-    """``render_run_html(results, metrics)`` where this fedoa has it, else None."""
+    """``render_run_html(results: Results, metrics)`` where this fedoa has it, else None."""
     try:
         from fedoa.reports import html
     except ImportError:
@@ -33,7 +33,7 @@ def report(args: argparse.Namespace) -> int:
     render_html = html_renderer()
     if render_html is not None:
         metrics = read_metrics(folder)
-        written.append(write_text(folder / "report.html", render_html(results.to_json(), metrics)))
+        written.append(write_text(folder / "report.html", render_html(results, metrics)))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
