@@ -96,7 +96,7 @@ def summary(matrix: dict[str, dict[str, float]]) -> dict[str, float | None]:
 
 def build_eval(run, spec: str, sets: dict[str, list], scores, seconds: float) -> dict[str, Any]:
     from fedoa.evaluation.matrix import matrices, records
-    from fedoa.reports.results import nan_to_none
+    from fedoa.reports.results import clean
 
     metric = "generation" if run.cfg.eval.metric == "generation" else "options"
     mats = matrices(scores, metric)
@@ -114,7 +114,7 @@ def build_eval(run, spec: str, sets: dict[str, list], scores, seconds: float) ->
     if run.cfg.eval.metric == "both":
         gen = matrices(scores, "generation")
         out["generation"] = {"summary": {k: summary(m) for k, m in gen.items()}, "matrices": gen}
-    return nan_to_none(out)
+    return clean(out)
 
 
 def render_eval(ev: dict[str, Any]) -> str:
