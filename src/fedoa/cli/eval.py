@@ -15,8 +15,8 @@ from typing import Any
 EXAMPLE = """example:
   fedoa eval runs/default --data vader                        # the run's own domains, all four
   fedoa eval runs/flan8 --data ../shared/data/flan8 --set data.test_per_client=200 --out runs/flan8/eval200
-  fedoa eval runs/default --data hf:imdb --set 'data.hf_columns={instruction="text", output="label"}' \\
-      --set data.hf_test_split=test --kinds personal,global
+  fedoa eval runs/default --data hf:path/to/saved_dataset --kinds personal,global \\
+      --set 'data.hf_columns={instruction="question", output="answer", options="choices"}'
 """
 
 
