@@ -13,10 +13,11 @@ from __future__ import annotations
 import math
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 from fedoa.errors import ConfigError
 from fedoa.registry import ALGORITHMS, SETTINGS, load_methods
@@ -436,16 +437,80 @@ def _wrap(text: str, width: int = 98) -> list[str]:
     return textwrap.wrap(text, width) or [""]
 
 
+def type_name(annotation: Any) -> str:
+    """``int``, ``list[str]``, ``"a" | "b"`` (a Literal's choices): how a key's type reads in help."""
+    if get_origin(annotation) is Literal:
+        return " | ".join(_toml_value(a) for a in get_args(annotation))
+    if isinstance(annotation, type) and not get_args(annotation):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("min_length", "length >="))
+
+
+def constraints(field: FieldInfo) -> str:
+    """A field's checks in words: ``>= 1, < 1``, a pattern."""
+    out = []
+    for item in field.metadata:
+        out += [f"{sign} {getattr(item, attr)}" for attr, sign in _BOUNDS if getattr(item, attr, None) is not None]
+        if getattr(item, "pattern", None):
+            out.append(f"matches `{item.pattern}`")
+    return ", ".join(out)
+
+
 def describe_keys(cfg: RunConfig) -> list[tuple[str, str, Any, Any, str]]:
     """``(key, type, code default, value in cfg, help)`` for every key."""
     out = []
     for name, section in cfg.sections().items():
         default = type(section)()
         for key, field in type(section).model_fields.items():
-            tp = str(field.annotation).replace("typing.", "")
-            out.append((f"{name}.{key}", tp, getattr(default, key), getattr(section, key), field.description or ""))
+            out.append((f"{name}.{key}", type_name(field.annotation), getattr(default, key), getattr(section, key),
+                        field.description or ""))
     for key in ("method", "seed"):
         field = RunConfig.model_fields[key]
-        out.insert(0 if key == "method" else 1, (key, field.annotation.__name__, field.default, getattr(cfg, key),
+        out.insert(0 if key == "method" else 1, (key, type_name(field.annotation), field.default, getattr(cfg, key),
                                                   field.description or ""))
     return out
+
+
+REFERENCE_HEAD = """# Configuration reference
+
+<!-- Generated from the settings classes by `fedoa config --reference > docs/configuration.md`;
+     tests/test_docs.py checks that this file is current. Edit the help texts in the code. -->
+
+Every key of a run, its type, code default and help. Set keys in a TOML file (`fedoa run --config
+FILE`, one `[section]` per table below) or with `--set section.key=value` (values are TOML; bare
+words are strings). `fedoa config` prints the resolved config with these help texts. Where the
+embedded default preset (`src/fedoa/configs/default.toml`, used when no `--config` is given)
+overrides a code default, its value follows the default.
+"""
+
+
+def config_reference() -> str:
+    """Markdown: one table per section with every key's type, default, checks and help."""
+    code, preset = RunConfig(), load_config(default_config_path())
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    def toml(v: Any) -> str:  # one line, as in a `--set` or an inline TOML value
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]" if isinstance(v, list) else _toml_value(v)
+
+    def row(key: str, field: FieldInfo, default: Any, preset_value: Any) -> str:
+        value = f"`{toml(default)}`"
+        if preset_value != default:
+            value += f" (preset `{toml(preset_value)}`)"
+        checks = constraints(field)
+        return "| " + " | ".join([f"`{key}`", cell(f"`{type_name(field.annotation)}`"), cell(value),
+                                  cell((field.description or "") + (f" ({checks})" if checks else ""))]) + " |"
+
+    head = ["| key | type | default | help |", "|---|---|---|---|"]
+    parts = [REFERENCE_HEAD, "## Top level", "", *head]
+    parts += [row(k, RunConfig.model_fields[k], getattr(code, k), getattr(preset, k)) for k in ("method", "seed")]
+    for name, section in code.sections().items():
+        doc = (type(section).__doc__ or "").strip().splitlines()[0]
+        parts += ["", f"## [{name}]", "", doc, "", *head]
+        parts += [row(k, f, getattr(section, k), getattr(preset.sections()[name], k))
+                  for k, f in type(section).model_fields.items()]
+    return "\n".join(parts) + "\n"

@@ -211,6 +211,11 @@ class Algorithm(ABC):
         else:
             raise ValueError(f"{self.name} does not evaluate {kind!r}")
 
+    def eval_uses_training_data(self, kind: str) -> bool:
+        """True when the ``kind`` model depends on the client's training prompts (an instance-wise
+        mix weighs the adapters by similarity to them): rebuilding it later needs the run's data."""
+        return False
+
     def exported_adapters(
         self, client_state: ClientState, global_state: AdapterState
     ) -> dict[str, AdapterState]:

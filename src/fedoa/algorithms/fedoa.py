@@ -93,6 +93,9 @@ class FedOA(PersonalThenGlobal):
         else:
             super().setup_eval(ctx, kind, global_state)
 
+    def eval_uses_training_data(self, kind: str) -> bool:
+        return kind == "mixed"
+
     def personal_objective(self, ctx: ClientContext, global_state: AdapterState) -> Objective:
         c = self.settings
         if c.regular_weight == 0:
