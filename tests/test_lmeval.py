@@ -34,7 +34,7 @@ metric_list:
 
 @pytest.mark.slow
 def test_lm_eval_hf_model_with_the_exported_adapter_agrees_with_fedoa(tiny_run, tmp_path, monkeypatch):
-    lm_eval = pytest.importorskip("lm_eval")
+    import lm_eval  # installed by `make test` (the test extra): never skipped
     from lm_eval.tasks import TaskManager
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -18,7 +18,13 @@ from fedoa.config import RunConfig, build, load_config, merge, parse_override
 from fedoa.data.prompts import Encoded, PromptEncoder
 from fedoa.errors import ConfigError, FedoaError
 from fedoa.kinds import ZERO_SHOT
-from fedoa.model.adapters import GLOBAL, PERSONAL, AdapterModel, AdapterState, load_adapter_state
+from fedoa.model.adapters import (
+    GLOBAL,
+    PERSONAL,
+    AdapterModel,
+    AdapterState,
+    load_adapter_state,
+)
 from fedoa.reports.results import Results
 from fedoa.runtime.common import activate_model, eval_kinds
 from fedoa.runtime.driver import changed_keys
