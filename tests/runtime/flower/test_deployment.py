@@ -6,6 +6,8 @@ FLWR_HOME is the test's own folder; ports are free ports picked per test.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 
@@ -125,3 +127,39 @@ def test_a_supernode_killed_in_round_two_is_recorded_and_the_run_finishes(tmp_pa
     report = (out / "report.md").read_text()
     assert "## Failures" in report and "client b" in report
     assert (out / "adapters" / "global" / "adapter_model.safetensors").is_file()
+
+
+def test_the_server_killed_mid_round_resumes_to_the_same_adapters(tmp_path, env):
+    """SIGKILL to the ServerApp while round 2's updates are out; `fedoa deploy run` again resumes
+    from the checkpoint of round 1, and the nodes from their state of round 1."""
+    home, e = env
+    cfg, paths, _ = make_federation(tmp_path)
+    sim = run_simulation(cfg, tmp_path / "sim", progress=False).to_json()
+    procs = Processes(tmp_path / "logs", e)
+    out = tmp_path / "dep"
+    try:
+        port = start_federation(tmp_path, procs, paths, home)
+        first = launch(tmp_path, procs, cfg, paths, port, home, out, "--timeout", "120")
+        checkpoint = out / ".run" / "checkpoint" / "state.json"
+        t0 = time.monotonic()
+        while not checkpoint.is_file():  # round 1 is aggregated: round 2 is being sent now
+            assert first.poll() is None, procs.log_tail("run")
+            assert time.monotonic() - t0 < 300, "round 1 did not finish:\n" + procs.log_tail("run")
+            time.sleep(0.2)
+        time.sleep(1.0)  # inside round 2
+        [server] = procs.serverapp_pids()
+        os.kill(server, signal.SIGKILL)
+        assert wait(first, procs, 200) != 0  # the first run did not complete
+        assert not (out / "results.json").exists()
+        again = launch(tmp_path, procs, cfg, paths, port, home, out)
+        assert wait(again, procs, 480) == 0, procs.log_tail("run")
+    finally:
+        procs.stop_all()
+    a = load_file(str(tmp_path / "sim" / "adapters" / "global" / "adapter_model.safetensors"))
+    b = load_file(str(out / "adapters" / "global" / "adapter_model.safetensors"))
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    print(f"max abs difference resumed deployment vs in-process: {diff:.3g}")
+    assert diff <= 1e-5
+    dep = json.loads((out / "results.json").read_text())
+    assert dep["communication"]["updates_per_round"] == {"1": ["a", "b", "c"], "2": ["a", "b", "c"]}
+    assert dep["summary"] == sim["summary"]
