@@ -163,3 +163,59 @@ def test_the_server_killed_mid_round_resumes_to_the_same_adapters(tmp_path, env)
     dep = json.loads((out / "results.json").read_text())
     assert dep["communication"]["updates_per_round"] == {"1": ["a", "b", "c"], "2": ["a", "b", "c"]}
     assert dep["summary"] == sim["summary"]
+
+
+def test_tls_node_auth_a_bound_client_name_and_a_poisoned_node(tmp_path, env):
+    """TLS and node authentication on (certificates and keys made here): every node registered by its
+    key; node c sends NaN uploads (the poisoning drill) and is rejected every round; a fourth node,
+    registered too, claims client a after round 1 and is refused: the name is bound to a's key."""
+    from tests.support.pki import make_node_key, make_tls
+
+    home, e = env
+    cfg, paths, _ = make_federation(tmp_path)
+    tls = make_tls(tmp_path / "pki")
+    keys = {n: make_node_key(tmp_path / "keys", n) for n in (*NAMES, "mallory")}
+    procs = Processes(tmp_path / "logs", e)
+    out = tmp_path / "dep"
+    secure = ["--root-certificates", str(tls["ca"]), "--flwr-home", str(home)]
+    try:
+        port = procs.port()
+        procs.start("superlink", ["deploy", "superlink", "--port", str(port), "--ssl-certfile", str(tls["cert"]),
+                                  "--ssl-keyfile", str(tls["key"]), "--ssl-ca-certfile", str(tls["ca"]),
+                                  "--enable-supernode-auth", "--flwr-home", str(home), "--output-root", str(tmp_path)])
+        wait_for_port(port, proc=procs.procs["superlink"])
+        link = ["--superlink", f"127.0.0.1:{port}"]
+        for name, (_, public) in keys.items():
+            reg = procs.start(f"register-{name}", ["deploy", "register", str(public), *link, *secure])
+            assert reg.wait(60) == 0, procs.log_tail(f"register-{name}")
+
+        def node(name: str, client: str):
+            procs.start(f"node-{name}", ["deploy", "supernode", *link, *secure, "--port", str(procs.port()),
+                                         "--auth-private-key", str(keys[name][0]), "--client-name", client,
+                                         "--data-path", str(paths[client]), "--state-dir", str(tmp_path / f"state-{name}")])
+
+        for n in NAMES:
+            node(n, n)
+        (tmp_path / "run.toml").write_text(config_to_toml(cfg))
+        run = procs.start("run", ["deploy", "run", "--config", str(tmp_path / "run.toml"), "--out", "dep",
+                                  "--output-root", str(tmp_path), "--nodes", "3", "--eval-path", str(paths["shared"]),
+                                  "--node-auth", "--min-nodes", "2", "--set", "attack.kind='nan'",
+                                  "--set", "attack.clients=['c']", *link, *secure, "--timeout", "420"])
+        checkpoint = out / ".run" / "checkpoint" / "state.json"
+        t0 = time.monotonic()
+        while not checkpoint.is_file():
+            assert run.poll() is None, procs.log_tail("run")
+            assert time.monotonic() - t0 < 300, "round 1 did not finish:\n" + procs.log_tail("run")
+            time.sleep(0.2)
+        node("mallory", "a")  # an impostor with a registered key of its own
+        assert wait(run, procs, 480) == 0, procs.log_tail("run")
+    finally:
+        procs.stop_all()
+    dep = json.loads((out / "results.json").read_text())
+    assert dep["communication"]["updates_per_round"] == {"1": ["a", "b"], "2": ["a", "b"]}
+    rejected = [f for f in dep["failures"] if f.startswith("round") and "client c" in f]
+    assert len(rejected) == 2 and all("update rejected" in f and "non-finite" in f for f in rejected)
+    [refused] = dep["deployment"]["refused"]
+    assert refused["client"] == "a" and refused["bound_to"] == dep["deployment"]["nodes"]["a"]
+    audit = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]
+    assert [a["accepted"] for a in audit if a["client"] == "c"] == [False, False]

@@ -9,6 +9,7 @@ restarts continue exactly. ``.../adapters/personal/`` holds the final personal a
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -58,9 +59,7 @@ def node_spec(node_config: Mapping[str, Any]) -> NodeSpec:
     for k in NODE_KEYS:
         if k in node_config and not isinstance(node_config[k], str):
             raise NodeError(f"{k} must be a quoted string, e.g. {k}=\"...\"", where="node-config")
-    client = node_config.get("client-name", "")
-    data_path = node_config.get("data-path", "")
-    vader = node_config.get("vader-domain", "")
+    client, data_path, vader = (node_config.get(k, "") for k in ("client-name", "data-path", "vader-domain"))
     if bool(data_path) == bool(vader):
         raise NodeError("give exactly one of data-path or vader-domain", where="node-config")
     if not client:
@@ -69,13 +68,7 @@ def node_spec(node_config: Mapping[str, Any]) -> NodeSpec:
         client_file_name(client)
     except ValueError as e:
         raise NodeError(str(e), where="node-config client-name") from None
-    return NodeSpec(
-        client=client,
-        data_path=data_path,
-        vader_domain=vader,
-        state_dir=node_config.get("state-dir", ""),
-        eval_path=node_config.get("eval-path") if "eval-path" in node_config else None,
-    )
+    return NodeSpec(client, data_path, vader, node_config.get("state-dir", ""), node_config.get("eval-path"))
 
 
 # ---------------------------------------------------------------------------- data
@@ -83,10 +76,7 @@ def node_spec(node_config: Mapping[str, Any]) -> NodeSpec:
 
 def _pairs(records: list[Record]) -> list[list[str]]:
     """The distinct (task, category) pairs of records, in first-seen order."""
-    seen: dict[tuple[str, str], None] = {}
-    for r in records:
-        seen.setdefault((r.task, r.category), None)
-    return [list(p) for p in seen]
+    return [list(p) for p in dict.fromkeys((r.task, r.category) for r in records)]
 
 
 def describe_set(records: list[Record]) -> dict[str, Any]:
@@ -111,10 +101,8 @@ class StateStore:
     def load(self, round_: int):
         p = self.path(round_)
         if not p.is_file():
-            raise NodeError(
-                f"the state of this client after round {round_} is missing ({p}); was the node's "
-                "state-dir changed or deleted? Start the run afresh to begin from new adapters"
-            )
+            raise NodeError(f"the state of this client after round {round_} is missing ({p}); was the node's "
+                            "state-dir changed or deleted? Start the run afresh to begin from new adapters")
         return load_client_state(p)
 
     def save(self, round_: int, state) -> None:
@@ -192,19 +180,9 @@ class NodeRun:
         store.save(round_, ctx.state)
         store.prune(base)
         store.write_info({"client": self.spec.client, "last_trained_round": round_, "method": self.cfg.method})
-        phases = [
-            {"phase": p.phase, "steps": p.steps, "examples": p.examples, "seconds": p.seconds, "metrics": p.metrics,
-             "reused": p.reused}
-            for p in update.phases
-        ]
-        reply = {
-            "client": self.spec.client,
-            "round": round_,
-            "num-examples": update.num_examples,
-            "phases": phases,
-            "seconds": time.perf_counter() - start,
-        }
-        return reply, update.state
+        phases = [dataclasses.asdict(p) for p in update.phases]
+        return {"client": self.spec.client, "round": round_, "num-examples": update.num_examples, "phases": phases,
+                "seconds": time.perf_counter() - start}, update.state
 
     # -------------------------------------------------------------- evaluate
 

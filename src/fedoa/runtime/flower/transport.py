@@ -140,6 +140,7 @@ class FlowerTransport(Transport):
         self.out_dir = confined(st.out_dir)
         self.run_key = run_key(cfg, self.out_dir)
         self.client_rounds: dict[str, int] = {}
+        self.refused: list[dict[str, Any]] = []  # nodes that claimed a client bound to another node
         self.am, _ = build_model(cfg)  # adapter shapes (init) and the global adapter's export
         self.setup_seconds = time.perf_counter() - start
 
@@ -192,6 +193,10 @@ class FlowerTransport(Transport):
             if old is not None and old != n:
                 if expected is None and old not in self.fed.lost:
                     raise DeployError(f"two nodes ({old} and {n}) say they are client {c!r}: client-name must be unique")
+                if self.st.node_auth:  # a node id is its registered key: the name stays with the first one
+                    self.refused.append({"node": n, "client": c, "bound_to": old})
+                    self.log(f"[fedoa] node {n} claims client {c!r}, bound to node {old} (its key): refused")
+                    continue
                 self.log(f"[fedoa] client {c!r} is back on node {n} (was node {old})")
                 self.fed.lost.add(old)
             self.fed.node_of[c] = n
@@ -339,7 +344,7 @@ class FlowerTransport(Transport):
             "engine": "flower-deployment",
             "nodes": {c: self.fed.node_of[c] for c in sorted(self.fed.node_of)},
             "clients_not_evaluated": sorted({f["client"] for f in self.eval_failures}),
-            "eval_path": self.st.eval_path,
+            "eval_path": self.st.eval_path, "node_auth": self.st.node_auth, "refused": self.refused,
             "run_key": self.run_key,
         }}
 
