@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedoa.cli.common import add_quiet_arg, add_run_dir_arg
+
 EXAMPLE = """example:
   fedoa eval runs/default --data vader                        # the run's own domains, all four
   fedoa eval runs/flan8 --data ../shared/data/flan8 --set data.test_per_client=200 --out runs/flan8/eval200
@@ -154,7 +156,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="score a finished run's models on any supported data set", epilog=EXAMPLE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run's folder (fedoa run --out)")
+    add_run_dir_arg(p)
     p.add_argument("--data", required=True, metavar="PATH_OR_SPEC",
                    help="'vader', 'hf:NAME_OR_PATH' (with the data.hf_* keys) or a folder of "
                         "<category>/<task>_test.jsonl files (Flan-8 layout)")
@@ -163,5 +165,5 @@ def add_parser(sub) -> None:
                         "model.device=cpu (repeatable; the model and LoRA keys are fixed by the adapters)")
     p.add_argument("--kinds", help="comma-separated models to score (default: every kind the run evaluated)")
     p.add_argument("--out", help="output folder (default: RUN_DIR/eval)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_arg(p)
     p.set_defaults(func=run_eval)

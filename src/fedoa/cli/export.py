@@ -7,6 +7,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from fedoa.cli.common import add_quiet_arg, add_run_dir_arg
+
 EXAMPLE = """example:
   fedoa export runs/default --client movie --out exports/movie          # PEFT adapter + README.md
   fedoa export runs/default --client movie --kind global --out exports/global
@@ -119,12 +121,12 @@ def export(args: argparse.Namespace) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser("export", help="one client's model of a finished run as a PEFT adapter or a merged model",
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run's folder (fedoa run --out)")
+    add_run_dir_arg(p)
     p.add_argument("--client", help="the client whose model to export (required for --kind personal)")
     p.add_argument("--kind", choices=("personal", "global"),
                    help="which model (default: personal where the method has one, else global)")
     p.add_argument("--merge", action="store_true", help="merge the LoRA weights into the base: a plain "
                    "transformers model folder (save_pretrained + tokenizer) instead of an adapter")
     p.add_argument("--out", required=True, help="output folder (replaced if it holds an earlier export)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_arg(p)
     p.set_defaults(func=export)

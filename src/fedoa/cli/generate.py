@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from fedoa.cli.common import add_quiet_arg, add_run_dir_arg
+
 EXAMPLE = """example:
   fedoa generate runs/default --client movie --prompt $'Is this movie review positive or negative?\\nA dull, joyless film.'
   fedoa generate runs/default --client movie --kind global --prompt 'Name a colour.' --max-new-tokens 8
@@ -39,10 +41,10 @@ def generate(args: argparse.Namespace) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser("generate", help="answer a prompt with a client's model of a finished run (greedy)",
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run's folder (fedoa run --out)")
+    add_run_dir_arg(p)
     p.add_argument("--client", help="whose model (required for personal and mixed models)")
     p.add_argument("--kind", help="personal, mixed, global or zero_shot (default: personal where the method has one)")
     p.add_argument("--prompt", required=True, help="the instruction; the run's prompt template wraps it")
     p.add_argument("--max-new-tokens", type=int, default=64, help="generation budget (default 64)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_arg(p)
     p.set_defaults(func=generate)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fedoa.cli.common import add_quiet_arg, add_run_dir_arg
+
 EXAMPLE = """example:
   fedoa report runs/default          # rewrites runs/default/report.md, accuracy.png (+ report.html)
 """
@@ -41,6 +43,6 @@ def report(args: argparse.Namespace) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser("report", help="rebuild a finished run's report from its results.json (+ metrics.jsonl)",
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run's folder (fedoa run --out)")
-    p.add_argument("--quiet", action="store_true", help="accepted for symmetry; report draws no progress bars")
+    add_run_dir_arg(p)
+    add_quiet_arg(p)
     p.set_defaults(func=report)
