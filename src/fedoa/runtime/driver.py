@@ -74,7 +74,7 @@ class Transport(ABC):
     #: seconds spent loading data and model and joining clients
     setup_seconds: float = 0.0
     #: clients whose models could not be evaluated: {round: "eval", client, node, phase, reason}
-    eval_failures: list[dict[str, Any]] = []
+    eval_failures: tuple | list = ()
 
     @abstractmethod
     def open(self, algo: Algorithm) -> list[str]:
@@ -172,7 +172,7 @@ def run_federation(
         "train_seconds": state.meta["train_seconds"],
         "eval_seconds": time.perf_counter() - eval_start,
     }
-    extra = {"failures": failure_lines(state.meta["failures"] + transport.eval_failures),
+    extra = {"failures": failure_lines(state.meta["failures"] + list(transport.eval_failures)),
              "rounds": state.meta["rounds"] + [last], **dp_results(cfg, state.meta), **transport.extra_results()}
     results = build_results(cfg, scored_plan, scores, communication(cfg, global_state, state.meta), timing, extra)
     publish(out_dir, work, cfg, results, lambda folder: transport.write_adapters(folder, global_state))
@@ -200,20 +200,26 @@ def writable(folder: Path) -> None:
 
 
 class MetricsLog:
-    """``metrics.jsonl`` (one JSON object per line) and the experiment trackers, fed together."""
+    """``metrics.jsonl`` and the experiment trackers, fed together; ``audit.jsonl`` beside them."""
 
     def __init__(self, path: Path, tracker: Tracker):
         self.file, self.tracker = path.open("a", encoding="utf-8"), tracker
+        self.audit_file = (path.parent / "audit.jsonl").open("a", encoding="utf-8")
 
     def write(self, line: dict[str, Any]) -> None:
         self.file.write(json.dumps(line) + "\n")
         self.tracker.log(line)
 
+    def audit(self, line: dict[str, Any]) -> None:
+        self.audit_file.write(json.dumps(line) + "\n")
+
     def flush(self) -> None:
         self.file.flush()
+        self.audit_file.flush()
 
     def close(self) -> None:
         self.file.close()
+        self.audit_file.close()
         self.tracker.close()
 
 
@@ -293,9 +299,9 @@ def run_round(cfg: RunConfig, algo: Algorithm, transport: Transport, r: int, gro
         meta["bytes_down"] += state_bytes(global_state) * sent
     new_state, noise_std = aggregate(cfg, algo, accepted, global_state, r, meta)
     digest = state_digest(new_state)
-    with (transport_work(log) / "audit.jsonl").open("a", encoding="utf-8") as audit:
-        for v in verdicts:
-            audit.write(json.dumps(audit_line(r, v, cfg.fed.aggregation, noise_std, digest)) + "\n")
+    for v in verdicts:
+        log.audit(audit_line(r, v, cfg.fed.aggregation, noise_std, digest))
+    log.flush()
     transport.round_done(r, accepted)
     meta["updates_per_round"][str(r)] = [u.client for u in accepted]
     meta["train_seconds"] += time.perf_counter() - t0
@@ -324,11 +330,6 @@ def fail(meta: dict[str, Any], transport: Transport, r: int | str, client: str, 
          node: int | None = None) -> None:
     meta["failures"].append({"round": r, "client": client, "node": node, "phase": phase, "reason": reason})
     transport.log(f"[fedoa] round {r}: client {client!r} failed in {phase}: {reason}")
-
-
-def transport_work(log: MetricsLog) -> Path:
-    """The work folder (where metrics.jsonl lives)."""
-    return Path(log.file.name).parent
 
 
 # ---------------------------------------------------------------------------- resume
