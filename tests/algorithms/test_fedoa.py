@@ -143,3 +143,33 @@ def test_example_features_come_back_in_example_order_whatever_the_batching(tiny)
         one_by_one = [features(am.hidden(b.input_ids, b.attention_mask), b, "answer")
                       for b in (collate([e], [i], tok.pad_token_id) for i, e in enumerate(train))]
     assert torch.allclose(batched, torch.cat(one_by_one), atol=1e-5)
+
+
+def test_global_step_targets_need_no_extra_pass_and_leave_the_global_adapter_as_it_was(tiny):
+    """target_features = "global_step": G is trained first (the same G, bit for bit), and its forward
+    passes leave h_G: with no dropout and one step, exactly the received G's features."""
+    cfg = tiny_config(train={"max_steps": 1, "batch_size": 8, "micro_batch_size": 8}, lora={"dropout": 0.0})
+    am, tok, train, g = _setup(tiny, cfg)
+    separate = FedOA(cfg)
+    ctx = ClientContext("a", am, train, separate.init_client(am, "a"), cfg, tok.pad_token_id)
+    reference = separate.client_update(ctx, g, round_=1)
+
+    from fedoa.algorithms.fedoa import capturing
+
+    am.set(GLOBAL, g)
+    expected = example_features(am, GLOBAL, train, "last_token", 8, tok.pad_token_id)
+    store = torch.zeros_like(expected)
+    am.use(GLOBAL)
+    capturing(store, "last_token")(am, collate(train, list(range(len(train))), tok.pad_token_id))
+    torch.testing.assert_close(store, expected, rtol=1e-4, atol=1e-5)
+
+    cfg2 = tiny_config(train={"max_steps": 1, "batch_size": 8, "micro_batch_size": 8}, lora={"dropout": 0.0},
+                       fedoa={"target_features": "global_step"})
+    fused = FedOA(cfg2)
+    ctx2 = ClientContext("a", am, train, fused.init_client(am, "a"), cfg2, tok.pad_token_id)
+    update = fused.client_update(ctx2, g, round_=1)
+    assert [p.phase for p in update.phases] == ["personal", "global"]
+    assert all(torch.equal(update.state[k], reference.state[k]) for k in g)  # G is the same either way
+    assert update.phases[0].metrics["reg"] == pytest.approx(reference.phases[0].metrics["reg"], rel=1e-4)
+    for k in g:  # ... and so is P: its targets are the same features
+        torch.testing.assert_close(ctx2.state[PERSONAL][k], ctx.state[PERSONAL][k], rtol=1e-4, atol=1e-6)

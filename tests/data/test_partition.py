@@ -119,10 +119,10 @@ def _folder(tmp_path, n_train, n_test):
 
 
 def test_load_clients_empty_train(tmp_path):
-    with pytest.raises(DataError, match="data: client 't' has no training records"):
+    with pytest.raises(DataError, match=r"t_train\.jsonl: the file is empty"):
         load_clients(DataConfig(source="jsonl", path=_folder(tmp_path, 0, 2)), seed=0)
 
 
 def test_load_clients_empty_test(tmp_path):
-    with pytest.raises(DataError, match="client 't' has no test records"):
+    with pytest.raises(DataError, match=r"t_test\.jsonl: the file is empty"):
         load_clients(DataConfig(source="jsonl", path=_folder(tmp_path, 2, 0)), seed=0)

@@ -29,6 +29,9 @@ def test_two_round_fedoa_run_writes_every_artifact(tmp_path):
     assert (out / "report.md").read_text().startswith("# fedoa run: fedoa")
     assert (out / "accuracy.png").stat().st_size > 1000
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [line for line in lines if line["phase"] == "eval"]
+    lines = [line for line in lines if line["phase"] != "eval"]
+    assert len(evals) == 3 * 2 + 3 * 4  # round 1: personal + global per client; round 2 (last): 4 kinds
     assert len(lines) == 2 * 3 * 3  # rounds x clients x (personal, global, update)
     assert {line["phase"] for line in lines} == {"personal", "global", "update"}
     steps = [line for line in lines if line["phase"] != "update"]
@@ -76,7 +79,7 @@ def test_same_seed_same_result_and_resume_after_a_crash_is_exact(tmp_path, monke
         q = load_file(str(crashed / "adapters" / "personal" / client / "adapter_model.safetensors"))
         assert all(torch.equal(p[k], q[k]) for k in p)
     lines = (crashed / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 2 * 3 * 3  # the resumed run did not duplicate round 1's lines
+    assert len(lines) == 2 * 3 * 3 + 3 * 2 + 3 * 4  # the resumed run did not duplicate round 1's lines
 
 
 def test_client_sampling_is_seeded_and_sized():

@@ -203,6 +203,10 @@ class Processes:
                 proc.wait(15)
         self._reap_helpers()
 
+    def serverapp_pids(self) -> list[int]:
+        """The ServerApp process(es) the SuperLink started for this test's runs."""
+        return [pid for pid in self._helpers() if b"flwr-serverapp" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
     def _helpers(self) -> list[int]:
         """Processes Flower started in sessions of their own (SuperExec, ServerApp, ClientApp):
         they name one of this test's ports on their command line."""

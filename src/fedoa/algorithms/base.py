@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
-from fedoa.algorithms.aggregation import fedavg
+from fedoa.algorithms.aggregation import clip_change, combine
 from fedoa.config import RunConfig
 from fedoa.data.prompts import Encoded
 from fedoa.model.adapters import (
@@ -176,15 +176,17 @@ class Algorithm(ABC):
     def aggregate(
         self, updates: list[ClientUpdate], global_state: AdapterState, round_: int
     ) -> AdapterState:
-        """FedAvg of the uploaded states, in client-name order (float sums are order-sensitive)."""
+        """The configured rule (FedAvg by default) over the uploaded states, in client-name order
+        (float sums are order-sensitive), each change clipped first when ``fed.clip_norm`` says so."""
         ups = sorted((u for u in updates if u.state is not None), key=lambda u: u.client)
         if not ups:
             return global_state
-        if self.cfg.fed.aggregation == "examples":
-            weights = [float(u.num_examples) for u in ups]
-        else:
-            weights = [1.0] * len(ups)
-        return fedavg([u.state for u in ups], weights)
+        fed = self.cfg.fed
+        states = [u.state for u in ups]
+        if fed.clip_norm > 0:
+            states = [clip_change(s, global_state, fed.clip_norm) for s in states]
+        weights = [float(u.num_examples) if fed.aggregation == "examples" else 1.0 for u in ups]
+        return combine(states, weights, fed.aggregation, fed.trim_fraction)
 
     def local_steps(self, num_examples: int, round_: int) -> int:
         """Optimizer steps one client update takes (for progress bars)."""
@@ -208,6 +210,11 @@ class Algorithm(ABC):
             am.use(PERSONAL)
         else:
             raise ValueError(f"{self.name} does not evaluate {kind!r}")
+
+    def eval_uses_training_data(self, kind: str) -> bool:
+        """True when the ``kind`` model depends on the client's training prompts (an instance-wise
+        mix weighs the adapters by similarity to them): rebuilding it later needs the run's data."""
+        return False
 
     def exported_adapters(
         self, client_state: ClientState, global_state: AdapterState

@@ -100,6 +100,9 @@ class FedDPA(PersonalThenGlobal):
         finally:
             mixer_of(ctx.am).disarm()
 
+    def eval_uses_training_data(self, kind: str) -> bool:
+        return kind == "personal" and self.settings.mix == "instance"
+
     def setup_eval(self, ctx: ClientContext, kind: str, global_state: AdapterState) -> None:
         if kind != "personal":
             super().setup_eval(ctx, kind, global_state)

@@ -30,7 +30,7 @@ from typing import Literal
 
 import torch
 
-from fedoa.algorithms.base import ClientContext
+from fedoa.algorithms.base import ClientContext, ClientUpdate, train_on_task
 from fedoa.algorithms.personalized import PersonalThenGlobal, arm_personal_mix
 from fedoa.algorithms.regularizers import distance
 from fedoa.config import Section, setting
@@ -61,6 +61,13 @@ class FedOASettings(Section):
         "'mse': mean squared L2 per example; 'cosine': mean (1 - cosine similarity).",
     )
     feature: Literal["last_token", "answer", "mean"] = setting("last_token", FEATURE_HELP)
+    target_features: Literal["separate_pass", "global_step"] = setting(
+        "separate_pass",
+        "Where h_G comes from: 'separate_pass' (the received G's features, one forward pass over the client's "
+        "data per round; the reference recomputes them every step) or 'global_step' (the features the global "
+        "step's own forward passes produce, last epoch, with dropout as the reference's: no extra pass; the "
+        "global step then runs first).",
+    )
     mixed_eval: bool = setting(
         True,
         "Also evaluate each client's 'mixed' model: personal and global adapter mixed per test input the "
@@ -79,6 +86,17 @@ def feature_regularized(target: torch.Tensor, weight: float, dist: str, kind: st
     return objective
 
 
+def capturing(store: torch.Tensor, kind: str) -> Objective:
+    """The task loss, leaving each example's features in ``store`` (rows by example id)."""
+
+    def objective(am: AdapterModel, batch: Batch):
+        loss, hidden = response_loss(am, batch)
+        store[batch.ids] = features(hidden, batch, kind).detach().to(store.dtype)
+        return loss, {"task_loss": loss.item()}
+
+    return objective
+
+
 @register(FedOASettings)
 class FedOA(PersonalThenGlobal):
     name = "fedoa"
@@ -93,6 +111,9 @@ class FedOA(PersonalThenGlobal):
         else:
             super().setup_eval(ctx, kind, global_state)
 
+    def eval_uses_training_data(self, kind: str) -> bool:
+        return kind == "mixed"
+
     def personal_objective(self, ctx: ClientContext, global_state: AdapterState) -> Objective:
         c = self.settings
         if c.regular_weight == 0:
@@ -100,3 +121,16 @@ class FedOA(PersonalThenGlobal):
         # G is fixed during the personal step: its features are computed once, not per step.
         target = example_features(ctx.am, GLOBAL, ctx.train, c.feature, self.cfg.train.micro_batch_size, ctx.pad_id)
         return feature_regularized(target, c.regular_weight, c.distance, c.feature)
+
+    def client_update(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> ClientUpdate:
+        c = self.settings
+        if (type(self) is not FedOA or c.target_features != "global_step" or c.regular_weight == 0
+                or round_ < self.cfg.fed.personal_start_round):
+            return super().client_update(ctx, global_state, round_)
+        # The global step first; its forward passes leave h_G(x) of every example (no extra pass).
+        target = torch.zeros(len(ctx.train), ctx.am.base.config.hidden_size, device=ctx.am.device)
+        state, global_phase = train_on_task(ctx, GLOBAL, global_state, round_, "global",
+                                            capturing(target, c.feature), memoize=False)
+        personal = self.personal_step(ctx, global_state, round_,
+                                      feature_regularized(target, c.regular_weight, c.distance, c.feature))
+        return ClientUpdate(ctx.name, state, len(ctx.train), [personal, global_phase])

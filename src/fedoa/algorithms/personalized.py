@@ -47,11 +47,12 @@ class PersonalThenGlobal(Algorithm):
         """P's loss; called with G loaded in its slot and P's starting state in its own."""
         return task_objective
 
-    def personal_step(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> Phase:
+    def personal_step(self, ctx: ClientContext, global_state: AdapterState, round_: int,
+                      objective: Objective | None = None) -> Phase:
         am = ctx.am
         am.set(PERSONAL, self.starting_personal(ctx.state, global_state))
         result = train_slot(
-            am, PERSONAL, ctx.train, self.cfg.train, self.personal_objective(ctx, global_state),
+            am, PERSONAL, ctx.train, self.cfg.train, objective or self.personal_objective(ctx, global_state),
             ctx.seed_text(round_, "personal"), ctx.pad_id, ctx.progress,
         )
         ctx.state[PERSONAL] = am.get(PERSONAL)

@@ -11,7 +11,7 @@ import warnings
 
 from fedoa.errors import FedoaError
 
-VERBS = ("run", "compare", "config", "methods", "setup", "deploy")
+VERBS = ("run", "compare", "eval", "export", "generate", "report", "config", "methods", "setup", "deploy")
 
 
 def quiet_libraries() -> None:
@@ -26,6 +26,19 @@ def quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
+def silence_progress_bars() -> None:
+    """``--quiet``: no progress bar at all, the libraries' included (transformers' GGUF
+    de-quantization uses plain tqdm). Set before they are imported: tqdm reads ``TQDM_*`` and the
+    Hugging Face libraries their switches at import time."""
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    if "huggingface_hub" in sys.modules:  # imported already (main() called from Python)
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from importlib import import_module
 
@@ -38,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        silence_progress_bars()
     quiet_libraries()
     try:
         return args.func(args)

@@ -15,3 +15,11 @@ def load(args: argparse.Namespace):
     from fedoa.config import default_config_path, load_config
 
     return load_config(args.config or default_config_path(), args.set or [])
+
+
+def add_run_dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run's folder (fedoa run --out)")
+
+
+def add_quiet_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fedoa.cli.common import add_config_args, load
+from fedoa.cli.common import add_config_args, add_quiet_arg, load
 
 EXAMPLE = """example:
   fedoa compare --methods fedit,ditto,local,feddpa,fedoa --seeds 3 \\
@@ -40,5 +40,5 @@ def add_parser(sub) -> None:
     p.add_argument("--focus", default="fedoa", help="method whose personal models are compared with every other "
                    "row by paired differences (default: fedoa)")
     p.add_argument("--report-only", action="store_true", help="run nothing; tabulate the runs that have finished")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_arg(p)
     p.set_defaults(func=compare)

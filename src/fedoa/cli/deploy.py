@@ -317,7 +317,7 @@ def _run_settings(args):
         eval_path = str(Path(eval_path).expanduser().resolve())
     deploy = DeploySettings(
         out_dir=args.out, num_nodes=args.nodes, eval_path=eval_path, round_timeout=args.round_timeout,
-        eval_timeout=args.eval_timeout, join_timeout=args.join_timeout, fresh=args.fresh,
+        eval_timeout=args.eval_timeout, join_timeout=args.join_timeout, fresh=args.fresh, node_auth=args.node_auth,
     )
     return cfg, deploy
 
@@ -439,6 +439,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-timeout", type=float, default=0.0, help="the same for the final evaluation")
     p.add_argument("--join-timeout", type=float, default=600.0, help="seconds to wait for --nodes clients")
     p.add_argument("--fresh", action="store_true", help="ignore an unfinished run's checkpoint in OUT")
+    p.add_argument("--node-auth", action="store_true", help="the SuperLink authenticates SuperNodes "
+                   "(--enable-supernode-auth): bind each client name to its first node's key for the whole run")
 
 
 def add_parser(sub) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fedoa.cli.common import add_config_args, load
+from fedoa.cli.common import add_config_args, add_quiet_arg, load
 
 EXAMPLE = """example:
   fedoa run --out runs/default                       # the embedded default (make run)
@@ -30,5 +30,5 @@ def add_parser(sub) -> None:
     add_config_args(p)
     p.add_argument("--out", required=True, help="output folder (results.json, report.md, adapters/ ...)")
     p.add_argument("--fresh", action="store_true", help="ignore an unfinished run's checkpoint in OUT")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_arg(p)
     p.set_defaults(func=run)

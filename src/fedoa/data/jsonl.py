@@ -59,18 +59,22 @@ def load_jsonl_file(path: str | Path, category: str = "", task: str = "") -> lis
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise DataError("file not found", where=str(path)) from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"not UTF-8 text (byte {e.start})", where=str(path)) from None
     except OSError as e:
         raise DataError(f"cannot read file: {e.strerror}", where=str(path)) from None
     records = []
-    # split("\n") rather than splitlines(): JSON strings may hold U+2028 etc. unescaped.
-    for lineno, line in enumerate(text.split("\n"), start=1):
+    # split on b"\n" rather than splitlines(): JSON strings may hold U+2028 etc. unescaped.
+    for lineno, line_bytes in enumerate(raw.split(b"\n"), start=1):
+        try:
+            line = line_bytes.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"not UTF-8 text (byte {e.start} of the line)", where=f"{path}:{lineno}") from None
         if line.strip():
             records.append(_parse_line(line, f"{path}:{lineno}", category, task))
+    if not records:
+        raise DataError("the file is empty (no records)", where=str(path))
     return records
 
 

@@ -43,6 +43,8 @@ class PromptEncoder:
         self.template = template
         self.max_length = max_length
         self._option_cache: dict[str, tuple[int, ...]] = {}
+        #: prompts cut to fit ``max_length`` so far (reported, never silent)
+        self.truncated = 0
 
     def prompt_text(self, instruction: str) -> str:
         if self.template == "alpaca":
@@ -61,6 +63,7 @@ class PromptEncoder:
         special = self.template != "chat"
         ids = self.tokenizer(self.prompt_text(instruction), add_special_tokens=special)["input_ids"]
         budget = max(1, self.max_length - reserve)
+        self.truncated += len(ids) > budget
         return tuple(ids[-budget:])
 
     def answer_ids(self, text: str) -> tuple[int, ...]:

@@ -136,3 +136,17 @@ def shared_test_sets(cfg: RunConfig, eval_path: str) -> dict[str, list[Record]]:
         raise DataError("no <category>/<task>_test.jsonl files found", where=str(root))
     return {task: cap_records(load_jsonl_file(found[task][1], category=cat, task=task), cap, seed, f"{task}:test")
             for cat, task in sorted((c, t) for t, (c, _) in found.items())}
+
+
+def data_checks(clients: list[ClientData]) -> dict[str, dict[str, int]]:
+    """Per client, records repeated within its training or test data, and test records also in its
+    training data (same instruction and answer). Not errors: counted, warned about, reported."""
+    out: dict[str, dict[str, int]] = {}
+    for c in clients:
+        train = [(r.instruction, r.output) for r in c.train]
+        test = [(r.instruction, r.output) for r in c.test]
+        counts = {"duplicate_train": len(train) - len(set(train)), "duplicate_test": len(test) - len(set(test)),
+                  "test_in_train": len(set(test) & set(train))}
+        if any(counts.values()):
+            out[c.name] = counts
+    return out

@@ -43,6 +43,8 @@ class EvalPlan:
     ood_groups: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     #: Protocol parameters written into results.json (e.g. the held-out category).
     details: dict[str, Any] = field(default_factory=dict)
+    #: Only the first ``limit`` records of every set are scored (0: all); see :meth:`limited`.
+    limit: int = 0
 
     def sets_of(self, client: str) -> list[str]:
         out = [self.id_set[client], *self.ood_sets.get(client, [])]
@@ -61,6 +63,11 @@ class EvalPlan:
         plan = dataclasses.replace(self, ood_groups=groups)
         used = {s for c in plan.clients for s in plan.sets_of(c)}
         return dataclasses.replace(plan, sets={s: r for s, r in self.sets.items() if s in used})
+
+    def limited(self, n: int) -> "EvalPlan":
+        """ID and headline OOD sets cut to their first ``n`` records: a cheap look between rounds."""
+        plan = self.headline_only()
+        return dataclasses.replace(plan, sets={s: r[:n] for s, r in plan.sets.items()}, limit=n)
 
     def only(self, clients: list[str]) -> "EvalPlan":
         """The plan for these clients only (e.g. the ones whose models could be evaluated)."""

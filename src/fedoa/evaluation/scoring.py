@@ -30,12 +30,14 @@ class PreparedSet:
     prompts: list[tuple[int, ...]]
     options: list[list[tuple[int, ...]]]
     answers: list[int]  # index of the correct option, -1 when the record has no options
+    truncated: int = 0  # prompts cut to fit model.max_length
 
     def __len__(self) -> int:
         return len(self.records)
 
 
 def prepare_set(encoder: PromptEncoder, name: str, records: list[Record]) -> PreparedSet:
+    before = encoder.truncated
     prompts, options, answers = [], [], []
     for r in records:
         opts = [encoder.answer_ids(o) for o in r.options]
@@ -44,7 +46,7 @@ def prepare_set(encoder: PromptEncoder, name: str, records: list[Record]) -> Pre
         options.append(opts)
         stripped = [o.strip() for o in r.options]
         answers.append(stripped.index(r.output.strip()) if r.output.strip() in stripped else -1)
-    return PreparedSet(name, records, prompts, options, answers)
+    return PreparedSet(name, records, prompts, options, answers, encoder.truncated - before)
 
 
 def _left_pad(seqs: list[tuple[int, ...]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

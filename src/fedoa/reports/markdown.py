@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fedoa.kinds import LABELS, ORDER
 
@@ -57,6 +57,39 @@ def matrix_table(results: Results, kind: str) -> str:
     return md_table([f"{kind} model of \\ test set"] + sets, rows)
 
 
+def departures(config: dict[str, Any]) -> list[str]:
+    """The method's settings (and the personal schedule) that differ from the code defaults, which
+    are the reference's choices: a report says when a run is a variant."""
+    from fedoa.config import RunConfig
+
+    method, default = config.get("method", ""), RunConfig().to_dict()
+    keys = [(method, k) for k in config.get(method, {}) if isinstance(config.get(method), dict)]
+    keys += [("fed", k) for k in ("personal_start_round", "personal_init")]
+    return [f"{s}.{k} = {config[s][k]!r}" for s, k in keys
+            if s in default and k in default[s] and config.get(s, {}).get(k, default[s][k]) != default[s][k]]
+
+
+def data_lines(data: dict[str, Any]) -> list[str]:
+    """What the data checks found: prompts cut to fit, repeated records, test records seen in training."""
+    lines = [f"- client {c}: {n} training prompt(s) cut to fit model.max_length" for c, n in data.get("truncated_train", {}).items()]
+    lines += [f"- test set {s}: {n} prompt(s) cut to fit model.max_length" for s, n in data.get("truncated_test", {}).items()]
+    for c, counts in data.get("checks", {}).items():
+        lines.append(f"- client {c}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items() if v))
+    return lines
+
+
+def setting_lines(results: Results) -> list[str]:
+    lines = []
+    changed = departures(results.config)
+    if changed:
+        lines.append(f"- not the reference's choices (fedoa's options): {', '.join(changed)}")
+    dp = getattr(results, "dp", None)
+    if dp:
+        lines.append(f"- differential privacy (DP-FedAvg): noise multiplier {dp['noise_multiplier']}, clip norm "
+                     f"{dp['clip_norm']}: (epsilon, delta) = ({dp['epsilon']:.2f}, {dp['delta']:g}) for the global adapter")
+    return lines
+
+
 def render_report(results: Results) -> str:
     cfg = results.config
     comm = results.communication
@@ -71,6 +104,7 @@ def render_report(results: Results) -> str:
         f"- rounds: {cfg['fed']['rounds']}, client fraction {cfg['fed']['client_fraction']}, "
         f"lr {cfg['train']['lr']}, epochs {cfg['train']['epochs']}, batch {cfg['train']['batch_size']}",
         f"- upload per round: {comm.get('bytes_up_per_round', 0) / 1e6:.2f} MB; wall time {timing.get('wall_seconds', 0):.0f} s",
+        *setting_lines(results),
         "",
         "## ID / OOD accuracy",
         "",
@@ -91,6 +125,9 @@ def render_report(results: Results) -> str:
         for kind, s in results.generation["summary"].items():
             parts.append(f"- {kind}: ID {pct(s['id_accuracy'])}, OOD {pct(s['ood_accuracy'])}")
         parts.append("")
+    data = getattr(results, "data", None) or {}
+    if any(data.values()):
+        parts += ["## Data checks", ""] + data_lines(data) + [""]
     if results.failures:
         parts += ["## Failures", ""] + [f"- {f}" for f in results.failures] + [""]
     return "\n".join(parts)

@@ -68,14 +68,14 @@ class Results(BaseModel):
         return cls.model_validate(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
-def _clean(x: Any) -> Any:
+def clean(x: Any) -> Any:
     """NaN -> None, so the file is strict JSON."""
     if isinstance(x, float) and math.isnan(x):
         return None
     if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
+        return {k: clean(v) for k, v in x.items()}
     if isinstance(x, list):
-        return [_clean(v) for v in x]
+        return [clean(v) for v in x]
     return x
 
 
@@ -114,4 +114,4 @@ def build_results(
     if cfg.eval.metric == "both":
         gen = matrices(scores, "generation")
         values["generation"] = {"summary": {kind: summarize(m, plan) for kind, m in gen.items()}, "matrices": gen}
-    return Results.model_validate(_clean({**values, **(extra or {})}))
+    return Results.model_validate(clean({**values, **(extra or {})}))

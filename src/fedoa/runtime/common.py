@@ -2,8 +2,6 @@
 evaluated, and how a model is activated for scoring."""
 from __future__ import annotations
 
-import json
-
 from fedoa.algorithms.base import Algorithm, ClientContext, Phase
 from fedoa.config import RunConfig
 from fedoa.kinds import ZERO_SHOT
@@ -11,13 +9,13 @@ from fedoa.model.adapters import AdapterState, state_digest
 from fedoa.model.mixing import mixer_off
 
 
-def metric_line(round_: int, client: str, ph: Phase) -> str:
+def phase_line(round_: int, client: str, ph: Phase) -> dict:
     """One line of ``metrics.jsonl``: a local training phase of a client update."""
-    return json.dumps({
+    return {
         "round": round_, "client": client, "phase": ph.phase, **ph.metrics,
         "steps": ph.steps, "examples": ph.examples, "seconds": round(ph.seconds, 3),
         **({"reused": True} if ph.reused else {}),
-    }) + "\n"
+    }
 
 
 def eval_kinds(cfg: RunConfig, algo: Algorithm) -> list[str]:

@@ -21,23 +21,29 @@ import shutil
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from fedoa.algorithms import make_algorithm
+from fedoa.algorithms.aggregation import clip_change
 from fedoa.algorithms.base import Algorithm, ClientState, ClientUpdate
 from fedoa.checkpoint import client_file_name, load_checkpoint, save_checkpoint
 from fedoa.config import RunConfig, config_to_toml
 from fedoa.errors import ConfigError, FedoaError
-from fedoa.evaluation.matrix import EvalPlan, SetScores
+from fedoa.evaluation.matrix import EvalPlan, SetScores, matrices, per_client, summarize
 from fedoa.io import write_text
-from fedoa.model.adapters import AdapterModel, AdapterState, state_bytes
+from fedoa.kinds import GLOBAL, PERSONAL
+from fedoa.model.adapters import AdapterModel, AdapterState, state_bytes, state_digest
+from fedoa.reports.html import render_run_html
 from fedoa.reports.markdown import render_report
 from fedoa.reports.plots import plot_run
-from fedoa.reports.results import Results, build_results
-from fedoa.runtime.common import eval_kinds, metric_line
+from fedoa.reports.results import Results, build_results, clean
+from fedoa.reports.tracking import Tracker
+from fedoa.runtime.common import eval_kinds, phase_line
 from fedoa.runtime.sampling import sample_clients
+from fedoa.runtime.trust import add_noise, audit_line, epsilon, noise_seed, validate
+from fedoa.training.loop import NON_FINITE
 
 WORK = ".run"
 Scores = dict[str, dict[str, dict[str, SetScores]]]  # kind -> client -> test set -> scores
@@ -68,7 +74,7 @@ class Transport(ABC):
     #: seconds spent loading data and model and joining clients
     setup_seconds: float = 0.0
     #: clients whose models could not be evaluated: {round: "eval", client, node, phase, reason}
-    eval_failures: list[dict[str, Any]] = []
+    eval_failures: tuple | list = ()
 
     @abstractmethod
     def open(self, algo: Algorithm) -> list[str]:
@@ -77,6 +83,10 @@ class Transport(ABC):
     @abstractmethod
     def eval_plan(self) -> EvalPlan:
         """Which test sets each client's models meet."""
+
+    @abstractmethod
+    def examples_of(self, client: str) -> int:
+        """Training examples the client declared when it joined (an upload may not claim more)."""
 
     def begin(self, schedule: Schedule) -> None:
         """The rounds still to run and who trains in each (progress bars)."""
@@ -131,6 +141,7 @@ def run_federation(
     plan = transport.eval_plan()
     out_dir = Path(out_dir)
     work = out_dir / WORK
+    writable(out_dir)
     if fresh and work.exists():
         shutil.rmtree(work)
     state = Resume(cfg, work, restart_on_change).load(algo, transport, names)
@@ -140,71 +151,185 @@ def run_federation(
     }
     transport.begin(schedule)
     global_state = state.global_state
-    with (work / "metrics.jsonl").open("a", encoding="utf-8") as log:
+    log = MetricsLog(work / "metrics.jsonl", Tracker(cfg.tracking, work, out_dir.name, flat(cfg.to_dict())))
+    try:
         for r, groups in schedule.items():
             global_state = run_round(cfg, algo, transport, r, groups, global_state, state.meta, log)
+            if cfg.eval.every and r % cfg.eval.every == 0 and r < cfg.fed.rounds:
+                state.meta["rounds"].append(evaluate_round(cfg, algo, transport, plan, r, global_state, log))
             save_checkpoint(work / "checkpoint", r, global_state, transport.client_states(),
                             {**state.meta, "transport": transport.meta()})
-    eval_start = time.perf_counter()
-    scored_plan, scores = transport.evaluate(plan, eval_kinds(cfg, algo), global_state)
+        eval_start = time.perf_counter()
+        scored_plan, scores = transport.evaluate(plan, eval_kinds(cfg, algo), global_state)
+        last = round_entry(cfg, cfg.fed.rounds, scored_plan, scores)
+        for line in round_lines(last):
+            log.write(line)
+    finally:
+        log.close()
     timing = {
         "wall_seconds": time.perf_counter() - start,
         "setup_seconds": transport.setup_seconds,
         "train_seconds": state.meta["train_seconds"],
         "eval_seconds": time.perf_counter() - eval_start,
     }
-    extra = {"failures": failure_lines(state.meta["failures"] + transport.eval_failures), **transport.extra_results()}
+    extra = {"failures": failure_lines(state.meta["failures"] + list(transport.eval_failures)),
+             "rounds": state.meta["rounds"] + [last], **dp_results(cfg, state.meta), **transport.extra_results()}
     results = build_results(cfg, scored_plan, scores, communication(cfg, global_state, state.meta), timing, extra)
     publish(out_dir, work, cfg, results, lambda folder: transport.write_adapters(folder, global_state))
     return results
 
 
+def dp_results(cfg: RunConfig, meta: dict[str, Any]) -> dict[str, Any]:
+    if cfg.dp.noise_multiplier == 0:
+        return {}
+    eps = meta.get("dp_epsilon", [])
+    return {"dp": {"noise_multiplier": cfg.dp.noise_multiplier, "clip_norm": cfg.dp.clip_norm, "delta": cfg.dp.delta,
+                   "sampling_rate": cfg.fed.client_fraction, "epsilon_per_round": eps, "epsilon": eps[-1] if eps else None,
+                   "accountant": "dp-accounting RDP: Poisson-sampled Gaussian mechanism, composed over rounds",
+                   "protects": "the global adapter and everything computed from it, per client (user-level)"}}
+
+
+def writable(folder: Path) -> None:
+    """Fail before round 1, not after hours of training, when results could not be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text(folder / ".fedoa-write-test", "")
+        (folder / ".fedoa-write-test").unlink()
+    except OSError as e:
+        raise FedoaError(f"cannot write to the output folder: {e.strerror or e}", where=str(folder)) from None
+
+
+class MetricsLog:
+    """``metrics.jsonl`` and the experiment trackers, fed together; ``audit.jsonl`` beside them."""
+
+    def __init__(self, path: Path, tracker: Tracker):
+        self.file, self.tracker = path.open("a", encoding="utf-8"), tracker
+        self.audit_file = (path.parent / "audit.jsonl").open("a", encoding="utf-8")
+
+    def write(self, line: dict[str, Any]) -> None:
+        self.file.write(json.dumps(line) + "\n")
+        self.tracker.log(line)
+
+    def audit(self, line: dict[str, Any]) -> None:
+        self.audit_file.write(json.dumps(line) + "\n")
+
+    def flush(self) -> None:
+        self.file.flush()
+        self.audit_file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+        self.audit_file.close()
+        self.tracker.close()
+
+
+def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def evaluate_round(cfg: RunConfig, algo: Algorithm, transport: Transport, plan: EvalPlan, r: int,
+                   global_state: AdapterState, log: MetricsLog) -> dict[str, Any]:
+    """A cheap look between rounds: personal and global models on the first records of ID and OOD."""
+    kinds = [k for k in eval_kinds(cfg, algo) if k in (PERSONAL, GLOBAL)]
+    scored, scores = transport.evaluate(plan.limited(cfg.eval.round_records), kinds, global_state)
+    entry = round_entry(cfg, r, scored, scores)
+    for line in round_lines(entry):
+        log.write(line)
+    log.flush()
+    return entry
+
+
+def round_entry(cfg: RunConfig, r: int, plan: EvalPlan, scores: Scores) -> dict[str, Any]:
+    """``{round, records, summary, per_client}`` of one evaluation (accuracies in [0, 1], None unknown)."""
+    mats = matrices(scores, "generation" if cfg.eval.metric == "generation" else "options")
+    return clean({"round": r, "records": plan.limit or None,
+                  "summary": {k: summarize(m, plan) for k, m in mats.items()},
+                  "per_client": {k: per_client(m, plan) for k, m in mats.items()}})
+
+
+def round_lines(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The metrics lines of an evaluation: one per model kind and client."""
+    return [{"round": entry["round"], "client": c, "phase": "eval", "kind": kind,
+             **({"records": entry["records"]} if entry["records"] else {}), **row}
+            for kind, rows in entry["per_client"].items() for c, row in rows.items()]
+
+
 def run_round(cfg: RunConfig, algo: Algorithm, transport: Transport, r: int, groups: dict[str, list[str]],
-              global_state: AdapterState, meta: dict[str, Any], log) -> AdapterState:
-    """One round: dispatch, collect, aggregate; the metrics and accounting of the round."""
+              global_state: AdapterState, meta: dict[str, Any], log: MetricsLog) -> AdapterState:
+    """One round: dispatch, collect, validate, aggregate (with DP noise when asked); the metrics,
+    audit and accounting of the round."""
     t0 = time.perf_counter()
     replies = transport.train(r, groups, global_state)
     updates = []
     for trainer in groups:
         reply = replies.get(trainer, Failure("no reply"))
         if isinstance(reply, Failure):
-            meta["failures"].append({"round": r, "client": trainer, "node": reply.node, "phase": "train",
-                                     "reason": reply.reason})
-            transport.log(f"[fedoa] round {r}: client {trainer!r} failed: {reply.reason}")
+            if NON_FINITE in reply.reason:  # a diverged client poisons nothing: the run stops
+                raise RoundError(f"round {r}: client {trainer!r}: {reply.reason}")
+            fail(meta, transport, r, trainer, "train", reply.reason, reply.node)
             continue
         updates.append(reply)
+    declared = {t: sum(transport.examples_of(m) for m in members) for t, members in groups.items()}
+    verdicts = validate(updates, global_state, declared, cfg.trust)
+    for v in verdicts:
+        if not v.accepted:
+            fail(meta, transport, r, v.client, "validation", f"update rejected: {v.reason}")
+    accepted = [u for u, v in zip(updates, verdicts) if v.accepted]
     need = min(cfg.fed.min_clients, len(groups))
-    if len(updates) < need:
+    if len(accepted) < need:
         raise RoundError(
-            f"round {r}: {len(updates)} of {len(groups)} sampled clients sent an update, fewer than "
+            f"round {r}: {len(accepted)} of {len(groups)} sampled clients sent a valid update, fewer than "
             f"fed.min_clients = {cfg.fed.min_clients}; the run stops here and resumes from round {r} when "
             "started again"
         )
-    for u in updates:
+    for u, v in zip(updates, verdicts):
         for ph in u.phases:
-            log.write(metric_line(r, u.client, ph))
+            log.write(phase_line(r, u.client, ph))
         if u.state is not None:  # the change the client made to the global adapter (and what it sent)
             sent = {"bytes": state_bytes(u.state)} if algo.federated else {}
-            log.write(json.dumps({"round": r, "client": u.client, "phase": "update",
-                                  "update_norm": update_norm(u.state, global_state), **sent}) + "\n")
+            log.write({"round": r, "client": u.client, "phase": "update", "update_norm": v.norm,
+                       "accepted": v.accepted, **sent})
     log.flush()
     if algo.federated:
         meta["bytes_up"] += sum(state_bytes(u.state) for u in updates if u.state is not None)
         sent = sum(1 for t in groups if not (isinstance(replies.get(t), Failure) and not replies[t].sent))
         meta["bytes_down"] += state_bytes(global_state) * sent
-    new_state = algo.aggregate(updates, global_state, r)
-    transport.round_done(r, updates)
-    meta["updates_per_round"][str(r)] = [u.client for u in updates]
+    new_state, noise_std = aggregate(cfg, algo, accepted, global_state, r, meta)
+    digest = state_digest(new_state)
+    for v in verdicts:
+        log.audit(audit_line(r, v, cfg.fed.aggregation, noise_std, digest))
+    log.flush()
+    transport.round_done(r, accepted)
+    meta["updates_per_round"][str(r)] = [u.client for u in accepted]
     meta["train_seconds"] += time.perf_counter() - t0
-    transport.log(f"[fedoa] round {r}/{cfg.fed.rounds}: aggregated {len(updates)} update(s) in "
+    transport.log(f"[fedoa] round {r}/{cfg.fed.rounds}: aggregated {len(accepted)} update(s) in "
                   f"{time.perf_counter() - t0:.1f} s")
     return new_state
 
 
-def update_norm(state: AdapterState, reference: AdapterState) -> float:
-    """L2 norm of an uploaded adapter's change from the state the client received."""
-    total = sum(float((state[k].double() - reference[k].double()).pow(2).sum()) for k in state)
-    return total ** 0.5
+def aggregate(cfg: RunConfig, algo: Algorithm, accepted: list[ClientUpdate], global_state: AdapterState, r: int,
+              meta: dict[str, Any]) -> tuple[AdapterState, float]:
+    """The method's aggregation; with DP-FedAvg the changes are clipped first and noise is added."""
+    dp = cfg.dp
+    if dp.noise_multiplier == 0 or not algo.federated:
+        return algo.aggregate(accepted, global_state, r), 0.0
+    clipped = [replace(u, state=clip_change(u.state, global_state, dp.clip_norm)) if u.state is not None else u
+               for u in accepted]
+    uploads = sum(1 for u in clipped if u.state is not None)
+    std = dp.noise_multiplier * dp.clip_norm / max(1, uploads)
+    new_state = add_noise(algo.aggregate(clipped, global_state, r), std, noise_seed(cfg.seed, r))
+    meta.setdefault("dp_epsilon", []).append(
+        epsilon(dp.noise_multiplier, cfg.fed.client_fraction, r, dp.delta))
+    return new_state, std
+
+
+def fail(meta: dict[str, Any], transport: Transport, r: int | str, client: str, phase: str, reason: str,
+         node: int | None = None) -> None:
+    meta["failures"].append({"round": r, "client": client, "node": node, "phase": phase, "reason": reason})
+    transport.log(f"[fedoa] round {r}: client {client!r} failed in {phase}: {reason}")
 
 
 # ---------------------------------------------------------------------------- resume
@@ -236,8 +361,9 @@ class Resume:
             shutil.rmtree(self.work)
         self.work.mkdir(parents=True, exist_ok=True)
         (self.work / "metrics.jsonl").write_text("", encoding="utf-8")
+        (self.work / "audit.jsonl").write_text("", encoding="utf-8")
         meta = {"config": self.cfg.to_dict(), "clients": names, "bytes_up": 0, "bytes_down": 0,
-                "train_seconds": 0.0, "updates_per_round": {}, "failures": []}
+                "train_seconds": 0.0, "updates_per_round": {}, "failures": [], "rounds": []}
         transport.restore({n: algo.init_client(transport.am, n) for n in names}, {})
         return RunState(1, algo.init_global(transport.am), meta)
 
@@ -249,8 +375,13 @@ class Resume:
                 f"{names}: bring the same clients back, or rerun with --fresh", where="clients")
         transport.restore(client_states, meta.pop("transport", {}))
         truncate_metrics(self.work / "metrics.jsonl", done + 1)
+        truncate_metrics(self.work / "audit.jsonl", done + 1)
         transport.log(f"[fedoa] resuming from the checkpoint after round {done}")
         return RunState(done + 1, global_state, meta)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def changed_keys(stored: Any, current: dict[str, Any], prefix: str = "") -> list[str]:
@@ -313,6 +444,13 @@ def publish(out_dir: Path, work: Path, cfg: RunConfig, results: Results,
     write_text(final / "report.md", render_report(results))
     plot_run(results, final / "accuracy.png")
     shutil.copy(work / "metrics.jsonl", final / "metrics.jsonl")
+    if (work / "audit.jsonl").exists():
+        shutil.copy(work / "audit.jsonl", final / "audit.jsonl")
+    write_text(final / "report.html", render_run_html(results, read_metrics(work / "metrics.jsonl")))
+    if (work / "tensorboard").is_dir():
+        shutil.copytree(work / "tensorboard", final / "tensorboard")
+    if (work / "mlruns").is_dir():
+        shutil.copytree(work / "mlruns", final / "mlruns")
     write_adapters(final / "adapters")
     for item in sorted(final.iterdir()):
         dest = out_dir / item.name

@@ -19,6 +19,7 @@ from fedoa.reports.results import Results
 from fedoa.runtime.common import activate_model, model_identity
 from fedoa.runtime.driver import Schedule, Scores, Transport, run_federation
 from fedoa.runtime.session import Session, open_session
+from fedoa.runtime.trust import drill
 
 
 class InProcess(Transport):
@@ -44,11 +45,15 @@ class InProcess(Transport):
         self.rounds = max(schedule, default=0)
         self.bar = tqdm(total=total, desc="training", unit="step", disable=not self.progress, dynamic_ncols=True)
 
+    def examples_of(self, client: str) -> int:
+        return len(self.session.train[client])
+
     def train(self, round_: int, groups: dict[str, list[str]], global_state: AdapterState) -> dict[str, ClientUpdate]:
         out = {}
         for trainer, members in groups.items():
             self.bar.set_postfix_str(f"round {round_}/{self.session.cfg.fed.rounds} {trainer}")
-            out[trainer] = self.algo.client_update(self._context(trainer, members), global_state, round_)
+            update = self.algo.client_update(self._context(trainer, members), global_state, round_)
+            out[trainer] = drill(self.session.cfg.attack, trainer, update, global_state)
         if round_ == self.rounds:
             self.bar.close()
         return out
@@ -70,6 +75,8 @@ class InProcess(Transport):
         def activate(kind: str, client: str) -> str | None:
             return activate_model(self.session.context(client, self.states[client]), self.algo, kind, global_state)
 
+        if not plan.limit:  # the final evaluation: what was cut to fit, per test set
+            self.truncated_test = {s: ps.truncated for s, ps in evaluator.prepared.items() if ps.truncated}
         todo = {(identity(k, c), s): len(evaluator.prepared[s]) for k in kinds for c in plan.clients for s in plan.sets_of(c)}
         with tqdm(total=sum(todo.values()), desc="evaluating", unit="ex", disable=not self.progress,
                   dynamic_ncols=True) as bar:
@@ -80,6 +87,10 @@ class InProcess(Transport):
 
     def restore(self, client_states: dict[str, ClientState], meta: dict[str, Any]) -> None:
         self.states = client_states
+
+    def extra_results(self) -> dict[str, Any]:
+        data = {**self.session.data, "truncated_test": getattr(self, "truncated_test", {})}
+        return {"data": data} if any(data.values()) else {}
 
     def write_adapters(self, folder: Path, global_state: AdapterState) -> None:
         """PEFT-format adapters: ``global/`` and ``personal/<client>/`` (what the method exports)."""

@@ -15,10 +15,20 @@ import torch
 from fedoa.config import TrainConfig
 from fedoa.data.batching import Batch, epoch_batches, iterate_batches
 from fedoa.data.prompts import Encoded
+from fedoa.errors import FedoaError
 from fedoa.model.adapters import AdapterModel
 from fedoa.seeding import derive_seed
 
 Objective = Callable[[AdapterModel, Batch], tuple[torch.Tensor, dict[str, float]]]
+
+#: the words of the error a diverged local update raises (the driver stops the run on it)
+NON_FINITE = "non-finite training loss"
+
+
+class NonFiniteLoss(FedoaError):
+    """The loss became NaN or infinite: nothing trained from here on can be trusted. Exit 1."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -95,6 +105,9 @@ def train_slot(
                 for batch in iterate_batches(examples, step_idx, cfg.micro_batch_size, pad_id):
                     batch = batch.to(am.device)
                     loss, parts = objective(am, batch)
+                    if not torch.isfinite(loss):
+                        raise NonFiniteLoss(f"{NON_FINITE} ({loss.item()}) at step {step + 1} of {seed_text}: "
+                                            "lower train.lr or set train.max_grad_norm; nothing was published")
                     (loss * (batch.size / len(step_idx))).backward()
                     for k, v in parts.items():
                         sums[k] = sums.get(k, 0.0) + v

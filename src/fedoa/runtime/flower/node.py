@@ -9,6 +9,7 @@ restarts continue exactly. ``.../adapters/personal/`` holds the final personal a
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -23,6 +24,7 @@ from fedoa.data.records import ClientData, Record
 from fedoa.data.scenario import node_client, shared_test_sets
 from fedoa.errors import FedoaError
 from fedoa.paths import cache_dir
+from fedoa.runtime.trust import drill
 
 NODE_KEYS = ("client-name", "data-path", "vader-domain", "state-dir", "eval-path")
 # keys Flower itself may put into a node's config (simulation); accepted and ignored
@@ -57,9 +59,7 @@ def node_spec(node_config: Mapping[str, Any]) -> NodeSpec:
     for k in NODE_KEYS:
         if k in node_config and not isinstance(node_config[k], str):
             raise NodeError(f"{k} must be a quoted string, e.g. {k}=\"...\"", where="node-config")
-    client = node_config.get("client-name", "")
-    data_path = node_config.get("data-path", "")
-    vader = node_config.get("vader-domain", "")
+    client, data_path, vader = (node_config.get(k, "") for k in ("client-name", "data-path", "vader-domain"))
     if bool(data_path) == bool(vader):
         raise NodeError("give exactly one of data-path or vader-domain", where="node-config")
     if not client:
@@ -68,13 +68,7 @@ def node_spec(node_config: Mapping[str, Any]) -> NodeSpec:
         client_file_name(client)
     except ValueError as e:
         raise NodeError(str(e), where="node-config client-name") from None
-    return NodeSpec(
-        client=client,
-        data_path=data_path,
-        vader_domain=vader,
-        state_dir=node_config.get("state-dir", ""),
-        eval_path=node_config.get("eval-path") if "eval-path" in node_config else None,
-    )
+    return NodeSpec(client, data_path, vader, node_config.get("state-dir", ""), node_config.get("eval-path"))
 
 
 # ---------------------------------------------------------------------------- data
@@ -82,10 +76,7 @@ def node_spec(node_config: Mapping[str, Any]) -> NodeSpec:
 
 def _pairs(records: list[Record]) -> list[list[str]]:
     """The distinct (task, category) pairs of records, in first-seen order."""
-    seen: dict[tuple[str, str], None] = {}
-    for r in records:
-        seen.setdefault((r.task, r.category), None)
-    return [list(p) for p in seen]
+    return [list(p) for p in dict.fromkeys((r.task, r.category) for r in records)]
 
 
 def describe_set(records: list[Record]) -> dict[str, Any]:
@@ -110,10 +101,8 @@ class StateStore:
     def load(self, round_: int):
         p = self.path(round_)
         if not p.is_file():
-            raise NodeError(
-                f"the state of this client after round {round_} is missing ({p}); was the node's "
-                "state-dir changed or deleted? Start the run afresh to begin from new adapters"
-            )
+            raise NodeError(f"the state of this client after round {round_} is missing ({p}); was the node's "
+                            "state-dir changed or deleted? Start the run afresh to begin from new adapters")
         return load_client_state(p)
 
     def save(self, round_: int, state) -> None:
@@ -186,23 +175,14 @@ class NodeRun:
         session = open_session(self.cfg, clients=[client])
         state = self._client_state(session, store, base)
         ctx = session.context(self.spec.client, state)
-        update = session.algorithm.client_update(ctx, global_state, round_)
+        update = drill(self.cfg.attack, self.spec.client, session.algorithm.client_update(ctx, global_state, round_),
+                       global_state)
         store.save(round_, ctx.state)
         store.prune(base)
         store.write_info({"client": self.spec.client, "last_trained_round": round_, "method": self.cfg.method})
-        phases = [
-            {"phase": p.phase, "steps": p.steps, "examples": p.examples, "seconds": p.seconds, "metrics": p.metrics,
-             "reused": p.reused}
-            for p in update.phases
-        ]
-        reply = {
-            "client": self.spec.client,
-            "round": round_,
-            "num-examples": update.num_examples,
-            "phases": phases,
-            "seconds": time.perf_counter() - start,
-        }
-        return reply, update.state
+        phases = [dataclasses.asdict(p) for p in update.phases]
+        return {"client": self.spec.client, "round": round_, "num-examples": update.num_examples, "phases": phases,
+                "seconds": time.perf_counter() - start}, update.state
 
     # -------------------------------------------------------------- evaluate
 
@@ -218,14 +198,12 @@ class NodeRun:
         client = self.client()
         wanted = {s for _, s in pairs}
         shared = shared_test_sets(self.cfg, self.eval_path) if wanted - {client.name} else {}
-        sets = {}
-        for s in sorted(wanted):
-            if s == client.name:
-                sets[s] = client.test
-            elif s in shared:
-                sets[s] = shared[s]
-            else:
-                raise NodeError(f"test set {s!r} is not readable on node {client.name!r} (eval-path {self.eval_path!r})")
+        readable = {**shared, client.name: client.test}
+        missing = sorted(wanted - set(readable))
+        if missing:
+            raise NodeError(f"test set(s) {missing} not readable on node {client.name!r} (eval-path {self.eval_path!r})")
+        limit = int(values.get("limit", 0)) or None  # a look between rounds: the first records of each set
+        sets = {s: readable[s][:limit] for s in sorted(wanted)}
         plan = EvalPlan(sets=sets, id_set={client.name: client.name}, ood_sets={client.name: [s for s in sets if s != client.name]})
         session = open_session(self.cfg, clients=[client], plan=plan)
         algo, am = session.algorithm, session.am

@@ -35,6 +35,7 @@ class DeploySettings:
     join_timeout: float = 600.0  # seconds to wait for num-nodes clients at the start
     fresh: bool = False  # ignore an unfinished run's checkpoint
     poll_interval: float = 1.0  # seconds between checks for replies
+    node_auth: bool = False  # SuperNodes authenticate (keys): a client name stays bound to its first node
 
     @staticmethod
     def key(name: str) -> str:

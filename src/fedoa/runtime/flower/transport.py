@@ -140,6 +140,7 @@ class FlowerTransport(Transport):
         self.out_dir = confined(st.out_dir)
         self.run_key = run_key(cfg, self.out_dir)
         self.client_rounds: dict[str, int] = {}
+        self.refused: list[dict[str, Any]] = []  # nodes that claimed a client bound to another node
         self.am, _ = build_model(cfg)  # adapter shapes (init) and the global adapter's export
         self.setup_seconds = time.perf_counter() - start
 
@@ -192,6 +193,10 @@ class FlowerTransport(Transport):
             if old is not None and old != n:
                 if expected is None and old not in self.fed.lost:
                     raise DeployError(f"two nodes ({old} and {n}) say they are client {c!r}: client-name must be unique")
+                if self.st.node_auth:  # a node id is its registered key: the name stays with the first one
+                    self.refused.append({"node": n, "client": c, "bound_to": old})
+                    self.log(f"[fedoa] node {n} claims client {c!r}, bound to node {old} (its key): refused")
+                    continue
                 self.log(f"[fedoa] client {c!r} is back on node {n} (was node {old})")
                 self.fed.lost.add(old)
             self.fed.node_of[c] = n
@@ -212,6 +217,9 @@ class FlowerTransport(Transport):
 
     def eval_plan(self) -> EvalPlan:
         return self.plan
+
+    def examples_of(self, client: str) -> int:
+        return self.fed.reports[client]["train"]
 
     # -------------------------------------------------------------- training
 
@@ -235,11 +243,13 @@ class FlowerTransport(Transport):
                     self.fed.lost.add(n)
                 out[c] = rep
                 continue
-            values = wire.values_of(rep)
-            if values.get("client") != c:
-                out[c] = Failure(f"the reply came from client {values.get('client')!r}", node=n)
-                continue
-            out[c] = decode_update(values, wire.state_of(rep))
+            try:
+                values = wire.values_of(rep)
+                if values.get("client") != c:
+                    raise ValueError(f"it came from client {values.get('client')!r}")
+                out[c] = decode_update(values, wire.state_of(rep))
+            except (KeyError, TypeError, ValueError) as e:  # whatever a broken or hostile node sends
+                out[c] = Failure(f"malformed reply: {type(e).__name__}: {e}", node=n)
         return out
 
     def round_done(self, round_: int, updates: list[ClientUpdate]) -> None:
@@ -296,7 +306,8 @@ class FlowerTransport(Transport):
                 n = self.fed.alive(c)
                 client_of[n] = c
                 contents[n] = wire.content({"round": self.cfg.fed.rounds, "state-round": self.client_rounds.get(c, 0),
-                                            "run-key": self.run_key, "pairs": [list(p) for p in pairs]}, global_state)
+                                            "run-key": self.run_key, "pairs": [list(p) for p in pairs],
+                                            "limit": plan.limit}, global_state)
             self.log(f"[fedoa] evaluating on {len(contents)} node(s): "
                      + ", ".join(f"{c} {len(p)} model x set" for c, p in work.items()))
             for n, rep in self.exchange(wire.EVALUATE, contents, "eval", self.st.eval_timeout).items():
@@ -333,7 +344,7 @@ class FlowerTransport(Transport):
             "engine": "flower-deployment",
             "nodes": {c: self.fed.node_of[c] for c in sorted(self.fed.node_of)},
             "clients_not_evaluated": sorted({f["client"] for f in self.eval_failures}),
-            "eval_path": self.st.eval_path,
+            "eval_path": self.st.eval_path, "node_auth": self.st.node_auth, "refused": self.refused,
             "run_key": self.run_key,
         }}
 

@@ -1,0 +1,169 @@
+"""``fedoa eval``: score a finished run's models on any supported data set.
+
+Every client's models (personal, global, mixed where the method has it, zero-shot) meet every
+test set of the data. A test set named like a client is that client's ID set (the run's own data,
+one task per client); every other set is OOD for it.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from fedoa.cli.common import add_quiet_arg, add_run_dir_arg
+
+EXAMPLE = """example:
+  fedoa eval runs/default --data vader                        # the run's own domains, all four
+  fedoa eval runs/flan8 --data ../shared/data/flan8 --set data.test_per_client=200 --out runs/flan8/eval200
+  fedoa eval runs/default --data hf:path/to/saved_dataset --kinds personal,global \\
+      --set 'data.hf_columns={instruction="question", output="answer", options="choices"}'
+"""
+
+
+def data_values(spec: str) -> dict[str, Any]:
+    """``--data`` -> the [data] keys it sets: 'vader', 'hf:NAME_OR_PATH' or a jsonl folder (Flan-8 layout)."""
+    from fedoa.errors import DataError
+
+    if spec in ("vader", "embedded:vader"):
+        return {"source": "vader", "path": "", "tasks": []}
+    if spec.startswith("hf:") and spec[3:]:
+        return {"source": "hf", "path": spec[3:], "tasks": []}
+    folder = Path(spec).expanduser()
+    if not folder.is_dir():
+        raise DataError("not a folder of <category>/<task>_test.jsonl files, 'vader' or 'hf:NAME'", where=spec)
+    return {"source": "jsonl", "path": str(folder.resolve()), "tasks": []}
+
+
+def test_sets(cfg) -> dict[str, list]:
+    """task -> its test records, capped like a client's (``data.test_per_client``, ``split_seed``):
+    on the run's own data these are the run's own test sets. A jsonl folder needs test files only."""
+    from fedoa.data import load_tasks
+    from fedoa.data.partition import cap_records
+    from fedoa.data.scenario import shared_test_sets
+    from fedoa.errors import DataError
+
+    d = cfg.data
+    if d.source == "jsonl":
+        sets = shared_test_sets(cfg, d.path)
+        unknown = sorted(set(d.tasks) - set(sets))
+        if unknown:
+            raise DataError(f"unknown task(s) {unknown}; the folder has {', '.join(sets)}", where="data.tasks")
+        sets = {t: r for t, r in sets.items() if t in d.tasks or not d.tasks}
+    else:
+        sets = {t: cap_records(test, d.test_per_client, d.split_seed, f"{t}:test")
+                for t, (_, test) in load_tasks(d, d.split_seed).items()}
+    sets = {t: r for t, r in sets.items() if r}
+    if not sets:
+        raise DataError("no test records", where=d.path or d.source)
+    return sets
+
+
+def score(run, sets: dict[str, list], kinds: list[str], progress: bool):
+    """kind -> client -> set -> SetScores, through the run's evaluation code."""
+    from tqdm.auto import tqdm
+
+    from fedoa.evaluation.matrix import EvalPlan, Evaluator, evaluate_models
+    from fedoa.runtime.common import model_identity
+
+    am, encoder = run.model
+    first = next(iter(sets))
+    # every client meets every set; the plan's ID entry only has to name one of them
+    plan = EvalPlan(sets, {c: c if c in sets else first for c in run.clients},
+                    {c: [s for s in sets if s != (c if c in sets else first)] for c in run.clients})
+    evaluator = Evaluator(am, encoder, run.cfg.eval, encoder.tokenizer.pad_token_id, encoder.tokenizer.eos_token_id)
+    evaluator.prepare(plan)
+
+    def identity(kind: str, client: str) -> str:
+        return model_identity(run.algorithm, kind, client)
+
+    todo = {(identity(k, c), s): len(r) for k in kinds for c in run.clients for s, r in sets.items()}
+    with tqdm(total=sum(todo.values()), desc="evaluating", unit="ex", disable=not progress, dynamic_ncols=True) as bar:
+        return evaluate_models(evaluator, plan, kinds, identity, run.activate, bar.update)
+
+
+def _mean(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    return sum(xs) / len(xs) if xs else None
+
+
+def summary(matrix: dict[str, dict[str, float]]) -> dict[str, float | None]:
+    """Mean over clients of the ID accuracy (where a set has the client's name) and of the
+    client's mean accuracy on every other set."""
+    ids = [row[c] for c, row in matrix.items() if c in row]
+    oods = [_mean([v for s, v in row.items() if s != c]) for c, row in matrix.items()]
+    return {"id_accuracy": _mean(ids), "ood_accuracy": _mean(oods)}
+
+
+def build_eval(run, spec: str, sets: dict[str, list], scores, seconds: float) -> dict[str, Any]:
+    from fedoa.evaluation.matrix import matrices, records
+    from fedoa.reports.results import clean
+
+    metric = "generation" if run.cfg.eval.metric == "generation" else "options"
+    mats = matrices(scores, metric)
+    out = {
+        "run": str(run.folder), "method": run.cfg.method, "model": run.cfg.model.name,
+        "data": {"spec": spec, **{k: getattr(run.cfg.data, k) for k in ("source", "path", "tasks", "test_per_client",
+                                                                          "split_seed", "template")}},
+        "metric": {"headline": metric}, "clients": run.clients, "kinds": list(scores),
+        "test_sets": {s: len(r) for s, r in sets.items()},
+        "set_categories": {s: ",".join(sorted({r.category or r.task for r in recs})) for s, recs in sets.items()},
+        "id_set": {c: c for c in run.clients if c in sets},
+        "summary": {k: summary(m) for k, m in mats.items()},
+        "matrices": mats, "records": records(scores, metric), "seconds": seconds,
+    }
+    if run.cfg.eval.metric == "both":
+        gen = matrices(scores, "generation")
+        out["generation"] = {"summary": {k: summary(m) for k, m in gen.items()}, "matrices": gen}
+    return clean(out)
+
+
+def render_eval(ev: dict[str, Any]) -> str:
+    from fedoa.reports.markdown import md_table, pct
+
+    sets = list(ev["test_sets"])
+    parts = [f"# fedoa eval: {ev['method']} run `{ev['run']}` on `{ev['data']['spec']}`", "",
+             f"- metric: **{ev['metric']['headline']}**, accuracy in %; ID: the test set named like the client",
+             "- test sets: " + ", ".join(f"{s} ({n})" for s, n in ev["test_sets"].items()), "",
+             "## ID / OOD accuracy", "",
+             md_table(["model", "ID", "OOD"], [[k, pct(s["id_accuracy"]), pct(s["ood_accuracy"])]
+                                               for k, s in ev["summary"].items()]), ""]
+    for kind, matrix in ev["matrices"].items():
+        rows = [[c] + [pct(row.get(s)) for s in sets] for c, row in matrix.items()]
+        parts += [f"## Matrix: {kind}", "", md_table([f"{kind} model of \\ test set"] + sets, rows), ""]
+    return "\n".join(parts)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from fedoa.finished import FinishedRun
+    from fedoa.io import write_json, write_text
+
+    run = FinishedRun.open(args.run_dir, args.set or [], {"data": data_values(args.data)})
+    kinds = args.kinds.split(",") if args.kinds else run.kinds()
+    sets = test_sets(run.cfg)
+    run.check_models(kinds)
+    start = time.perf_counter()
+    ev = build_eval(run, args.data, sets, score(run, sets, kinds, not args.quiet), time.perf_counter() - start)
+    out = Path(args.out) if args.out else run.folder / "eval"
+    write_json(out / "eval.json", ev)
+    write_text(out / "eval.md", render_eval(ev))
+    print(render_eval(ev).split("## Matrix")[0].rstrip())
+    print(f"\nscores in {out}/eval.json, tables in {out}/eval.md")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="score a finished run's models on any supported data set", epilog=EXAMPLE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_dir_arg(p)
+    p.add_argument("--data", required=True, metavar="PATH_OR_SPEC",
+                   help="'vader', 'hf:NAME_OR_PATH' (with the data.hf_* keys) or a folder of "
+                        "<category>/<task>_test.jsonl files (Flan-8 layout)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a key of the run's config, e.g. data.test_per_client=200, eval.metric=both, "
+                        "model.device=cpu (repeatable; the model and LoRA keys are fixed by the adapters)")
+    p.add_argument("--kinds", help="comma-separated models to score (default: every kind the run evaluated)")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/eval)")
+    add_quiet_arg(p)
+    p.set_defaults(func=run_eval)

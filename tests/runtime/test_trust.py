@@ -1,0 +1,146 @@
+"""The server's checks: update validation, robust aggregation, DP-FedAvg, the audit log, and the
+poisoning drill, on crafted updates and on real (tiny) runs."""
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedoa.algorithms.aggregation import change_norm, clip_change, median, trimmed_mean
+from fedoa.algorithms.base import ClientUpdate
+from fedoa.config import TrustConfig
+from fedoa.errors import FedoaError
+from fedoa.model.adapters import state_digest
+from fedoa.runtime.inprocess import run_simulation
+from fedoa.runtime.trust import epsilon, poison, validate
+from tests.support import vader_tiny_config
+
+G = {"a.lora_A.weight": torch.zeros(2, 3), "a.lora_B.weight": torch.zeros(3, 2)}
+
+
+def up(client, delta=0.1, n=8, **changes):
+    state = {k: v + delta for k, v in G.items()}
+    state.update(changes)
+    return ClientUpdate(client, state, n)
+
+
+# ----------------------------------------------------------------------------- crafted updates
+
+
+def test_validation_rejects_each_kind_of_bad_upload_and_says_why():
+    updates = [
+        up("ok1"), up("ok2", 0.12), up("ok3", 0.09),
+        up("names", **{"b.lora_A.weight": torch.zeros(2, 3)}),
+        ClientUpdate("shape", {**G, "a.lora_A.weight": torch.zeros(3, 3)}, 8),
+        ClientUpdate("dtype", {**G, "a.lora_A.weight": torch.zeros(2, 3, dtype=torch.float16)}, 8),
+        up("nan", **{"a.lora_B.weight": torch.full((3, 2), math.nan)}),
+        up("greedy", n=10_000),
+        up("huge", 100.0),
+    ]
+    declared = {u.client: 8 for u in updates}
+    verdicts = {v.client: v for v in validate(updates, G, declared, TrustConfig(norm_factor=10))}
+    assert all(verdicts[c].accepted for c in ("ok1", "ok2", "ok3"))
+    assert "tensor names" in verdicts["names"].reason
+    assert "shape (3, 3)" in verdicts["shape"].reason
+    assert "dtype torch.float16" in verdicts["dtype"].reason
+    assert "non-finite" in verdicts["nan"].reason
+    assert "claims 10000 examples, declared 8" in verdicts["greedy"].reason
+    assert "exceeds trust.norm_factor" in verdicts["huge"].reason
+    assert verdicts["ok1"].norm == pytest.approx(change_norm(updates[0].state, G))
+    assert verdicts["ok1"].digest == state_digest(updates[0].state)
+    absolute = validate([up("x", 0.5)], G, {"x": 8}, TrustConfig(norm_factor=0, max_norm=1.0))[0]
+    assert not absolute.accepted and "trust.max_norm" in absolute.reason
+
+
+def test_robust_rules_by_hand():
+    states = [{"w": torch.tensor([1.0, 10.0])}, {"w": torch.tensor([2.0, -5.0])}, {"w": torch.tensor([3.0, 0.0])},
+              {"w": torch.tensor([400.0, 7.0])}]
+    assert median(states)["w"].tolist() == [2.5, 3.5]
+    assert trimmed_mean(states, 0.25)["w"].tolist() == [2.5, 3.5]  # drops 1 largest and 1 smallest
+    assert trimmed_mean(states, 0.0)["w"].tolist() == pytest.approx([101.5, 3.0])
+    clipped = clip_change({"w": torch.tensor([3.0, 4.0])}, {"w": torch.zeros(2)}, 1.0)
+    assert clipped["w"].tolist() == pytest.approx([0.6, 0.8])
+    assert clip_change({"w": torch.tensor([0.3, 0.4])}, {"w": torch.zeros(2)}, 1.0)["w"].tolist() == pytest.approx([0.3, 0.4])
+
+
+def test_poisons_of_the_drill():
+    state = {k: v + 0.5 for k, v in G.items()}
+    assert all(torch.equal(poison(state, G, "scale", 100.0)[k], v * 100) for k, v in state.items())
+    assert all(torch.equal(poison(state, G, "signflip", 0)[k], -v) for k, v in state.items())
+    assert all(torch.isnan(v).all() for v in poison(state, G, "nan", 0).values())
+
+
+def test_epsilon_is_the_accountants():
+    import dp_accounting as dpa
+    from dp_accounting import rdp
+
+    acc = rdp.RdpAccountant()
+    acc.compose(dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(0.5, dpa.GaussianDpEvent(1.1)), 4))
+    assert epsilon(1.1, 0.5, 4, 1e-5) == pytest.approx(acc.get_epsilon(1e-5))
+    assert epsilon(1.1, 0.5, 5, 1e-5) > epsilon(1.1, 0.5, 4, 1e-5)
+
+
+# ----------------------------------------------------------------------------- real runs
+
+
+def _global(out):
+    return load_file(str(out / "adapters" / "global" / "adapter_model.safetensors"))
+
+
+@pytest.mark.parametrize("kind", ["nan", "scale", "signflip"])
+def test_a_hostile_client_is_rejected_every_round_and_audited(tmp_path, kind):
+    cfg = vader_tiny_config(attack={"kind": kind, "clients": ["nyt"], "factor": 100.0})
+    if kind == "signflip":  # a flipped sign keeps the norm: only a robust rule can tame it
+        cfg.fed.aggregation = "median"
+    results = run_simulation(cfg, tmp_path / "run", progress=False)
+    audit = [json.loads(line) for line in (tmp_path / "run" / "audit.jsonl").read_text().splitlines()]
+    assert len(audit) == 2 * 3 and {a["round"] for a in audit} == {1, 2}
+    nyt = [a for a in audit if a["client"] == "nyt"]
+    if kind == "signflip":
+        assert all(a["accepted"] for a in nyt) and all(a["aggregation"] == "median" for a in audit)
+    else:
+        assert not any(a["accepted"] for a in nyt)
+        assert all(("non-finite" if kind == "nan" else "norm_factor") in a["reason"] for a in nyt)
+        assert len(results.failures) == 2 and "update rejected" in results.failures[0]
+        assert results.communication["updates_per_round"] == {"1": ["movie", "tweets"], "2": ["movie", "tweets"]}
+    assert all(a["update_sha256"] and a["global_sha256"] for a in audit)
+    assert audit[-1]["global_sha256"] == state_digest(_global(tmp_path / "run"))
+    assert all(torch.isfinite(v).all() for v in _global(tmp_path / "run").values())
+
+
+def test_too_few_valid_uploads_stop_the_run(tmp_path):
+    cfg = vader_tiny_config(attack={"kind": "nan", "clients": ["movie", "nyt"]}, fed={"min_clients": 2})
+    with pytest.raises(FedoaError, match="round 1: 1 of 3 sampled clients sent a valid update") as e:
+        run_simulation(cfg, tmp_path / "run", progress=False)
+    assert e.value.exit_code == 1 and not (tmp_path / "run" / "results.json").exists()
+
+
+def test_dp_with_zero_noise_is_the_plain_run_and_with_noise_reports_the_accountants_epsilon(tmp_path):
+    plain = run_simulation(vader_tiny_config(), tmp_path / "plain", progress=False)
+    zero = run_simulation(vader_tiny_config(dp={"noise_multiplier": 0.0, "clip_norm": 0.01}), tmp_path / "zero",
+                          progress=False)
+    a, b = _global(tmp_path / "plain"), _global(tmp_path / "zero")
+    assert all(torch.equal(a[k], b[k]) for k in a) and "dp" not in zero.to_json() and "dp" not in plain.to_json()
+
+    noisy = run_simulation(vader_tiny_config(dp={"noise_multiplier": 1.1, "clip_norm": 0.5}), tmp_path / "dp",
+                           progress=False)
+    c = _global(tmp_path / "dp")
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    dp = noisy.to_json()["dp"]
+    assert dp["epsilon_per_round"] == pytest.approx([epsilon(1.1, 1.0, r, 1e-5) for r in (1, 2)])
+    assert dp["epsilon"] == dp["epsilon_per_round"][-1]
+    audit = [json.loads(line) for line in (tmp_path / "dp" / "audit.jsonl").read_text().splitlines()]
+    assert all(line["dp_noise_std"] == pytest.approx(1.1 * 0.5 / 3) for line in audit)
+    assert "epsilon" in (tmp_path / "dp" / "report.md").read_text()
+
+
+def test_a_non_finite_loss_stops_the_run_and_publishes_nothing(tmp_path):
+    # a float16 base and an absurd learning rate: the first step overflows the next forward pass
+    cfg = vader_tiny_config(train={"lr": 1e30}, model={"dtype": "float16"})
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.json").write_text('{"earlier": true}')
+    with pytest.raises(FedoaError, match="non-finite training loss") as e:
+        run_simulation(cfg, tmp_path / "run", progress=False)
+    assert e.value.exit_code == 1
+    assert json.loads((tmp_path / "run" / "results.json").read_text()) == {"earlier": True}

@@ -1,0 +1,48 @@
+"""``--quiet``: no progress bar on stderr, the libraries' included (real processes)."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from fedoa.paths import cache_dir
+from tests.support.runs import tiny_cli_args
+
+#: what a tqdm bar leaves on a non-terminal stderr: carriage returns, blocks, "42%|", rates
+BAR = re.compile(r"\r|█|\d+%\||\d+(\.\d+)?(it|ex|step)/s|s/(it|ex|step)")
+
+
+def fedoa(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "fedoa.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_quiet_verbs_draw_no_progress_bar(tmp_path):
+    loud = fedoa("run", "--out", str(tmp_path / "loud"), *tiny_cli_args())
+    assert BAR.search(loud.stderr)  # without --quiet the bars are there, and BAR sees them
+    run = str(tmp_path / "run")
+    calls = [
+        ["run", "--out", run, *tiny_cli_args()],
+        ["eval", run, "--data", "vader", "--set", "data.tasks=['movie']", "--out", str(tmp_path / "ev")],
+        ["export", run, "--client", "movie", "--merge", "--out", str(tmp_path / "merged")],
+    ]
+    for argv in calls:
+        err = fedoa(*argv, "--quiet").stderr
+        assert not BAR.search(err), (argv[0], err)
+
+
+@pytest.mark.slow
+def test_quiet_silences_the_gguf_conversion_too(tmp_path):
+    """A fresh cache: the embedded GGUF is de-quantized in this run (transformers' own tqdm bar)."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "data").symlink_to(cache_dir() / "data")  # the VADER files; the model is converted afresh
+    done = fedoa("run", "--out", str(tmp_path / "run"), "--quiet", "--set", "data.tasks=['movie']",
+                 "--set", "data.train_per_client=4", "--set", "data.test_per_client=4", "--set", "fed.rounds=1",
+                 "--set", "fed.personal_start_round=1", "--set", "model.max_length=64", "--set", "eval.zero_shot=false",
+                 env={"FEDOA_CACHE": str(cache), "HF_HUB_OFFLINE": "1"})
+    assert (cache / "models" / "smollm2-135m-instruct" / "model.safetensors").is_file()  # it did convert
+    assert not BAR.search(done.stderr), done.stderr
