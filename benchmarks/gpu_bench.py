@@ -137,7 +137,8 @@ def client_rounds(am: AdapterModel, cfg, device) -> list[dict]:
         return ClientContext("c0", am, data, algo.init_client(am, "c0"), c, 0)
 
     ratios = client_round_ratios(cfg, make, lambda: sync(device))
-    return [{"epochs": e, "fedit_seconds": r["fedit"], "fedoa_seconds": r["fedoa"], "ratio": r["ratio"]}
+    return [{"epochs": e, "fedit_seconds": r["fedit"], "fedoa_seconds": r["fedoa"], "ratio": r["ratio"],
+             "fedoa_global_step_seconds": r["fedoa_gs"], "ratio_global_step": r["ratio_gs"]}
             for e, r in ratios.items()]
 
 
@@ -220,7 +221,8 @@ def markdown(out: dict) -> str:
         f"{out['seconds']:.0f} s",
         "## LoRA step\n\n" + table(out["step"], ["arch", "mode", "batch", "seq", "seconds", "tokens_per_s", "mfu"]),
         "## FedOA / FedIT client round\n\n" + table(out["client_round"],
-                                                     ["arch", "epochs", "fedit_seconds", "fedoa_seconds", "ratio"]),
+                                                     ["arch", "epochs", "fedit_seconds", "fedoa_seconds", "ratio",
+                                                      "fedoa_global_step_seconds", "ratio_global_step"]),
         "## Peak memory by clients\n\n" + table(out["memory"], ["arch", "clients", "memory_kind", "peak_bytes"]),
     ]) + "\n"
 

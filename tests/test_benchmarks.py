@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RATIOS = {
     "mfu_lora_step_seq64", "mfu_lora_step_seq128", "full_head_step_over_fedoa_step_seq128",
     "fedoa_over_fedit_round_1_epoch", "fedoa_over_fedit_round_3_epochs",
+    "fedoa_global_step_over_fedit_round_1_epoch", "fedoa_global_step_over_fedit_round_3_epochs",
     "memory_32_over_2_clients_tiny", "memory_32_over_2_clients_model",
     "bytes_per_client_round_over_base", "bytes_whole_run_over_base",
     "trainer_round_over_fedoa_round", "per_option_over_cached_scoring",

@@ -99,9 +99,13 @@ def noise_seed(run_seed: int, round_: int) -> int:
 
 def epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, delta: float) -> float:
     """(epsilon, delta)-DP of ``rounds`` Gaussian mechanisms on Poisson-sampled clients (RDP accountant)."""
+    import logging
+
     import dp_accounting as dpa
     from dp_accounting import rdp
 
+    # its per-order convergence warnings (orders it drops from the minimum) would print every round
+    logging.getLogger("absl").setLevel(logging.ERROR)
     event = dpa.GaussianDpEvent(noise_multiplier)
     if sampling_rate < 1.0:
         event = dpa.PoissonSampledDpEvent(sampling_rate, event)
