@@ -65,3 +65,15 @@ def test_the_run_writes_a_self_contained_html_report(run):
     out, results, lines = run
     page = (out / "report.html").read_text()
     assert page.count('class="plot"') >= 4 and "http://" not in page and "https://" not in page
+
+
+def test_a_look_between_rounds_scores_only_its_first_records():
+    from fedoa.evaluation.matrix import evaluate_models
+    from fedoa.runtime.session import open_session
+
+    session = open_session(vader_tiny_config())
+    evaluator, plan = session.evaluator(), session.plan.limited(2)
+    scores = evaluate_models(evaluator, plan, ["global"], lambda k, c: "g", lambda k, c: None)
+    sets = {s for c in plan.clients for s in plan.sets_of(c)}
+    assert evaluator.examples == 2 * len(sets)  # each set once (one shared model), 2 records of 6
+    assert all(len(sc.options_hits) == 2 for per_set in scores["global"].values() for sc in per_set.values())

@@ -134,9 +134,10 @@ class Evaluator:
             tuple(tuple(o) for o in ps.options), tuple(ps.answers), tuple(r.output for r in ps.records),
         )
 
-    def score(self, set_name: str, fingerprint: str | None = None) -> SetScores:
-        """Scores of the active model; ``fingerprint`` names the model's content (None: not cached)."""
-        ps = self.prepared[set_name]
+    def score(self, set_name: str, fingerprint: str | None = None, limit: int | None = None) -> SetScores:
+        """Scores of the active model on the set's first ``limit`` records (None: all);
+        ``fingerprint`` names the model's content (None: not cached)."""
+        ps = self.prepared[set_name].head(limit)
         if self.cache is None or fingerprint is None:
             return self._score(ps)
         key = (fingerprint, self._set_key(ps))
@@ -188,9 +189,9 @@ def evaluate_models(
             if todo:
                 fingerprint = activate(kind, client)
                 for s in todo:
-                    done[(ident, s)] = evaluator.score(s, fingerprint)
+                    done[(ident, s)] = evaluator.score(s, fingerprint, plan.limit or None)
                     if progress:
-                        progress(len(evaluator.prepared[s]))
+                        progress(len(evaluator.prepared[s].head(plan.limit or None)))
             out[kind][client] = {s: done[(ident, s)] for s in plan.sets_of(client)}
     return out
 

@@ -35,6 +35,12 @@ class PreparedSet:
     def __len__(self) -> int:
         return len(self.records)
 
+    def head(self, n: int | None) -> "PreparedSet":
+        """The first ``n`` records (all when ``n`` is None or not smaller)."""
+        if n is None or n >= len(self):
+            return self
+        return PreparedSet(self.name, self.records[:n], self.prompts[:n], self.options[:n], self.answers[:n])
+
 
 def prepare_set(encoder: PromptEncoder, name: str, records: list[Record]) -> PreparedSet:
     before = encoder.truncated

@@ -77,7 +77,7 @@ class InProcess(Transport):
 
         if not plan.limit:  # the final evaluation: what was cut to fit, per test set
             self.truncated_test = {s: ps.truncated for s, ps in evaluator.prepared.items() if ps.truncated}
-        todo = {(identity(k, c), s): len(evaluator.prepared[s]) for k in kinds for c in plan.clients for s in plan.sets_of(c)}
+        todo = {(identity(k, c), s): len(evaluator.prepared[s].head(plan.limit or None)) for k in kinds for c in plan.clients for s in plan.sets_of(c)}
         with tqdm(total=sum(todo.values()), desc="evaluating", unit="ex", disable=not self.progress,
                   dynamic_ncols=True) as bar:
             return plan, evaluate_models(evaluator, plan, kinds, identity, activate, bar.update)

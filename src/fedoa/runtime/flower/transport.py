@@ -359,5 +359,5 @@ class Replay:
     def __init__(self, done: dict[tuple[str, str], SetScores]):
         self.done, self.ident, self.prepared = done, "", {}
 
-    def score(self, set_name: str, fingerprint: str | None = None) -> SetScores:
-        return self.done[(self.ident, set_name)]
+    def score(self, set_name: str, fingerprint: str | None = None, limit: int | None = None) -> SetScores:
+        return self.done[(self.ident, set_name)]  # the nodes already scored the limited sets
