@@ -264,6 +264,14 @@ def test_tiny_compare_end_to_end_is_resumable_and_leak_free(tmp_path, capsys):
     assert statuses == ["reused", "reused", "ran", "reused", "reused", "reused"]  # seed-major order
     assert json.loads(paths[("fedoa", 0)].read_text())["matrices"] == results[("fedoa", 0)]["matrices"]
 
+    # --report-only tabulates what finished and names what never ran; it runs and fails nothing
+    report_argv = argv[:2] + [argv[2] + ",local"] + argv[3:] + ["--report-only"]
+    assert main(report_argv) == 0
+    runs = json.loads((out / "compare.json").read_text())["runs"]
+    assert {(r["method"], r["status"]) for r in runs} == {*((m, "finished") for m in METHODS), ("local", "not run")}
+    assert "FAILED" not in capsys.readouterr().out
+    assert not (out / "runs" / "local").exists()
+
 
 def test_leave_category_out_rotates_the_held_out_category(tmp_path):
     from fedoa.compare import run_compare

@@ -278,9 +278,12 @@ def run_compare(
         summary["runs"] = []
         for spec, results in runs:
             entry = {"method": spec.method, "seed": spec.seed, "holdout": spec.holdout or None,
-                     "path": spec.out.relative_to(out_dir).as_posix(), "status": "pending"}
+                     "path": spec.out.relative_to(out_dir).as_posix(),
+                     "status": "finished" if results is not None else "pending"}
             entry.update(status.get(spec.key, {}))
-            if results is None and (final or spec.key in status):
+            if results is None and report_only:
+                entry["status"] = "not run"
+            elif results is None and (final or spec.key in status):
                 entry.setdefault("error", "no results.json")
                 entry["status"] = "failed"
             entry["wall_seconds"] = results.timing.get("wall_seconds") if results else None
