@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The evidence comparison (issue 8) on Flan-8, in stages that each resume where they stopped:
 #   1. within-category, every method, seeds 0 and 1;
-#   2. leave-category-out (every category held out in turn), seed 0, the main rows;
+#   2. leave-category-out, seed 0, the main rows, sentiment held out (HOLDOUT=all rotates the
+#      held-out category over all four: 4x the runs; finished runs are reused either way);
 #   3. within-category, seed 2.
 # Rerun the same command and finished runs (their results.json under benchmarks/evidence/) are not
 # redone, on this machine or another one with the committed results; an interrupted run resumes from
@@ -21,7 +22,10 @@ export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"  # threads sleep instead of
 W0="fedoa.regular_weight=0;fedoa.mixed_eval=false"
 SHIPPED="fedoa.feature=answer;fed.personal_init=global"
 METHODS="fedit,local,ditto,feddpa,fedoa,fedoa-w0=fedoa[$W0],shipped=fedoa[$SHIPPED],shipped-w0=fedoa[$SHIPPED;$W0]"
-LCO_METHODS="${LCO_METHODS:-fedit,local,fedoa,shipped=fedoa[$SHIPPED]}"
+LCO_METHODS="${LCO_METHODS:-fedit,fedoa,shipped=fedoa[$SHIPPED],local}"
+HOLDOUT="${HOLDOUT:-sentiment}"
+HOLDOUT_SET=()
+if [[ "$HOLDOUT" != all ]]; then HOLDOUT_SET=(--set "protocol.holdout=$HOLDOUT"); fi
 
 within() {
   "$FEDOA" compare --config benchmarks/flan8_evidence.toml --methods "$METHODS" --seeds "$1" \
@@ -29,7 +33,7 @@ within() {
 }
 if [[ "$STAGE" == all || "$STAGE" == within ]]; then within 2; fi
 if [[ "$STAGE" == all || "$STAGE" == lco ]]; then
-  "$FEDOA" compare --config benchmarks/flan8_evidence.toml --set protocol.name=leave-category-out \
+  "$FEDOA" compare --config benchmarks/flan8_evidence.toml --set protocol.name=leave-category-out "${HOLDOUT_SET[@]}" \
     --methods "$LCO_METHODS" --seeds 1 --out "$OUT/leave-category-out"
 fi
 if [[ "$STAGE" == all || "$STAGE" == within3 ]]; then within 3; fi
