@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The evidence comparison (issue 8) on Flan-8, in stages that each resume where they stopped:
 #   1. within-category, every method, seeds 0 and 1;
-#   2. leave-category-out, seed 0, the main rows, sentiment held out (HOLDOUT=all rotates the
+#   2. leave-category-out, seed 0, the main rows, paraphrase held out (HOLDOUT=all rotates the
 #      held-out category over all four: 4x the runs; finished runs are reused either way);
 #   3. within-category, seed 2.
 # Rerun the same command and finished runs (their results.json under benchmarks/evidence/) are not
@@ -23,7 +23,7 @@ W0="fedoa.regular_weight=0;fedoa.mixed_eval=false"
 SHIPPED="fedoa.feature=answer;fed.personal_init=global"
 METHODS="fedit,local,ditto,feddpa,fedoa,fedoa-w0=fedoa[$W0],shipped=fedoa[$SHIPPED],shipped-w0=fedoa[$SHIPPED;$W0]"
 LCO_METHODS="${LCO_METHODS:-fedit,fedoa,shipped=fedoa[$SHIPPED],local}"
-HOLDOUT="${HOLDOUT:-sentiment}"
+HOLDOUT="${HOLDOUT:-paraphrase}"
 HOLDOUT_SET=()
 if [[ "$HOLDOUT" != all ]]; then HOLDOUT_SET=(--set "protocol.holdout=$HOLDOUT"); fi
 

@@ -43,6 +43,18 @@ def _logits(model, ids):
         return model(input_ids=ids).logits.float()
 
 
+def test_bfloat16_base_scores_with_a_float32_head():
+    """A bf16 head would round the logits (to steps of 0.125 near 20) and let close options tie."""
+    am, tok = _model(dtype="bfloat16")
+    hidden = torch.randn(3, am.lm_head.weight.shape[1]).to(torch.bfloat16) * 4
+    logits = am.logits(hidden)
+    exact = hidden.double() @ am.lm_head.weight.double().T
+    assert logits.dtype == torch.float32
+    assert (logits.double() - exact).abs().max() < 1e-4
+    rounded = am.lm_head(hidden).double()  # what the bf16 head alone gives
+    assert (rounded - exact).abs().max() > 10 * (logits.double() - exact).abs().max()
+
+
 def test_bfloat16_base_trains_float32_lora_and_stock_peft_reloads_it(tmp_path):
     am, tok = _model(dtype="bfloat16")
     assert am.base.get_input_embeddings().weight.dtype == torch.bfloat16

@@ -167,7 +167,14 @@ class AdapterModel:
         return out.last_hidden_state
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)
+        """The LM head in float32 whatever the base's dtype: in bfloat16 a logit near 20 is
+        rounded to a multiple of 0.125, so close options tie and the first one wins. Only the
+        positions that are scored or carry the loss come here, so the upcast costs little."""
+        head = self.lm_head
+        if type(head) is not torch.nn.Linear or head.weight.dtype == torch.float32:
+            return head(hidden)
+        bias = None if head.bias is None else head.bias.float()
+        return torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)
 
     def forward_with_cache(self, input_ids, attention_mask, position_ids, cache=None):
         """Final hidden states and the KV cache (``cache``: the prompt's, to continue from)."""
