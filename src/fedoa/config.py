@@ -51,7 +51,7 @@ class ModelConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = setting(
         "float32",
         "Dtype of the frozen base model (with `quantization`: the 4-bit compute dtype); LoRA weights, "
-        "optimizer states, averaging and saved adapters stay float32.",
+        "optimizer states, averaging, saved adapters and the LM head's logits stay float32.",
     )
     quantization: Literal["none", "4bit", "8bit"] = setting(
         "none",
