@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_bench.py --out DIR            # one CUDA GPU, under 9 minutes (--budget)
     python benchmarks/gpu_bench.py --tiny --out DIR     # CPU, a tiny architecture, < 1 minute (tested)
+    python benchmarks/gpu_bench.py --profile --out DIR  # also where the embedded architecture's step spends its time
 
 Writes ``DIR/gpu_bench.json`` and ``DIR/gpu_bench.md`` with three tables, measured in one run:
 
@@ -136,7 +137,7 @@ def client_rounds(am: AdapterModel, cfg, device) -> list[dict]:
     def make(algo, c):
         return ClientContext("c0", am, data, algo.init_client(am, "c0"), c, 0)
 
-    ratios = client_round_ratios(cfg, make, lambda: sync(device))
+    ratios = client_round_ratios(cfg, make, lambda: sync(device), warmup_steps=0)
     return [{"epochs": e, "fedit_seconds": r["fedit"], "fedoa_seconds": r["fedoa"], "ratio": r["ratio"],
              "fedoa_global_step_seconds": r["fedoa_gs"], "ratio_global_step": r["ratio_gs"]}
             for e, r in ratios.items()]
@@ -167,7 +168,9 @@ def memory_row(am: AdapterModel, cfg, clients: int, device) -> dict:
     return {"clients": clients, "peak_bytes": peak_memory(device)}
 
 
-def bench_arch(name: str, arch: dict, device, peak: float, sizes: dict, budget: Budget, work: Path, out: dict) -> None:
+def bench_arch(name: str, arch: dict, device, peak: float, sizes: dict, budget: Budget, work: Path, out: dict,
+               save) -> None:
+    """Measure one architecture; ``save()`` after every row, so a run cut short keeps what it measured."""
     folder = work / name
     save_random_model(arch, folder, device)
     have_bnb = importlib_ok("bitsandbytes")
@@ -182,17 +185,44 @@ def bench_arch(name: str, arch: dict, device, peak: float, sizes: dict, budget: 
         am = AdapterModel(base, cfg.lora)
         out["step"].append({"arch": name, "mode": mode,
                             **step_row(am, device, peak, 8, sizes["seq"], sizes["steps"])})
+        save()
         if quant == "none":
             rows = client_rounds(am, cfg, device) if budget.left() else [{"epochs": "-", "skipped": "budget"}]
             out["client_round"] += [{"arch": name, **row} for row in rows]
+            save()
             for clients in sizes["clients"]:
                 skipped = {"clients": clients, "skipped": "budget"}
                 row = memory_row(am, cfg, clients, device) if budget.left() else skipped
                 out["memory"].append({"arch": name, "memory_kind": memory_kind(device), **row})
+                save()
         del am, base
         if device.type == "cuda":
             torch.cuda.empty_cache()
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def profile_step(arch: dict, device, work: Path, steps: int = 4) -> str:
+    """torch.profiler tables of ``steps`` LoRA steps (batch 8 x 128 tokens, bf16 base): where the
+    time goes, host (Python, dispatch, launches) against the device's kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    folder = work / "profiled"
+    save_random_model(arch, folder, device)
+    cfg = run_config(folder, device, "none", 128)
+    am = AdapterModel(load_base(cfg.model)[0], cfg.lora)
+    train_cfg = TrainConfig(batch_size=8, micro_batch_size=8, lr=1e-4)
+    examples = random_examples(am.base.config.vocab_size, 8 * (steps + 2), 128)
+    am.set(GLOBAL, am.fresh_state(0))
+    train_slot(am, GLOBAL, examples[:16], train_cfg, task_objective, "warm-up", 0)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        train_slot(am, GLOBAL, examples[16:], train_cfg, task_objective, "profiled", 0)
+        sync(device)
+    device_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages()
+    return (f"# {steps} LoRA steps, batch 8 x 128 tokens, bf16 base, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}\n\n"
+            f"## by total host time\n\n{table.table(sort_by='cpu_time_total', row_limit=25)}\n"
+            f"## by device time\n\n{table.table(sort_by=device_key, row_limit=15)}\n")
 
 
 def importlib_ok(module: str) -> bool:
@@ -232,6 +262,8 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="folder for gpu_bench.json and gpu_bench.md")
     ap.add_argument("--tiny", action="store_true", help="CPU, a tiny architecture, tiny sizes (< 1 minute)")
     ap.add_argument("--budget", type=float, default=480.0, help="no section starts after this many seconds")
+    ap.add_argument("--profile", action="store_true",
+                    help="also write gpu_bench_profile.txt: torch.profiler tables of the first architecture's step")
     args = ap.parse_args()
     import warnings
 
@@ -252,19 +284,25 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     out: dict = {"device": name, "step": [], "client_round": [], "memory": []}
     out["bf16_peak_flop_per_s"] = bf16_peak(device, peak_n, 50 if device.type == "cuda" else 3)
-    work = Path(tempfile.mkdtemp(prefix="fedoa-gpu-bench-"))
-    try:
-        for arch_name, arch in archs.items():
-            bench_arch(arch_name, arch, device, out["bf16_peak_flop_per_s"], sizes, budget, work, out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    out["seconds"] = time.perf_counter() - start
     from fedoa.io import write_json, write_text
 
     folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "gpu_bench.json", out)
-    write_text(folder / "gpu_bench.md", markdown(out))
+
+    def save() -> None:
+        out["seconds"] = time.perf_counter() - start
+        write_json(folder / "gpu_bench.json", out)
+        write_text(folder / "gpu_bench.md", markdown(out))
+
+    work = Path(tempfile.mkdtemp(prefix="fedoa-gpu-bench-"))
+    try:
+        for arch_name, arch in archs.items():
+            bench_arch(arch_name, arch, device, out["bf16_peak_flop_per_s"], sizes, budget, work, out, save)
+        if args.profile:
+            write_text(folder / "gpu_bench_profile.txt", profile_step(next(iter(archs.values())), device, work))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    save()
     print(markdown(out))
 
 

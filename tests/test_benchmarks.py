@@ -42,7 +42,7 @@ def test_bench_tiny_reports_every_ratio_finite(tmp_path):
 
 @pytest.mark.slow
 def test_gpu_bench_tiny_writes_its_three_tables_on_cpu(tmp_path):
-    _run("gpu_bench.py", "--out", str(tmp_path))
+    _run("gpu_bench.py", "--out", str(tmp_path), "--profile")
     out = json.loads((tmp_path / "gpu_bench.json").read_text())
     assert out["device"] == "cpu" and out["bf16_peak_flop_per_s"] > 0
     modes = {row["mode"]: row for row in out["step"]}
@@ -54,3 +54,5 @@ def test_gpu_bench_tiny_writes_its_three_tables_on_cpu(tmp_path):
     assert [r["clients"] for r in out["memory"]] == [2, 8] and all(r["peak_bytes"] > 0 for r in out["memory"])
     md = (tmp_path / "gpu_bench.md").read_text()
     assert all(h in md for h in ("## LoRA step", "## FedOA / FedIT client round", "## Peak memory by clients"))
+    profile = (tmp_path / "gpu_bench_profile.txt").read_text()
+    assert "## by total host time" in profile and "aten::mm" in profile  # the step's matmuls were recorded
