@@ -186,16 +186,18 @@ def client_update_seconds(cfg, method: str, epochs: int, make_context, sync=lamb
     return time.perf_counter() - t
 
 
-def client_round_ratios(cfg, make_context, sync=lambda: None, warmup_steps: int = 1) -> dict:
+def client_round_ratios(cfg, make_context, sync=lambda: None, warmup_steps: int = 1, repeats: int = 1) -> dict:
     """FedOA client update / FedIT client update on the same data, model and settings, at 1 and 3
     local epochs, after an untimed FedOA and FedIT update of ``warmup_steps`` steps (0: a whole
     epoch; a GPU meets every padded length's kernels for the first time there), so first-call
-    costs land on neither."""
+    costs land on neither. Each update is timed ``repeats`` times and the fastest kept (noise only
+    ever adds time; a GPU's updates last seconds, so one timing scatters)."""
     for method in ("fedoa", "fedit"):
         client_update_seconds(cfg, method, 1, make_context, sync, max_steps=warmup_steps)
     out = {}
     for epochs in (1, 3):
-        row = {m: client_update_seconds(cfg, m, epochs, make_context, sync) for m in ("fedit", "fedoa", "fedoa_gs")}
+        row = {m: min(client_update_seconds(cfg, m, epochs, make_context, sync) for _ in range(repeats))
+               for m in ("fedit", "fedoa", "fedoa_gs")}
         out[epochs] = {**row, "ratio": row["fedoa"] / row["fedit"], "ratio_gs": row["fedoa_gs"] / row["fedit"]}
     return out
 

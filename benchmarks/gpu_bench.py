@@ -13,7 +13,8 @@ Writes ``DIR/gpu_bench.json`` and ``DIR/gpu_bench.md`` with three tables, measur
   initialization (speed does not depend on the weights), with the base in bf16 and, when
   bitsandbytes is installed, 4-bit NF4 (``model.quantization = "4bit"``, bf16 compute);
 - ``client_round``: FedOA client round / FedIT client round (``fedoa.algorithms``, the default
-  preset's settings: 64 records of 40-126 tokens, batch 8), 1 and 3 local epochs;
+  preset's settings: 64 records of 40-126 tokens, batch 8), 1 and 3 local epochs, after a whole
+  warm-up epoch of each, fastest of 3 timings;
 - ``memory``: peak GPU memory (``torch.cuda.max_memory_allocated``) of a FedOA round over 2, 8
   and 32 clients (8 records each) on one resident model; on CPU (--tiny) the process's peak RSS.
 
@@ -137,7 +138,7 @@ def client_rounds(am: AdapterModel, cfg, device) -> list[dict]:
     def make(algo, c):
         return ClientContext("c0", am, data, algo.init_client(am, "c0"), c, 0)
 
-    ratios = client_round_ratios(cfg, make, lambda: sync(device), warmup_steps=0)
+    ratios = client_round_ratios(cfg, make, lambda: sync(device), warmup_steps=0, repeats=3)
     return [{"epochs": e, "fedit_seconds": r["fedit"], "fedoa_seconds": r["fedoa"], "ratio": r["ratio"],
              "fedoa_global_step_seconds": r["fedoa_gs"], "ratio_global_step": r["ratio_gs"]}
             for e, r in ratios.items()]
