@@ -108,11 +108,22 @@ def run_config(folder: Path, device: torch.device, quantization: str, seq: int):
     ])
 
 
+def adapter_model(folder: Path, device, quantization: str):
+    """The saved random model through fedoa's own loading, with its LoRA adapters; and its config."""
+    cfg = run_config(folder, device, quantization, 128)
+    return AdapterModel(load_base(cfg.model)[0], cfg.lora), cfg
+
+
+def warm_global(am: AdapterModel, warmup: list, cfg: TrainConfig) -> None:
+    """A fresh global adapter, trained once untimed (first-call costs)."""
+    am.set(GLOBAL, am.fresh_state(0))
+    train_slot(am, GLOBAL, warmup, cfg, task_objective, "warm-up", 0)
+
+
 def step_row(am: AdapterModel, device, peak: float, batch: int, seq: int, steps: int) -> dict:
     examples = random_examples(am.base.config.vocab_size, batch * (steps + 1), seq)
     cfg = TrainConfig(batch_size=batch, micro_batch_size=batch, lr=1e-4)
-    am.set(GLOBAL, am.fresh_state(0))
-    train_slot(am, GLOBAL, examples[:batch], cfg, task_objective, "warm-up", 0)
+    warm_global(am, examples[:batch], cfg)
     sync(device)
     t = time.perf_counter()
     r = train_slot(am, GLOBAL, examples[batch:], cfg, task_objective, "bench", 0)
@@ -181,9 +192,7 @@ def bench_arch(name: str, arch: dict, device, peak: float, sizes: dict, budget: 
             why = "budget" if not budget.left() else "bitsandbytes not installed"
             out["step"].append({"arch": name, "mode": mode, "skipped": why})
             continue
-        cfg = run_config(folder, device, quant, 128)
-        base, _ = load_base(cfg.model)
-        am = AdapterModel(base, cfg.lora)
+        am, cfg = adapter_model(folder, device, quant)
         out["step"].append({"arch": name, "mode": mode,
                             **step_row(am, device, peak, 8, sizes["seq"], sizes["steps"])})
         save()
@@ -196,32 +205,30 @@ def bench_arch(name: str, arch: dict, device, peak: float, sizes: dict, budget: 
                 row = memory_row(am, cfg, clients, device) if budget.left() else skipped
                 out["memory"].append({"arch": name, "memory_kind": memory_kind(device), **row})
                 save()
-        del am, base
+        del am
         if device.type == "cuda":
             torch.cuda.empty_cache()
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def profile_step(arch: dict, device, work: Path, steps: int = 4) -> str:
+def profile_step(arch: dict, device, device_name: str, work: Path, steps: int = 4) -> str:
     """torch.profiler tables of ``steps`` LoRA steps (batch 8 x 128 tokens, bf16 base): where the
     time goes, host (Python, dispatch, launches) against the device's kernels."""
     from torch.profiler import ProfilerActivity, profile
 
     folder = work / "profiled"
     save_random_model(arch, folder, device)
-    cfg = run_config(folder, device, "none", 128)
-    am = AdapterModel(load_base(cfg.model)[0], cfg.lora)
+    am, _ = adapter_model(folder, device, "none")
     train_cfg = TrainConfig(batch_size=8, micro_batch_size=8, lr=1e-4)
     examples = random_examples(am.base.config.vocab_size, 8 * (steps + 2), 128)
-    am.set(GLOBAL, am.fresh_state(0))
-    train_slot(am, GLOBAL, examples[:16], train_cfg, task_objective, "warm-up", 0)
+    warm_global(am, examples[:16], train_cfg)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         train_slot(am, GLOBAL, examples[16:], train_cfg, task_objective, "profiled", 0)
         sync(device)
     device_key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     table = prof.key_averages()
-    return (f"# {steps} LoRA steps, batch 8 x 128 tokens, bf16 base, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}\n\n"
+    return (f"# {steps} LoRA steps, batch 8 x 128 tokens, bf16 base, {device_name}\n\n"
             f"## by total host time\n\n{table.table(sort_by='cpu_time_total', row_limit=25)}\n"
             f"## by device time\n\n{table.table(sort_by=device_key, row_limit=15)}\n")
 
@@ -300,7 +307,7 @@ def main() -> None:
         for arch_name, arch in archs.items():
             bench_arch(arch_name, arch, device, out["bf16_peak_flop_per_s"], sizes, budget, work, out, save)
         if args.profile:
-            write_text(folder / "gpu_bench_profile.txt", profile_step(next(iter(archs.values())), device, work))
+            write_text(folder / "gpu_bench_profile.txt", profile_step(next(iter(archs.values())), device, name, work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     save()
