@@ -33,7 +33,7 @@ test: $(STAMP) chromium
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
-# every figure a ratio measured side by side in one run (~10 min on 2 cores): table + benchmarks/bench.json
+# every figure a ratio measured side by side in one run (~20 min on 2 cores): table + benchmarks/bench.json
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
 
