@@ -15,7 +15,7 @@ from fedoa.config import load_config
 from fedoa.errors import ConfigError
 from fedoa.reports.compare import render_compare
 from fedoa.reports.results import Results
-from fedoa.statistics import aggregate
+from fedoa.statistics import aggregate, compare_rows
 from tests.support.tiny import tiny_model_dir
 
 FLAN8 = Path(os.environ.get("FEDOA_FLAN8", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flan8"))
@@ -136,6 +136,23 @@ def test_aggregation_combines_held_out_rotations():
     # ID of category A: mean over the rotations in which A was a client (holdout B and C)
     assert summary["table"]["id"]["m"]["global"]["A"]["values"] == pytest.approx([0.8, 0.9])
     assert summary["groups"] == ["ood", "id"]
+
+    # seed 1 without its C rotation (pending): no average for that seed rather than one over fewer categories
+    partial = aggregate(runs[:-1], ["m"], [0, 1])["table"]["ood"]["m"]["global"]
+    assert partial["average"]["values"] == pytest.approx([0.5]) and partial["C"]["values"] == pytest.approx([0.7])
+    only_a = aggregate([r for r in runs if r[2] == "A"], ["m"], [0, 1])["table"]["ood"]["m"]["global"]
+    assert only_a["average"]["values"] == pytest.approx([0.3, 0.4])  # A is all the group has
+
+
+def test_paired_average_needs_every_category_on_both_rows():
+    # {seed: {group: {category: {observation: outcome}}}}: row b lacks category B (a pending rotation)
+    a = {0: {"ood": {"A": {("x", i): i % 2 for i in range(20)}, "B": {("y", i): 1 for i in range(20)}}}}
+    b = {0: {"ood": {"A": {("x", i): 0 for i in range(20)}}}}
+    cells = compare_rows(a, b, "ood", ["A", "B"])
+    assert set(cells) == {"A"} and cells["A"]["difference"] == pytest.approx(0.5)
+    b[0]["ood"]["B"] = {("y", i): 0 for i in range(20)}
+    cells = compare_rows(a, b, "ood", ["A", "B"])
+    assert cells["average"]["difference"] == pytest.approx((0.5 + 1.0) / 2)
 
 
 def test_one_seed_has_no_std():

@@ -158,7 +158,9 @@ def aggregate(
     """The comparison table from finished runs ``(method, seed, holdout, results)``.
 
     Per method, kind, group and seed: per category, the mean over the seed's runs (rotations)
-    that have that category; the seed's average is the mean of its categories. Then mean and
+    that have that category; the seed's average is the mean of its categories, taken only when
+    the seed covers every category the group has (an average over fewer categories, e.g. while
+    held-out rotations are pending, would not compare with the other rows). Then mean and
     sample standard deviation over seeds. The zero-shot model is the same in every run; its row
     pools all runs.
     """
@@ -179,6 +181,11 @@ def aggregate(
     order = ["ood"] + [g for g in group_names if g.startswith("ood_")] + ["id"]
     group_names = [g for g in order if g in group_names]
 
+    group_categories = {
+        g: {c for by_seed in per_seed.values() for rs in by_seed.values() for r in rs for c in r.get(g, {})}
+        for g in group_names
+    }
+
     def cell_stats(by_seed: dict[int, list[dict]], group: str) -> dict[str, dict[str, Any]]:
         seed_values: dict[str, list[float]] = {c: [] for c in categories + [AVERAGE]}
         for seed in sorted(by_seed):
@@ -189,7 +196,7 @@ def aggregate(
                 if v is not None:
                     cat_vals[c] = v
                     seed_values[c].append(v)
-            if cat_vals:
+            if cat_vals and group_categories[group] <= cat_vals.keys():
                 seed_values[AVERAGE].append(pystats.fmean(cat_vals.values()))
         return {c: seed_stats(v) for c, v in seed_values.items()}
 
@@ -289,7 +296,8 @@ def _aligned(a: dict[int, dict], b: dict[int, dict], group: str, cat: str) -> tu
 
 
 def compare_rows(a: dict[int, dict], b: dict[int, dict], group: str, categories: list[str]) -> dict[str, Any]:
-    """Paired difference a - b per category and on the category average (each category weighs the same)."""
+    """Paired difference a - b per category and on the category average (each category weighs the same;
+    only when both rows have every one of ``categories``, as in :func:`aggregate`)."""
     out: dict[str, Any] = {}
     parts = []
     for cat in categories:
@@ -298,7 +306,7 @@ def compare_rows(a: dict[int, dict], b: dict[int, dict], group: str, categories:
             continue
         out[cat] = paired_difference(*pair)
         parts.append(pair)
-    if parts:
+    if parts and len(parts) == len(categories):
         xa = np.concatenate([p[0] for p in parts], axis=1)
         xb = np.concatenate([p[1] for p in parts], axis=1)
         w = np.concatenate([np.full(p[0].shape[1], 1.0 / p[0].shape[1]) for p in parts])
@@ -320,13 +328,17 @@ def paired_table(
     for r in rows:
         if not any(rows[d] == rows[r] for d in distinct):
             distinct.append(r)
+    group_categories = {  # the categories each group has in any row, in the order of ``categories``
+        g: [c for c in categories if any(c in side.get(g, {}) for row in rows.values() for side in row.values())]
+        for g in groups
+    }
     out = []
     for f in [r for r in rows if r[0] in focus and r[1] in (kinds.PERSONAL, kinds.MIXED)]:
         for other in distinct:
             if other == f:
                 continue
             for group in groups:
-                cells = compare_rows(rows[f], rows[other], group, categories)
+                cells = compare_rows(rows[f], rows[other], group, group_categories[group])
                 if cells:
                     out.append({"a": list(f), "b": list(other), "group": group, "cells": cells})
     return out

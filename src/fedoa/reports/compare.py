@@ -63,7 +63,8 @@ def render_compare(summary: dict[str, Any]) -> str:
         f"- metric: **{metric.get('headline', '?')}** ({metric.get('description', '')}); accuracy in %, "
         f"mean ± sample standard deviation over {len(seeds)} seed(s) ({', '.join(map(str, seeds))})",
         "- per category: mean over the (client model, test set) pairs whose test set belongs to the category; "
-        "average: mean over the categories. '—': the method has no such model (or no run finished).",
+        "average: mean over the categories, '—' while a row lacks one of them (a pending run). '—': the method has "
+        "no such model (or no run finished).",
     ]
     if all(k in cfg for k in ("model", "lora", "data", "fed", "train")):
         lines.append(
@@ -191,7 +192,7 @@ def paired_lines(summary: dict[str, Any]) -> list[str]:
         "## Paired differences (accuracy points, 95% interval)",
         "",
         "Each cell: A's accuracy minus B's on the same test records (per category; average: each category "
-        "weighs the same), with a 95% paired bootstrap interval over test records that keeps each record's "
+        "weighs the same, only where both rows have every category), with a 95% paired bootstrap interval over test records that keeps each record's "
         "outcomes under every seed together (scipy.stats.bootstrap); **✓**: the interval excludes 0, so the "
         "difference is distinguishable from zero; otherwise it is within noise.",
         "",
