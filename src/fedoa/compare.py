@@ -274,7 +274,7 @@ def run_compare(
         summary = aggregate(done, labels, seeds)
         summary["focus"] = focus_labels(methods, focus)
         if final:  # the bootstrap takes a while: once at the end (or with --report-only)
-            summary["paired"] = paired_table(done, summary["focus"], summary["categories"], summary["groups"])
+            summary["paired"] = paired_table(done, summary["focus"], summary["group_categories"])
         summary["runs"] = []
         for spec, results in runs:
             entry = {"method": spec.method, "seed": spec.seed, "holdout": spec.holdout or None,

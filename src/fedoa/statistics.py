@@ -181,8 +181,9 @@ def aggregate(
     order = ["ood"] + [g for g in group_names if g.startswith("ood_")] + ["id"]
     group_names = [g for g in order if g in group_names]
 
-    group_categories = {
-        g: {c for by_seed in per_seed.values() for rs in by_seed.values() for r in rs for c in r.get(g, {})}
+    group_categories = {  # the categories each group has in any row, in the order of ``categories``
+        g: [c for c in categories
+            if any(c in r.get(g, {}) for by_seed in per_seed.values() for rs in by_seed.values() for r in rs)]
         for g in group_names
     }
 
@@ -196,7 +197,7 @@ def aggregate(
                 if v is not None:
                     cat_vals[c] = v
                     seed_values[c].append(v)
-            if cat_vals and group_categories[group] <= cat_vals.keys():
+            if cat_vals and len(cat_vals) == len(group_categories[group]):
                 seed_values[AVERAGE].append(pystats.fmean(cat_vals.values()))
         return {c: seed_stats(v) for c, v in seed_values.items()}
 
@@ -224,6 +225,7 @@ def aggregate(
         "seeds": seeds,
         "categories": categories,
         "groups": group_names,
+        "group_categories": group_categories,
         "group_labels": {g: group_label(g, protocol.get("name", "")) for g in group_names},
         "table": table,
         "config": first.config if first else None,
@@ -316,9 +318,10 @@ def compare_rows(a: dict[int, dict], b: dict[int, dict], group: str, categories:
 
 
 def paired_table(
-    runs: list[tuple[str, int, str, Results]], focus: list[str], categories: list[str], groups: list[str]
+    runs: list[tuple[str, int, str, Results]], focus: list[str], group_categories: dict[str, list[str]]
 ) -> list[dict[str, Any]]:
-    """Every focus row (its personal and mixed models) against every other row, per group.
+    """Every focus row (its personal and mixed models) against every other row, per group
+    (``group_categories``: each group's categories, as :func:`aggregate` found them).
 
     A row whose outcomes repeat an earlier row's exactly (the global adapter that FedIT and every
     two-adapter method share) is compared once, under the first row's name.
@@ -328,17 +331,13 @@ def paired_table(
     for r in rows:
         if not any(rows[d] == rows[r] for d in distinct):
             distinct.append(r)
-    group_categories = {  # the categories each group has in any row, in the order of ``categories``
-        g: [c for c in categories if any(c in side.get(g, {}) for row in rows.values() for side in row.values())]
-        for g in groups
-    }
     out = []
     for f in [r for r in rows if r[0] in focus and r[1] in (kinds.PERSONAL, kinds.MIXED)]:
         for other in distinct:
             if other == f:
                 continue
-            for group in groups:
-                cells = compare_rows(rows[f], rows[other], group, group_categories[group])
+            for group, categories in group_categories.items():
+                cells = compare_rows(rows[f], rows[other], group, categories)
                 if cells:
                     out.append({"a": list(f), "b": list(other), "group": group, "cells": cells})
     return out

@@ -192,8 +192,8 @@ def paired_lines(summary: dict[str, Any]) -> list[str]:
         "## Paired differences (accuracy points, 95% interval)",
         "",
         "Each cell: A's accuracy minus B's on the same test records (per category; average: each category "
-        "weighs the same, only where both rows have every category), with a 95% paired bootstrap interval over test records that keeps each record's "
-        "outcomes under every seed together (scipy.stats.bootstrap); **✓**: the interval excludes 0, so the "
+        "weighs the same, only where both rows have every category), with a 95% paired bootstrap interval "
+        "over test records that keeps each record's outcomes under every seed together (scipy.stats.bootstrap); **✓**: the interval excludes 0, so the "
         "difference is distinguishable from zero; otherwise it is within noise.",
         "",
     ]
