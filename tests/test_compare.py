@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from fedoa.cli import main
-from fedoa.compare import parse_methods, parse_seeds, read_results
+from fedoa.compare.runner import parse_methods, parse_seeds, read_results
 from fedoa.config import load_config
 from fedoa.errors import ConfigError
-from fedoa.reports.compare import render_compare
+from fedoa.compare.render import render_compare
 from fedoa.reports.results import Results
-from fedoa.statistics import aggregate, compare_rows
+from fedoa.compare.stats import aggregate, compare_rows
 from tests.support.tiny import tiny_model_dir
 
 FLAN8 = Path(os.environ.get("FEDOA_FLAN8", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flan8"))
@@ -291,7 +291,7 @@ def test_tiny_compare_end_to_end_is_resumable_and_leak_free(tmp_path, capsys):
 
 
 def test_leave_category_out_rotates_the_held_out_category(tmp_path):
-    from fedoa.compare import run_compare
+    from fedoa.compare.runner import run_compare
 
     assert FLAN8.is_dir(), f"Flan-8 benchmark not found at {FLAN8} (set FEDOA_FLAN8)"
     config = tmp_path / "tiny.toml"
@@ -313,7 +313,7 @@ def test_leave_category_out_rotates_the_held_out_category(tmp_path):
 
 
 def test_method_variants_parse_and_configure():
-    from fedoa.compare import parse_methods, run_folder_name, variant_config
+    from fedoa.compare.runner import parse_methods, run_folder_name, variant_config
     from fedoa.config import RunConfig
 
     labels = parse_methods("fedit,fedoa[fedoa.feature=answer;fedoa.regular_weight=1],ditto")

@@ -12,7 +12,7 @@ from fedoa.config import (
     parse_override,
 )
 from fedoa.errors import ConfigError
-from fedoa.registry import SETTINGS, load_methods
+from fedoa.registry import SETTINGS
 
 
 def test_default_config_loads_and_round_trips(tmp_path):
@@ -33,7 +33,6 @@ def test_the_default_preset_only_overrides_code_defaults():
 
 
 def test_every_method_registers_its_settings_beside_its_code():
-    load_methods()
     cfg = RunConfig()
     assert set(SETTINGS) == {"fedoa", "fedsdr", "fedprox", "ditto", "pfedme", "feddpa"}
     for name, cls in SETTINGS.items():

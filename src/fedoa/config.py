@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.fields import FieldInfo
 
 from fedoa.errors import ConfigError
-from fedoa.registry import ALGORITHMS, SETTINGS, load_methods
+from fedoa.registry import ALGORITHMS, SETTINGS
 
 
 class Section(BaseModel):
@@ -270,7 +270,6 @@ class RunConfig(BaseModel):
     def _method_sections(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        load_methods()
         data = dict(data)
         for key in data:
             if key not in cls.model_fields and key not in SETTINGS:

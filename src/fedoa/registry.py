@@ -1,9 +1,10 @@
 """Method name -> (algorithm class, settings class), filled by each method module as it is imported.
 
 A method registers its algorithm and its settings together (as PEFT registers a tuner's config
-and model), so adding a method touches one module. This module imports nothing from fedoa:
-``config`` looks settings up here by name at load time, without importing the algorithms
-(which import ``config``).
+and model). This module imports nothing from fedoa, and nothing here imports the methods:
+``config`` looks settings up by name at load time, and the table of method modules in
+:mod:`fedoa.algorithms` is imported once by the package itself (``fedoa/__init__.py``), so the
+registry is full before any config is built and no module imports upward.
 """
 from __future__ import annotations
 
@@ -26,8 +27,3 @@ def register(settings: type | None = None) -> Callable[[type], type]:
         return cls
 
     return add
-
-
-def load_methods() -> None:
-    """Import every method module (each registers itself)."""
-    import fedoa.algorithms  # noqa: F401

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fedoa.reports.findings import compare_findings, run_findings
-from fedoa.reports.html import render_compare_html, render_run_html, write_html
+from fedoa.compare.render import compare_findings, render_compare_html
+from fedoa.reports.findings import run_findings
+from fedoa.reports.html import render_run_html, write_html
 from fedoa.reports.results import Results
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -124,8 +124,7 @@ class FedOA(PersonalThenGlobal):
 
     def client_update(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> ClientUpdate:
         c = self.settings
-        if (type(self) is not FedOA or c.target_features != "global_step" or c.regular_weight == 0
-                or round_ < self.cfg.fed.personal_start_round):
+        if c.target_features != "global_step" or c.regular_weight == 0 or round_ < self.cfg.fed.personal_start_round:
             return super().client_update(ctx, global_state, round_)
         # The global step first; its forward passes leave h_G(x) of every example (no extra pass).
         target = torch.zeros(len(ctx.train), ctx.am.base.config.hidden_size, device=ctx.am.device)

@@ -36,7 +36,8 @@ from typing import Literal
 import torch
 
 from fedoa.algorithms.base import ClientContext
-from fedoa.algorithms.fedoa import FEATURE_HELP, FedOA
+from fedoa.algorithms.fedoa import FEATURE_HELP
+from fedoa.algorithms.personalized import PersonalThenGlobal
 from fedoa.config import Section, setting
 from fedoa.data.batching import Batch
 from fedoa.model.adapters import GLOBAL, AdapterModel, AdapterState
@@ -76,7 +77,7 @@ def sdr_regularized(target: torch.Tensor, weight: float, kind: str) -> Objective
 
 
 @register(FedSDRSettings)
-class FedSDR(FedOA):
+class FedSDR(PersonalThenGlobal):
     name = "fedsdr"
     evaluated = ("personal", "global")
 

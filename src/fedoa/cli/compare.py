@@ -15,8 +15,8 @@ EXAMPLE = """example:
 
 
 def compare(args: argparse.Namespace) -> int:
-    from fedoa.compare import parse_methods, parse_seeds, run_compare
-    from fedoa.reports.compare import print_compare
+    from fedoa.compare.runner import parse_methods, parse_seeds, run_compare
+    from fedoa.compare.render import print_compare
 
     methods = parse_methods(args.methods)  # unknown names exit 2 before anything runs
     cfg = load(args)

@@ -5,9 +5,8 @@ import sys
 
 
 def methods(args) -> int:
-    from fedoa.registry import ALGORITHMS, SETTINGS, load_methods
+    from fedoa.registry import ALGORITHMS, SETTINGS
 
-    load_methods()
     for name, cls in sorted(ALGORITHMS.items()):
         doc = (sys.modules[cls.__module__].__doc__ or cls.__doc__ or "").strip().splitlines()
         section = f"[{name}]" if name in SETTINGS else ""

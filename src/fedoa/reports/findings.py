@@ -1,4 +1,4 @@
-"""Plain-words findings generated from the numbers of a run or a comparison.
+"""Plain-words findings generated from the numbers of a run.
 
 Each function returns a sentence (or None when the data to say it is missing), so the HTML and
 any other report can list only what the numbers support.
@@ -9,9 +9,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from fedoa import kinds
-from fedoa.reports.compare import cell, row_label
 from fedoa.reports.markdown import pct
-from fedoa.statistics import AVERAGE
 
 if TYPE_CHECKING:
     from fedoa.reports.results import Results
@@ -131,60 +129,4 @@ def run_findings(results: Results, metrics: list[dict]) -> list[str]:
     found += loss_trend(metrics)
     if results.failures:
         found.append(f"{len(results.failures)} failure(s) were recorded; see Failures below.")
-    return [f for f in found if f]
-
-
-# ---------------------------------------------------------------- comparison
-
-def paired_by_focus(summary: dict[str, Any], group: str) -> dict[tuple[str, str], list[dict]]:
-    out: dict[tuple[str, str], list[dict]] = {}
-    for p in summary.get("paired") or []:
-        if p["group"] == group and p["cells"].get(AVERAGE):
-            out.setdefault(tuple(p["a"]), []).append(p)
-    return out
-
-
-def best_average(summary: dict[str, Any], group: str) -> str | None:
-    rows = [(row_label([m, k]), st[AVERAGE]) for m, per_kind in summary["table"][group].items()
-            for k, st in per_kind.items() if st and known(st.get(AVERAGE, {}).get("mean"))]
-    if not rows:
-        return None
-    top = max(st["mean"] for _, st in rows)
-    best = [f"{name} ({cell(st)})" for name, st in rows if same(st["mean"], top)]
-    return f"{group.upper()}: highest average: {', '.join(best)}."
-
-
-def distinct_pairs(summary: dict[str, Any], group: str) -> list[dict]:
-    """A-vs-B and B-vs-A are one comparison: the first one listed speaks for both."""
-    seen, out = set(), []
-    for p in (p for items in paired_by_focus(summary, group).values() for p in items):
-        key = frozenset((tuple(p["a"]), tuple(p["b"])))
-        if key not in seen:
-            seen.add(key)
-            out.append(p)
-    return out
-
-
-def difference_words(p: dict) -> str:
-    d = p["cells"][AVERAGE]
-    way = "ahead of" if d["difference"] > 0 else "behind"
-    return (f"{row_label(p['a'])} is {way} {row_label(p['b'])} by {points(d['difference'])} points "
-            f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]")
-
-
-def paired_sentence(summary: dict[str, Any], group: str) -> str | None:
-    pairs = distinct_pairs(summary, group)
-    clear = [p for p in pairs if p["cells"][AVERAGE]["distinguishable"]]
-    if not pairs:
-        return None
-    if not clear:
-        return (f"{group.upper()}: none of the {len(pairs)} paired differences on the average is "
-                "distinguishable from zero (every 95% interval contains 0).")
-    return (f"{group.upper()}: {len(clear)} of {len(pairs)} paired differences on the average are distinguishable "
-            "from zero: " + "; ".join(map(difference_words, clear)) + "; the others are within noise.")
-
-
-def compare_findings(summary: dict[str, Any]) -> list[str]:
-    """Per group: the best average row, then which average differences are distinguishable from zero."""
-    found = [f(summary, g) for g in summary["groups"] for f in (best_average, paired_sentence)]
     return [f for f in found if f]

@@ -18,17 +18,9 @@ from matplotlib.ticker import MaxNLocator
 
 from fedoa import kinds
 from fedoa.io import write_text
-from fedoa.reports.compare import KIND_LABELS, present_kinds, row_label, table_rows
-from fedoa.reports.findings import (
-    compare_findings,
-    known,
-    mean_by_round,
-    paired_by_focus,
-    run_findings,
-)
+from fedoa.reports.findings import known, mean_by_round, run_findings
 from fedoa.reports.markdown import summary_header, summary_rows
 from fedoa.reports.plots import plt  # selects the file-only Agg backend
-from fedoa.statistics import AVERAGE
 
 if TYPE_CHECKING:
     from fedoa.reports.results import Results
@@ -227,82 +219,3 @@ def render_run_html(results: Results, metrics: list[dict]) -> str:
              *[matrix_heatmap(results, k) for k in results.matrices], "</div>"]
     body += run_tables(results)
     return page(f"fedoa run: {results.method}", body)
-
-
-# ---------------------------------------------------------------- comparison
-
-def bars_by_category(summary: dict[str, Any], group: str) -> str:
-    cols = summary["categories"] + [AVERAGE]
-    hatches = {kinds.GLOBAL: "//", kinds.MIXED: ".."}  # one color per method, one hatch per kind
-    series = [(f"{m} ({KIND_LABELS[k]})", summary["table"][group][m][k], f"C{i % 10}", hatches.get(k, ""))
-              for i, m in enumerate(summary["methods"]) for k in present_kinds(summary, m)]
-    zero = summary["table"][group].get("zero_shot", {}).get("zero_shot")
-    if zero:
-        series.append(("zero-shot", zero, "0.6", ""))
-    width = 0.8 / max(1, len(series))
-    fig, ax = plt.subplots(figsize=(12, 4))
-    for i, (label, stats, color, hatch) in enumerate(series):
-        get = lambda c, f: (stats or {}).get(c, {}).get(f)  # noqa: E731
-        means = [100 * get(c, "mean") if known(get(c, "mean")) else math.nan for c in cols]
-        errs = [100 * get(c, "std") if known(get(c, "std")) else 0.0 for c in cols]
-        ax.bar([x + i * width for x in range(len(cols))], means, width, yerr=errs, label=label, color=color,
-               hatch=hatch, edgecolor="white", linewidth=0.3, capsize=2)
-    ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(cols))], cols, fontsize=8)
-    ax.set_ylim(0, 100)
-    ax.set_ylabel("accuracy %")
-    ax.legend(fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.1))
-    ax.set_title(f"{summary['group_labels'].get(group, group)}: mean ± std over seeds", fontsize=9)
-    return figure_html(fig, f"Accuracy per category, {group.upper()}: bars are means, whiskers one std over seeds")
-
-
-def forest_plot(summary: dict[str, Any], group: str) -> str | None:
-    focus = paired_by_focus(summary, group)
-    if not focus:
-        return None
-    cols = min(2, len(focus))
-    nrows = math.ceil(len(focus) / cols)
-    tallest = max(len(v) for v in focus.values())
-    fig, axes = plt.subplots(nrows, cols, figsize=(6.5 * cols, 0.6 + 0.25 * tallest * nrows + 0.5 * nrows),
-                             squeeze=False, sharex=True)  # one scale: panels compare at a glance
-    for ax, (a, items) in zip(axes.flat, focus.items()):
-        for y, p in enumerate(items):
-            d = p["cells"][AVERAGE]
-            color = "C3" if d["distinguishable"] else "0.5"
-            ax.errorbar(100 * d["difference"], y, xerr=[[100 * (d["difference"] - d["low"])],
-                        [100 * (d["high"] - d["difference"])]], fmt="o", color=color, capsize=2, ms=4)
-        ax.axvline(0, color="k", lw=0.8)
-        ax.set_yticks(range(len(items)), [row_label(p["b"]) for p in items], fontsize=7)
-        ax.invert_yaxis()
-        ax.set_title(f"A = {row_label(list(a))}", fontsize=9)
-        ax.set_xlabel("A − B, accuracy points (average)", fontsize=8)
-    for ax in axes.flat[len(focus):]:
-        ax.axis("off")
-    return figure_html(fig, f"Paired differences on the average, {group.upper()}: point and 95% interval per B row; "
-                            "red where the interval excludes zero")
-
-
-def render_compare_html(summary: dict[str, Any]) -> str:
-    cfg = summary.get("config") or {}
-    head = [("methods", ", ".join(summary["methods"])), ("seeds", ", ".join(map(str, summary["seeds"]))),
-            ("protocol", f"{summary['protocol'].get('name', '?')}: {summary['protocol'].get('description', '')}"),
-            ("metric", str(summary["metric"].get("headline", "?"))),
-            ("model", str(cfg.get("model", {}).get("name", "?"))),
-            ("wall time", f"{summary.get('wall_seconds') or 0:.1f} s")]
-    if summary.get("complete") is False:
-        head.append(("status", "incomplete: some runs are still pending"))
-    body = [f"<h1>fedoa compare: {escape(', '.join(summary['methods']))}</h1>", header_list(head),
-            "<h2>What the comparison shows</h2>", bullet_list(compare_findings(summary), "findings")]
-    cols = ["method", "model"] + summary["categories"] + [AVERAGE]
-    for group in summary["groups"]:
-        body += [f"<h2>{escape(summary['group_labels'].get(group, group))} (accuracy %, mean ± std)</h2>",
-                 html_table(cols, table_rows(summary, group)), bars_by_category(summary, group)]
-    forests = [(g, forest_plot(summary, g)) for g in summary["groups"]]
-    if any(f for _, f in forests):
-        body.append("<h2>Paired differences (average column, 95% interval)</h2>")
-        body += [f for _, f in forests if f]
-    runs = summary.get("runs") or []
-    if runs:
-        rows = [[r["path"], r.get("status", ""), "" if r.get("wall_seconds") is None else f"{r['wall_seconds']:.1f}"]
-                for r in runs]
-        body += ["<h2>Runs</h2>", html_table(["run", "status", "wall s"], rows)]
-    return page("fedoa compare", body)

@@ -17,8 +17,8 @@ Work done once for the whole comparison:
   two-adapter method are the same computation on the same inputs) runs once: the step memo in
   ``DIR/.memo`` (:class:`fedoa.runtime.memo.DiskMemo`), which also survives restarts.
 
-The table and the paired differences are computed by :mod:`fedoa.statistics` and rendered by
-:mod:`fedoa.reports.compare`.
+The table and the paired differences are computed by :mod:`fedoa.compare.stats` and rendered by
+:mod:`fedoa.compare.render`.
 """
 from __future__ import annotations
 
@@ -33,9 +33,10 @@ from typing import Any
 from fedoa.config import RunConfig, config_to_toml
 from fedoa.errors import ConfigError, FedoaError
 from fedoa.io import write_text
-from fedoa.reports.compare import pct, write_outputs
+from fedoa.compare.render import write_outputs
+from fedoa.compare.stats import aggregate, paired_table
 from fedoa.reports.results import Results
-from fedoa.statistics import aggregate, paired_table
+from fedoa.reports.markdown import pct
 
 # ----------------------------------------------------------------------------- the runs
 

@@ -1,21 +1,25 @@
-"""Rendering of a comparison: ``compare.md``, ``compare.png``, the terminal table.
+"""Rendering of a comparison: ``compare.md``, ``compare.html``, ``compare.png``, the terminal
+table and the findings in words.
 
-Reads the summary that :mod:`fedoa.compare` builds with :mod:`fedoa.statistics`.
+Reads the summary that :mod:`fedoa.compare.runner` builds with :mod:`fedoa.compare.stats`; uses the
+run reports' building blocks (Markdown tables, the HTML page, plots) from :mod:`fedoa.reports`.
 """
 from __future__ import annotations
 
 import math
+from html import escape
 from pathlib import Path
 from typing import Any
 
 from fedoa import kinds
-from fedoa.statistics import AVERAGE, METHOD_KINDS
+from fedoa.compare.stats import AVERAGE, METHOD_KINDS
+from fedoa.io import write_json, write_text
+from fedoa.reports.findings import known, points, same
+from fedoa.reports.html import bullet_list, figure_html, header_list, html_table, page
+from fedoa.reports.markdown import md_table, pct
+from fedoa.reports.plots import plt, save_figure  # plots selects the file-only Agg backend
 
 KIND_LABELS = {**kinds.LABELS, kinds.MIXED: "mixed (P+G per input)", kinds.ZERO_SHOT: "base model"}
-
-
-def pct(x: float | None) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
 
 def cell(st: dict[str, Any] | None) -> str:
@@ -45,8 +49,6 @@ def table_rows(summary: dict[str, Any], group: str) -> list[list[str]]:
 
 
 def render_compare(summary: dict[str, Any]) -> str:
-    from fedoa.reports.markdown import md_table
-
     cfg = summary.get("config") or {}
     protocol, metric = summary["protocol"], summary["metric"]
     seeds = summary["seeds"]
@@ -96,11 +98,6 @@ def render_compare(summary: dict[str, Any]) -> str:
 
 
 def plot_compare(summary: dict[str, Any], path: Path) -> Path:
-    from fedoa.reports.plots import (  # plots selects the file-only Agg backend
-        plt,
-        save_figure,
-    )
-
     groups = summary["groups"]
     cols = summary["categories"] + [AVERAGE]
     cmap = plt.get_cmap("tab10")
@@ -133,9 +130,6 @@ def plot_compare(summary: dict[str, Any], path: Path) -> Path:
 
 
 def write_outputs(summary: dict[str, Any], out_dir: Path, plot: bool = True) -> None:
-    from fedoa.io import write_json, write_text
-    from fedoa.reports.html import render_compare_html
-
     write_json(out_dir / "compare.json", summary)
     write_text(out_dir / "compare.md", render_compare(summary))
     if plot:  # the page with its plots, once the comparison is complete (or re-tabulated)
@@ -182,8 +176,6 @@ def row_label(row: list[str]) -> str:
 
 def paired_lines(summary: dict[str, Any]) -> list[str]:
     """One table per (focus row, group): its difference to every other row, per category."""
-    from fedoa.reports.markdown import md_table
-
     paired = summary.get("paired") or []
     if not paired:
         return []
@@ -218,3 +210,138 @@ def paired_lines(summary: dict[str, Any]) -> list[str]:
         if words:
             lines += [f"On the average, {row_label(list(a))} is " + "; ".join(words) + ".", ""]
     return lines
+
+
+# ---------------------------------------------------------------- findings in words
+
+def paired_by_focus(summary: dict[str, Any], group: str) -> dict[tuple[str, str], list[dict]]:
+    out: dict[tuple[str, str], list[dict]] = {}
+    for p in summary.get("paired") or []:
+        if p["group"] == group and p["cells"].get(AVERAGE):
+            out.setdefault(tuple(p["a"]), []).append(p)
+    return out
+
+
+def best_average(summary: dict[str, Any], group: str) -> str | None:
+    rows = [(row_label([m, k]), st[AVERAGE]) for m, per_kind in summary["table"][group].items()
+            for k, st in per_kind.items() if st and known(st.get(AVERAGE, {}).get("mean"))]
+    if not rows:
+        return None
+    top = max(st["mean"] for _, st in rows)
+    best = [f"{name} ({cell(st)})" for name, st in rows if same(st["mean"], top)]
+    return f"{group.upper()}: highest average: {', '.join(best)}."
+
+
+def distinct_pairs(summary: dict[str, Any], group: str) -> list[dict]:
+    """A-vs-B and B-vs-A are one comparison: the first one listed speaks for both."""
+    seen, out = set(), []
+    for p in (p for items in paired_by_focus(summary, group).values() for p in items):
+        key = frozenset((tuple(p["a"]), tuple(p["b"])))
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def difference_words(p: dict) -> str:
+    d = p["cells"][AVERAGE]
+    way = "ahead of" if d["difference"] > 0 else "behind"
+    return (f"{row_label(p['a'])} is {way} {row_label(p['b'])} by {points(d['difference'])} points "
+            f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]")
+
+
+def paired_sentence(summary: dict[str, Any], group: str) -> str | None:
+    pairs = distinct_pairs(summary, group)
+    clear = [p for p in pairs if p["cells"][AVERAGE]["distinguishable"]]
+    if not pairs:
+        return None
+    if not clear:
+        return (f"{group.upper()}: none of the {len(pairs)} paired differences on the average is "
+                "distinguishable from zero (every 95% interval contains 0).")
+    return (f"{group.upper()}: {len(clear)} of {len(pairs)} paired differences on the average are distinguishable "
+            "from zero: " + "; ".join(map(difference_words, clear)) + "; the others are within noise.")
+
+
+def compare_findings(summary: dict[str, Any]) -> list[str]:
+    """Per group: the best average row, then which average differences are distinguishable from zero."""
+    found = [f(summary, g) for g in summary["groups"] for f in (best_average, paired_sentence)]
+    return [f for f in found if f]
+
+
+# ---------------------------------------------------------------- the HTML page
+
+def bars_by_category(summary: dict[str, Any], group: str) -> str:
+    cols = summary["categories"] + [AVERAGE]
+    hatches = {kinds.GLOBAL: "//", kinds.MIXED: ".."}  # one color per method, one hatch per kind
+    series = [(f"{m} ({KIND_LABELS[k]})", summary["table"][group][m][k], f"C{i % 10}", hatches.get(k, ""))
+              for i, m in enumerate(summary["methods"]) for k in present_kinds(summary, m)]
+    zero = summary["table"][group].get("zero_shot", {}).get("zero_shot")
+    if zero:
+        series.append(("zero-shot", zero, "0.6", ""))
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(12, 4))
+    for i, (label, stats, color, hatch) in enumerate(series):
+        get = lambda c, f: (stats or {}).get(c, {}).get(f)  # noqa: E731
+        means = [100 * get(c, "mean") if known(get(c, "mean")) else math.nan for c in cols]
+        errs = [100 * get(c, "std") if known(get(c, "std")) else 0.0 for c in cols]
+        ax.bar([x + i * width for x in range(len(cols))], means, width, yerr=errs, label=label, color=color,
+               hatch=hatch, edgecolor="white", linewidth=0.3, capsize=2)
+    ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(cols))], cols, fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("accuracy %")
+    ax.legend(fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    ax.set_title(f"{summary['group_labels'].get(group, group)}: mean ± std over seeds", fontsize=9)
+    return figure_html(fig, f"Accuracy per category, {group.upper()}: bars are means, whiskers one std over seeds")
+
+
+def forest_plot(summary: dict[str, Any], group: str) -> str | None:
+    focus = paired_by_focus(summary, group)
+    if not focus:
+        return None
+    cols = min(2, len(focus))
+    nrows = math.ceil(len(focus) / cols)
+    tallest = max(len(v) for v in focus.values())
+    fig, axes = plt.subplots(nrows, cols, figsize=(6.5 * cols, 0.6 + 0.25 * tallest * nrows + 0.5 * nrows),
+                             squeeze=False, sharex=True)  # one scale: panels compare at a glance
+    for ax, (a, items) in zip(axes.flat, focus.items()):
+        for y, p in enumerate(items):
+            d = p["cells"][AVERAGE]
+            color = "C3" if d["distinguishable"] else "0.5"
+            ax.errorbar(100 * d["difference"], y, xerr=[[100 * (d["difference"] - d["low"])],
+                        [100 * (d["high"] - d["difference"])]], fmt="o", color=color, capsize=2, ms=4)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(range(len(items)), [row_label(p["b"]) for p in items], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(f"A = {row_label(list(a))}", fontsize=9)
+        ax.set_xlabel("A − B, accuracy points (average)", fontsize=8)
+    for ax in axes.flat[len(focus):]:
+        ax.axis("off")
+    return figure_html(fig, f"Paired differences on the average, {group.upper()}: point and 95% interval per B row; "
+                            "red where the interval excludes zero")
+
+
+def render_compare_html(summary: dict[str, Any]) -> str:
+    cfg = summary.get("config") or {}
+    head = [("methods", ", ".join(summary["methods"])), ("seeds", ", ".join(map(str, summary["seeds"]))),
+            ("protocol", f"{summary['protocol'].get('name', '?')}: {summary['protocol'].get('description', '')}"),
+            ("metric", str(summary["metric"].get("headline", "?"))),
+            ("model", str(cfg.get("model", {}).get("name", "?"))),
+            ("wall time", f"{summary.get('wall_seconds') or 0:.1f} s")]
+    if summary.get("complete") is False:
+        head.append(("status", "incomplete: some runs are still pending"))
+    body = [f"<h1>fedoa compare: {escape(', '.join(summary['methods']))}</h1>", header_list(head),
+            "<h2>What the comparison shows</h2>", bullet_list(compare_findings(summary), "findings")]
+    cols = ["method", "model"] + summary["categories"] + [AVERAGE]
+    for group in summary["groups"]:
+        body += [f"<h2>{escape(summary['group_labels'].get(group, group))} (accuracy %, mean ± std)</h2>",
+                 html_table(cols, table_rows(summary, group)), bars_by_category(summary, group)]
+    forests = [(g, forest_plot(summary, g)) for g in summary["groups"]]
+    if any(f for _, f in forests):
+        body.append("<h2>Paired differences (average column, 95% interval)</h2>")
+        body += [f for _, f in forests if f]
+    runs = summary.get("runs") or []
+    if runs:
+        rows = [[r["path"], r.get("status", ""), "" if r.get("wall_seconds") is None else f"{r['wall_seconds']:.1f}"]
+                for r in runs]
+        body += ["<h2>Runs</h2>", html_table(["run", "status", "wall s"], rows)]
+    return page("fedoa compare", body)
