@@ -3,11 +3,11 @@ import tomllib
 import pytest
 
 from fedoa.cli import main
+from fedoa.cli.config import annotated_toml, describe_keys
 from fedoa.config import (
     RunConfig,
     config_to_toml,
     default_config_path,
-    describe_keys,
     load_config,
     parse_override,
 )
@@ -18,9 +18,9 @@ from fedoa.registry import SETTINGS
 def test_default_config_loads_and_round_trips(tmp_path):
     cfg = load_config(default_config_path())
     assert cfg.method == "fedoa" and cfg.data.source == "vader"
-    for help_ in (True, False):
+    for render in (annotated_toml, config_to_toml):
         path = tmp_path / "c.toml"
-        path.write_text(config_to_toml(cfg, help=help_))
+        path.write_text(render(cfg))
         assert load_config(path) == cfg
 
 

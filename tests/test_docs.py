@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from fedoa.cli import main
-from fedoa.config import config_reference
+from fedoa.cli.config import config_reference
 from fedoa.registry import ALGORITHMS, SETTINGS
 from fedoa.runtime.inprocess import run_simulation
 from tests.support import vader_tiny_config

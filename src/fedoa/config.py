@@ -13,11 +13,10 @@ from __future__ import annotations
 import math
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic.fields import FieldInfo
 
 from fedoa.errors import ConfigError
 from fedoa.registry import ALGORITHMS, SETTINGS
@@ -314,8 +313,7 @@ class RunConfig(BaseModel):
         return getattr(self, method) if method in SETTINGS else None
 
     def to_dict(self) -> dict[str, Any]:
-        top = {k: getattr(self, k) for k in COMMON if not isinstance(getattr(self, k), BaseModel)}
-        return {**top, **{k: s.model_dump() for k, s in self.sections().items()}}
+        return {**top_level(self), **{k: s.model_dump() for k, s in self.sections().items()}}
 
     def clone(self) -> "RunConfig":
         """A deep copy, validated again (cross-section checks included)."""
@@ -410,7 +408,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
 # --------------------------------------------------------------------------- writing
 
 
-def _toml_value(v: Any) -> str:
+def toml_value(v: Any) -> str:
     if isinstance(v, dict):  # an inline table keeps the key inside its section
         return "{ " + ", ".join(tomli_w.dumps({k: x}).strip() for k, x in v.items()) + " }" if v else "{}"
     if isinstance(v, float) and math.isnan(v):
@@ -418,108 +416,14 @@ def _toml_value(v: Any) -> str:
     return tomli_w.dumps({"v": v}).split("=", 1)[1].strip()
 
 
-def config_to_toml(cfg: RunConfig, help: bool = False) -> str:
-    """The resolved config as TOML (``fedoa run --config resolved.toml`` repeats the run); with
-    ``help``, every key preceded by its help text as a comment."""
-    lines: list[str] = []
-
-    def emit(model: BaseModel, values: dict[str, Any]) -> None:
-        for key, value in values.items():
-            if help:
-                desc = type(model).model_fields[key].description or ""
-                lines.extend(f"# {line}" for line in _wrap(desc))
-            lines.append(f"{key} = {_toml_value(value)}")
-
-    emit(cfg, {k: getattr(cfg, k) for k in COMMON if not isinstance(getattr(cfg, k), BaseModel)})
+def config_to_toml(cfg: RunConfig) -> str:
+    """The resolved config as TOML (``fedoa run --config resolved.toml`` repeats the run)."""
+    lines = [f"{k} = {toml_value(v)}" for k, v in top_level(cfg).items()]
     for name, section in cfg.sections().items():
-        lines.append("")
-        if help and section.__doc__:
-            lines.extend(f"# {line}" for line in _wrap(section.__doc__.strip().splitlines()[0]))
-        lines.append(f"[{name}]")
-        emit(section, section.model_dump())
+        lines += ["", f"[{name}]", *(f"{k} = {toml_value(v)}" for k, v in section.model_dump().items())]
     return "\n".join(lines) + "\n"
 
 
-def _wrap(text: str, width: int = 98) -> list[str]:
-    import textwrap
-
-    return textwrap.wrap(text, width) or [""]
-
-
-def type_name(annotation: Any) -> str:
-    """``int``, ``list[str]``, ``"a" | "b"`` (a Literal's choices): how a key's type reads in help."""
-    if get_origin(annotation) is Literal:
-        return " | ".join(_toml_value(a) for a in get_args(annotation))
-    if isinstance(annotation, type) and not get_args(annotation):
-        return annotation.__name__
-    return str(annotation).replace("typing.", "")
-
-
-_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("min_length", "length >="))
-
-
-def constraints(field: FieldInfo) -> str:
-    """A field's checks in words: ``>= 1, < 1``, a pattern."""
-    out = []
-    for item in field.metadata:
-        out += [f"{sign} {getattr(item, attr)}" for attr, sign in _BOUNDS if getattr(item, attr, None) is not None]
-        if getattr(item, "pattern", None):
-            out.append(f"matches `{item.pattern}`")
-    return ", ".join(out)
-
-
-def describe_keys(cfg: RunConfig) -> list[tuple[str, str, Any, Any, str]]:
-    """``(key, type, code default, value in cfg, help)`` for every key."""
-    out = []
-    for name, section in cfg.sections().items():
-        default = type(section)()
-        for key, field in type(section).model_fields.items():
-            out.append((f"{name}.{key}", type_name(field.annotation), getattr(default, key), getattr(section, key),
-                        field.description or ""))
-    for key in ("method", "seed"):
-        field = RunConfig.model_fields[key]
-        out.insert(0 if key == "method" else 1, (key, type_name(field.annotation), field.default, getattr(cfg, key),
-                                                  field.description or ""))
-    return out
-
-
-REFERENCE_HEAD = """# Configuration reference
-
-<!-- Generated from the settings classes by `fedoa config --reference > docs/configuration.md`;
-     tests/test_docs.py checks that this file is current. Edit the help texts in the code. -->
-
-Every key of a run, its type, code default and help. Set keys in a TOML file (`fedoa run --config
-FILE`, one `[section]` per table below) or with `--set section.key=value` (values are TOML; bare
-words are strings). `fedoa config` prints the resolved config with these help texts. Where the
-embedded default preset (`src/fedoa/configs/default.toml`, used when no `--config` is given)
-overrides a code default, its value follows the default.
-"""
-
-
-def config_reference() -> str:
-    """Markdown: one table per section with every key's type, default, checks and help."""
-    code, preset = RunConfig(), load_config(default_config_path())
-
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|").replace("\n", " ")
-
-    def toml(v: Any) -> str:  # one line, as in a `--set` or an inline TOML value
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]" if isinstance(v, list) else _toml_value(v)
-
-    def row(key: str, field: FieldInfo, default: Any, preset_value: Any) -> str:
-        value = f"`{toml(default)}`"
-        if preset_value != default:
-            value += f" (preset `{toml(preset_value)}`)"
-        checks = constraints(field)
-        return "| " + " | ".join([f"`{key}`", cell(f"`{type_name(field.annotation)}`"), cell(value),
-                                  cell((field.description or "") + (f" ({checks})" if checks else ""))]) + " |"
-
-    head = ["| key | type | default | help |", "|---|---|---|---|"]
-    parts = [REFERENCE_HEAD, "## Top level", "", *head]
-    parts += [row(k, RunConfig.model_fields[k], getattr(code, k), getattr(preset, k)) for k in ("method", "seed")]
-    for name, section in code.sections().items():
-        doc = (type(section).__doc__ or "").strip().splitlines()[0]
-        parts += ["", f"## [{name}]", "", doc, "", *head]
-        parts += [row(k, f, getattr(section, k), getattr(preset.sections()[name], k))
-                  for k, f in type(section).model_fields.items()]
-    return "\n".join(parts) + "\n"
+def top_level(cfg: RunConfig) -> dict[str, Any]:
+    """The keys outside any section (``method``, ``seed``)."""
+    return {k: getattr(cfg, k) for k in COMMON if not isinstance(getattr(cfg, k), BaseModel)}
