@@ -405,6 +405,32 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     return build(values, str(path) if path is not None and not overrides else "")
 
 
+def changed_keys(stored: Any, current: dict[str, Any], defaults: dict[str, Any] | None = None,
+                 prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between a stored config (a checkpoint's, a finished run's)
+    and ``current``. With ``defaults``, a key the stored config lacks counts as unchanged while
+    ``current`` holds its default (a key added to fedoa after the run was made)."""
+    if not isinstance(stored, dict):
+        return ["config"]
+    out = []
+    for k in sorted(set(stored) | set(current)):
+        a, b = stored.get(k), current.get(k)
+        default = defaults.get(k) if isinstance(defaults, dict) else None
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_keys(a, b, default if defaults is not None else None, f"{prefix}{k}.")
+        elif k not in stored and defaults is not None and b == default:
+            continue
+        elif a != b:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def flat_keys(cfg: RunConfig) -> dict[str, Any]:
+    """``{"method": ..., "train.lr": x, ...}``: every key of a config, dotted (trackers' parameters,
+    Flower's run config); values as they are."""
+    return {**top_level(cfg), **{f"{name}.{k}": v for name, s in cfg.sections().items() for k, v in s.model_dump().items()}}
+
+
 # --------------------------------------------------------------------------- writing
 
 

@@ -6,7 +6,6 @@ and the method's own ``setup_eval`` activates them (the run's evaluation code pa
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -14,9 +13,10 @@ from typing import Any
 
 from fedoa.algorithms import make_algorithm
 from fedoa.algorithms.base import Algorithm, ClientContext, ClientState
-from fedoa.config import RunConfig, build, load_config, merge, parse_override
+from fedoa.config import RunConfig, build, changed_keys, load_config, merge, parse_override
 from fedoa.data.prompts import Encoded, PromptEncoder
 from fedoa.errors import ConfigError, FedoaError
+from fedoa.io import read_jsonl
 from fedoa.kinds import ZERO_SHOT
 from fedoa.model.adapters import (
     GLOBAL,
@@ -27,7 +27,6 @@ from fedoa.model.adapters import (
 )
 from fedoa.reports.results import Results
 from fedoa.runtime.common import activate_model, eval_kinds
-from fedoa.runtime.driver import changed_keys
 
 #: keys the saved models depend on (the seed: the draws of an instance-wise mix): they cannot change
 FIXED = ("method", "seed", "model.name", "model.gguf_file", "lora.")
@@ -57,13 +56,10 @@ def load_results(folder: Path) -> Results:
 
 def read_metrics(folder: Path) -> list[dict[str, Any]]:
     """The lines of ``folder/metrics.jsonl`` ([] when the file is absent)."""
-    path = folder / "metrics.jsonl"
-    if not path.is_file():
-        return []
     try:
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return read_jsonl(folder / "metrics.jsonl")
     except ValueError as e:
-        raise RunFolderError(f"unreadable line: {e}", where=str(path)) from None
+        raise RunFolderError(f"unreadable {e}", where=str(folder / "metrics.jsonl")) from None
 
 
 @dataclass

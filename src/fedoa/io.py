@@ -73,3 +73,25 @@ def replace_dir(tmp: Path, target: Path) -> None:
     fsync_dir(target.parent)
     if old.exists():
         shutil.rmtree(old)
+
+
+def read_jsonl(path: str | Path, torn_tail: bool = False) -> list[dict[str, Any]]:
+    """The objects of a JSON-lines file (``[]`` when it is absent). A bad line raises ValueError
+    naming its number; with ``torn_tail`` a last line without its newline (a write cut by a kill)
+    is dropped instead."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    if torn_tail and lines and lines[-1].strip():
+        lines = lines[:-1]
+    out = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except ValueError as e:
+            raise ValueError(f"line {number}: {e}") from None
+    return out

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedoa.config import RunConfig, config_to_toml
+from fedoa.config import RunConfig, changed_keys, config_to_toml
 from fedoa.errors import ConfigError, FedoaError
 from fedoa.io import write_text
 from fedoa.compare.render import write_outputs
@@ -175,24 +175,10 @@ def read_results(path: Path) -> Results | None:
         return None
 
 
-def config_matches(stored: Any, current: Any, default: Any) -> bool:
-    """True when ``stored`` equals ``current`` except for keys ``stored`` lacks and ``current``
-    holds at their default (keys added to fedoa after the run was made)."""
-    if isinstance(stored, dict) and isinstance(current, dict):
-        default = default if isinstance(default, dict) else {}
-        if set(stored) - set(current):
-            return False
-        return all(
-            config_matches(stored[k], current[k], default.get(k)) if k in stored else current[k] == default.get(k)
-            for k in current
-        )
-    return stored == current
-
-
 def finished(spec: RunSpec) -> Results | None:
     """The run's results when its ``results.json`` exists and was made with the same config."""
     results = read_results(spec.out / "results.json")
-    if results is not None and config_matches(results.config, _config_json(spec.cfg), _config_json(RunConfig())):
+    if results is not None and not changed_keys(results.config, _config_json(spec.cfg), _config_json(RunConfig())):
         return results
     return None
 

@@ -29,18 +29,16 @@ from fedoa.algorithms import make_algorithm
 from fedoa.algorithms.aggregation import clip_change
 from fedoa.algorithms.base import Algorithm, ClientState, ClientUpdate
 from fedoa.checkpoint import client_file_name, load_checkpoint, save_checkpoint
-from fedoa.config import RunConfig, config_to_toml
+from fedoa.config import RunConfig, changed_keys, config_to_toml, flat_keys
 from fedoa.errors import ConfigError, FedoaError
 from fedoa.evaluation.matrix import EvalPlan, SetScores, matrices, per_client, summarize
-from fedoa.io import write_text
+from fedoa.io import read_jsonl, write_text
 from fedoa.kinds import GLOBAL, PERSONAL
 from fedoa.model.adapters import AdapterModel, AdapterState, state_bytes, state_digest
-from fedoa.reports.html import render_run_html
-from fedoa.reports.markdown import render_report
-from fedoa.reports.plots import plot_run
 from fedoa.reports.results import Results, build_results, clean
 from fedoa.reports.tracking import Tracker
 from fedoa.runtime.common import eval_kinds, phase_line
+from fedoa.runtime.ledger import FailureEntry, RunLedger
 from fedoa.runtime.sampling import sample_clients
 from fedoa.runtime.trust import add_noise, audit_line, epsilon, noise_seed, validate
 from fedoa.training.loop import NON_FINITE
@@ -48,6 +46,9 @@ from fedoa.training.loop import NON_FINITE
 WORK = ".run"
 Scores = dict[str, dict[str, dict[str, SetScores]]]  # kind -> client -> test set -> scores
 Schedule = dict[int, dict[str, list[str]]]  # round -> trainer -> the clients whose data it uses
+#: ``render(folder, results, metrics_lines)`` writes the human reports of a finished run into
+#: ``folder`` (``fedoa.reports.publish.render_reports``); the driver itself renders nothing
+Renderer = Callable[[Path, Results, list[dict[str, Any]]], None]
 
 
 class RoundError(FedoaError):
@@ -73,8 +74,8 @@ class Transport(ABC):
     am: AdapterModel
     #: seconds spent loading data and model and joining clients
     setup_seconds: float = 0.0
-    #: clients whose models could not be evaluated: {round: "eval", client, node, phase, reason}
-    eval_failures: tuple | list = ()
+    #: clients whose models could not be evaluated
+    eval_failures: tuple | list[FailureEntry] = ()
 
     @abstractmethod
     def open(self, algo: Algorithm) -> list[str]:
@@ -104,7 +105,7 @@ class Transport(ABC):
         """Private client state to checkpoint here (in-process), or {} (it lives on the nodes)."""
 
     def restore(self, client_states: dict[str, ClientState], meta: dict[str, Any]) -> None:
-        """Continue from a checkpoint."""
+        """Continue from a checkpoint (``meta``: what :meth:`meta` returned when it was written)."""
 
     def meta(self) -> dict[str, Any]:
         """JSON state of the transport to checkpoint (e.g. which round each node's state is at)."""
@@ -130,8 +131,10 @@ class Transport(ABC):
 
 def run_federation(
     cfg: RunConfig, transport: Transport, out_dir: str | Path, fresh: bool = False, restart_on_change: bool = False,
+    render: Renderer | None = None,
 ) -> Results:
-    """Train and evaluate ``cfg`` through ``transport``; publish into ``out_dir``; return the results."""
+    """Train and evaluate ``cfg`` through ``transport``; publish into ``out_dir`` (the human reports
+    only with ``render``); return the results."""
     start = time.perf_counter()
     cfg = cfg.clone()  # validated again, cross-section checks included
     algo = make_algorithm(cfg)
@@ -145,20 +148,21 @@ def run_federation(
     if fresh and work.exists():
         shutil.rmtree(work)
     state = Resume(cfg, work, restart_on_change).load(algo, transport, names)
+    ledger = state.ledger
     schedule = {
         r: algo.training_groups(sample_clients(names, cfg.fed.client_fraction, cfg.seed, r), names)
         for r in range(state.first_round, cfg.fed.rounds + 1)
     }
     transport.begin(schedule)
     global_state = state.global_state
-    log = MetricsLog(work / "metrics.jsonl", Tracker(cfg.tracking, work, out_dir.name, flat(cfg.to_dict())))
+    log = MetricsLog(work / "metrics.jsonl", Tracker(cfg.tracking, work, out_dir.name, flat_keys(cfg)))
     try:
         for r, groups in schedule.items():
-            global_state = run_round(cfg, algo, transport, r, groups, global_state, state.meta, log)
+            global_state = run_round(cfg, algo, transport, r, groups, global_state, ledger, log)
             if cfg.eval.every and r % cfg.eval.every == 0 and r < cfg.fed.rounds:
-                state.meta["rounds"].append(evaluate_round(cfg, algo, transport, plan, r, global_state, log))
-            save_checkpoint(work / "checkpoint", r, global_state, transport.client_states(),
-                            {**state.meta, "transport": transport.meta()})
+                ledger.rounds.append(evaluate_round(cfg, algo, transport, plan, r, global_state, log))
+            ledger.transport = transport.meta()
+            save_checkpoint(work / "checkpoint", r, global_state, transport.client_states(), ledger.to_json())
         eval_start = time.perf_counter()
         scored_plan, scores = transport.evaluate(plan, eval_kinds(cfg, algo), global_state)
         last = round_entry(cfg, cfg.fed.rounds, scored_plan, scores)
@@ -169,20 +173,20 @@ def run_federation(
     timing = {
         "wall_seconds": time.perf_counter() - start,
         "setup_seconds": transport.setup_seconds,
-        "train_seconds": state.meta["train_seconds"],
+        "train_seconds": ledger.train_seconds,
         "eval_seconds": time.perf_counter() - eval_start,
     }
-    extra = {"failures": failure_lines(state.meta["failures"] + list(transport.eval_failures)),
-             "rounds": state.meta["rounds"] + [last], **dp_results(cfg, state.meta), **transport.extra_results()}
-    results = build_results(cfg, scored_plan, scores, communication(cfg, global_state, state.meta), timing, extra)
-    publish(out_dir, work, cfg, results, lambda folder: transport.write_adapters(folder, global_state))
+    extra = {"failures": [f.line() for f in ledger.failures + list(transport.eval_failures)],
+             "rounds": ledger.rounds + [last], **dp_results(cfg, ledger), **transport.extra_results()}
+    results = build_results(cfg, scored_plan, scores, communication(cfg, global_state, ledger), timing, extra)
+    publish(out_dir, work, cfg, results, lambda folder: transport.write_adapters(folder, global_state), render)
     return results
 
 
-def dp_results(cfg: RunConfig, meta: dict[str, Any]) -> dict[str, Any]:
+def dp_results(cfg: RunConfig, ledger: RunLedger) -> dict[str, Any]:
     if cfg.dp.noise_multiplier == 0:
         return {}
-    eps = meta.get("dp_epsilon", [])
+    eps = ledger.dp_epsilon
     return {"dp": {"noise_multiplier": cfg.dp.noise_multiplier, "clip_norm": cfg.dp.clip_norm, "delta": cfg.dp.delta,
                    "sampling_rate": cfg.fed.client_fraction, "epsilon_per_round": eps, "epsilon": eps[-1] if eps else None,
                    "accountant": "dp-accounting RDP: Poisson-sampled Gaussian mechanism, composed over rounds",
@@ -223,13 +227,6 @@ class MetricsLog:
         self.tracker.close()
 
 
-def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def evaluate_round(cfg: RunConfig, algo: Algorithm, transport: Transport, plan: EvalPlan, r: int,
                    global_state: AdapterState, log: MetricsLog) -> dict[str, Any]:
     """A cheap look between rounds: personal and global models on the first records of ID and OOD."""
@@ -258,7 +255,7 @@ def round_lines(entry: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def run_round(cfg: RunConfig, algo: Algorithm, transport: Transport, r: int, groups: dict[str, list[str]],
-              global_state: AdapterState, meta: dict[str, Any], log: MetricsLog) -> AdapterState:
+              global_state: AdapterState, ledger: RunLedger, log: MetricsLog) -> AdapterState:
     """One round: dispatch, collect, validate, aggregate (with DP noise when asked); the metrics,
     audit and accounting of the round."""
     t0 = time.perf_counter()
@@ -269,14 +266,14 @@ def run_round(cfg: RunConfig, algo: Algorithm, transport: Transport, r: int, gro
         if isinstance(reply, Failure):
             if NON_FINITE in reply.reason:  # a diverged client poisons nothing: the run stops
                 raise RoundError(f"round {r}: client {trainer!r}: {reply.reason}")
-            fail(meta, transport, r, trainer, "train", reply.reason, reply.node)
+            fail(ledger, transport, r, trainer, "train", reply.reason, reply.node)
             continue
         updates.append(reply)
     declared = {t: sum(transport.examples_of(m) for m in members) for t, members in groups.items()}
     verdicts = validate(updates, global_state, declared, cfg.trust)
     for v in verdicts:
         if not v.accepted:
-            fail(meta, transport, r, v.client, "validation", f"update rejected: {v.reason}")
+            fail(ledger, transport, r, v.client, "validation", f"update rejected: {v.reason}")
     accepted = [u for u, v in zip(updates, verdicts) if v.accepted]
     need = min(cfg.fed.min_clients, len(groups))
     if len(accepted) < need:
@@ -294,24 +291,24 @@ def run_round(cfg: RunConfig, algo: Algorithm, transport: Transport, r: int, gro
                        "accepted": v.accepted, **sent})
     log.flush()
     if algo.federated:
-        meta["bytes_up"] += sum(state_bytes(u.state) for u in updates if u.state is not None)
+        ledger.bytes_up += sum(state_bytes(u.state) for u in updates if u.state is not None)
         sent = sum(1 for t in groups if not (isinstance(replies.get(t), Failure) and not replies[t].sent))
-        meta["bytes_down"] += state_bytes(global_state) * sent
-    new_state, noise_std = aggregate(cfg, algo, accepted, global_state, r, meta)
+        ledger.bytes_down += state_bytes(global_state) * sent
+    new_state, noise_std = aggregate(cfg, algo, accepted, global_state, r, ledger)
     digest = state_digest(new_state)
     for v in verdicts:
         log.audit(audit_line(r, v, cfg.fed.aggregation, noise_std, digest))
     log.flush()
     transport.round_done(r, accepted)
-    meta["updates_per_round"][str(r)] = [u.client for u in accepted]
-    meta["train_seconds"] += time.perf_counter() - t0
+    ledger.updates_per_round[str(r)] = [u.client for u in accepted]
+    ledger.train_seconds += time.perf_counter() - t0
     transport.log(f"[fedoa] round {r}/{cfg.fed.rounds}: aggregated {len(accepted)} update(s) in "
                   f"{time.perf_counter() - t0:.1f} s")
     return new_state
 
 
 def aggregate(cfg: RunConfig, algo: Algorithm, accepted: list[ClientUpdate], global_state: AdapterState, r: int,
-              meta: dict[str, Any]) -> tuple[AdapterState, float]:
+              ledger: RunLedger) -> tuple[AdapterState, float]:
     """The method's aggregation; with DP-FedAvg the changes are clipped first and noise is added."""
     dp = cfg.dp
     if dp.noise_multiplier == 0 or not algo.federated:
@@ -321,14 +318,13 @@ def aggregate(cfg: RunConfig, algo: Algorithm, accepted: list[ClientUpdate], glo
     uploads = sum(1 for u in clipped if u.state is not None)
     std = dp.noise_multiplier * dp.clip_norm / max(1, uploads)
     new_state = add_noise(algo.aggregate(clipped, global_state, r), std, noise_seed(cfg.seed, r))
-    meta.setdefault("dp_epsilon", []).append(
-        epsilon(dp.noise_multiplier, cfg.fed.client_fraction, r, dp.delta))
+    ledger.dp_epsilon.append(epsilon(dp.noise_multiplier, cfg.fed.client_fraction, r, dp.delta))
     return new_state, std
 
 
-def fail(meta: dict[str, Any], transport: Transport, r: int | str, client: str, phase: str, reason: str,
+def fail(ledger: RunLedger, transport: Transport, r: int | str, client: str, phase: str, reason: str,
          node: int | None = None) -> None:
-    meta["failures"].append({"round": r, "client": client, "node": node, "phase": phase, "reason": reason})
+    ledger.fail(r, client, phase, reason, node)
     transport.log(f"[fedoa] round {r}: client {client!r} failed in {phase}: {reason}")
 
 
@@ -339,7 +335,7 @@ def fail(meta: dict[str, Any], transport: Transport, r: int | str, client: str, 
 class RunState:
     first_round: int
     global_state: AdapterState
-    meta: dict[str, Any]
+    ledger: RunLedger
 
 
 class Resume:
@@ -351,7 +347,7 @@ class Resume:
     def load(self, algo: Algorithm, transport: Transport, names: list[str]) -> RunState:
         found = load_checkpoint(self.work / "checkpoint")
         if found is not None:
-            changed = changed_keys(found[3].get("config"), self.cfg.to_dict())
+            changed = changed_keys(found[3].get("config"), self.cfg.to_dict(), RunConfig().to_dict())
             if not changed:
                 return self._continue(found, transport, names)
             if not self.restart_on_change:
@@ -362,40 +358,21 @@ class Resume:
         self.work.mkdir(parents=True, exist_ok=True)
         (self.work / "metrics.jsonl").write_text("", encoding="utf-8")
         (self.work / "audit.jsonl").write_text("", encoding="utf-8")
-        meta = {"config": self.cfg.to_dict(), "clients": names, "bytes_up": 0, "bytes_down": 0,
-                "train_seconds": 0.0, "updates_per_round": {}, "failures": [], "rounds": []}
         transport.restore({n: algo.init_client(transport.am, n) for n in names}, {})
-        return RunState(1, algo.init_global(transport.am), meta)
+        return RunState(1, algo.init_global(transport.am), RunLedger(self.cfg.to_dict(), names))
 
     def _continue(self, found, transport: Transport, names: list[str]) -> RunState:
         done, global_state, client_states, meta = found
-        if meta.get("clients") != names:
+        ledger = RunLedger.from_json(meta)
+        if ledger.clients != names:
             raise ConfigError(
-                f"the checkpoint in {self.work} was made with clients {meta.get('clients')}, this run has "
+                f"the checkpoint in {self.work} was made with clients {ledger.clients}, this run has "
                 f"{names}: bring the same clients back, or rerun with --fresh", where="clients")
-        transport.restore(client_states, meta.pop("transport", {}))
+        transport.restore(client_states, ledger.transport)
         truncate_metrics(self.work / "metrics.jsonl", done + 1)
         truncate_metrics(self.work / "audit.jsonl", done + 1)
         transport.log(f"[fedoa] resuming from the checkpoint after round {done}")
-        return RunState(done + 1, global_state, meta)
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def changed_keys(stored: Any, current: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between a checkpoint's config and this run's."""
-    if not isinstance(stored, dict):
-        return ["config"]
-    out = []
-    for k in sorted(set(stored) | set(current)):
-        a, b = stored.get(k), current.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += changed_keys(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}")
-    return out
+        return RunState(done + 1, global_state, ledger)
 
 
 def truncate_metrics(path: Path, first_round: int) -> None:
@@ -410,30 +387,21 @@ def truncate_metrics(path: Path, first_round: int) -> None:
 # ---------------------------------------------------------------------------- outputs
 
 
-def communication(cfg: RunConfig, global_state: AdapterState, meta: dict[str, Any]) -> dict[str, Any]:
+def communication(cfg: RunConfig, global_state: AdapterState, ledger: RunLedger) -> dict[str, Any]:
     rounds = cfg.fed.rounds
     return {
         "rounds": rounds,
         "adapter_bytes": state_bytes(global_state),
-        "bytes_up_per_round": meta["bytes_up"] / rounds,
-        "bytes_down_per_round": meta["bytes_down"] / rounds,
-        "bytes_up_total": meta["bytes_up"],
-        "bytes_down_total": meta["bytes_down"],
-        "updates_per_round": meta["updates_per_round"],
+        "bytes_up_per_round": ledger.bytes_up / rounds,
+        "bytes_down_per_round": ledger.bytes_down / rounds,
+        "bytes_up_total": ledger.bytes_up,
+        "bytes_down_total": ledger.bytes_down,
+        "updates_per_round": ledger.updates_per_round,
     }
 
 
-def failure_lines(failures: list[dict[str, Any]]) -> list[str]:
-    out = []
-    for f in failures:
-        where = "evaluation" if f["round"] == "eval" else f"round {f['round']}"
-        node = f" (node {f['node']})" if f.get("node") is not None else ""
-        out.append(f"{where}: client {f['client']}{node} failed in {f['phase']}: {f['reason']}")
-    return out
-
-
 def publish(out_dir: Path, work: Path, cfg: RunConfig, results: Results,
-            write_adapters: Callable[[Path], None]) -> None:
+            write_adapters: Callable[[Path], None], render: Renderer | None = None) -> None:
     """Write the final artifacts into ``work/final``, move each into ``out_dir``, drop ``work``."""
     final = work / "final"
     if final.exists():
@@ -441,12 +409,11 @@ def publish(out_dir: Path, work: Path, cfg: RunConfig, results: Results,
     final.mkdir(parents=True)
     write_text(final / "config.toml", config_to_toml(cfg))
     results.save(final / "results.json")
-    write_text(final / "report.md", render_report(results))
-    plot_run(results, final / "accuracy.png")
     shutil.copy(work / "metrics.jsonl", final / "metrics.jsonl")
     if (work / "audit.jsonl").exists():
         shutil.copy(work / "audit.jsonl", final / "audit.jsonl")
-    write_text(final / "report.html", render_run_html(results, read_metrics(work / "metrics.jsonl")))
+    if render is not None:
+        render(final, results, read_jsonl(work / "metrics.jsonl"))
     if (work / "tensorboard").is_dir():
         shutil.copytree(work / "tensorboard", final / "tensorboard")
     if (work / "mlruns").is_dir():

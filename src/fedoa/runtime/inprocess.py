@@ -15,6 +15,7 @@ from fedoa.algorithms.base import Algorithm, ClientContext, ClientState, ClientU
 from fedoa.config import RunConfig
 from fedoa.evaluation.matrix import EvalPlan, evaluate_models
 from fedoa.model.adapters import AdapterState
+from fedoa.reports.publish import render_reports
 from fedoa.reports.results import Results
 from fedoa.runtime.common import activate_model, model_identity
 from fedoa.runtime.driver import Schedule, Scores, Transport, run_federation
@@ -104,8 +105,11 @@ class InProcess(Transport):
 
 def run_simulation(
     cfg: RunConfig, out_dir: str | Path, progress: bool = True, fresh: bool = False, session: Session | None = None,
-    restart_on_change: bool = False,
+    restart_on_change: bool = False, reports: bool = True,
 ) -> Results:
-    """``fedoa run``: the federation in this process. Bad input fails before anything is written."""
+    """``fedoa run``: the federation in this process. Bad input fails before anything is written.
+    ``reports = False`` publishes the numbers (results, metrics, adapters) without the human
+    reports (report.md, report.html, accuracy.png)."""
     session = session or open_session(cfg)
-    return run_federation(session.cfg, InProcess(session, progress), out_dir, fresh, restart_on_change)
+    return run_federation(session.cfg, InProcess(session, progress), out_dir, fresh, restart_on_change,
+                          render=render_reports if reports else None)

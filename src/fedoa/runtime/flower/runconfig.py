@@ -16,7 +16,7 @@ from typing import Any
 
 import tomli_w
 
-from fedoa.config import RunConfig, build, default_config_path, load_config
+from fedoa.config import RunConfig, build, default_config_path, flat_keys, load_config
 from fedoa.errors import ConfigError
 
 APP_DIR = Path(__file__).parent / "app"
@@ -44,10 +44,7 @@ class DeploySettings:
 
 def flatten(cfg: RunConfig, deploy: DeploySettings | None = None) -> dict[str, Any]:
     """``{"train.lr": 0.002, ..., "deploy.num-nodes": 4}``: Flower config values only."""
-    flat: dict[str, Any] = {"method": cfg.method, "seed": cfg.seed}
-    for name, section in cfg.sections().items():
-        for key, value in section.model_dump().items():
-            flat[f"{name}.{key}"] = json.dumps(value) if isinstance(value, (list, dict)) else value
+    flat = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flat_keys(cfg).items()}
     for f in fields(DeploySettings):
         flat[DeploySettings.key(f.name)] = getattr(deploy or DeploySettings(), f.name)
     return flat

@@ -26,6 +26,7 @@ from fedoa.model.adapters import AdapterState
 from fedoa.paths import cache_dir
 from fedoa.runtime.common import model_identity
 from fedoa.runtime.driver import Failure, Scores, Transport
+from fedoa.runtime.ledger import FailureEntry
 from fedoa.runtime.flower import wire
 from fedoa.runtime.flower.runconfig import DeploySettings
 
@@ -293,9 +294,8 @@ class FlowerTransport(Transport):
     def evaluate(self, plan: EvalPlan, kinds: list[str], global_state: AdapterState) -> tuple[EvalPlan, Scores]:
         self.discover(expected=set(plan.clients))
         rows = [c for c in plan.clients if self.fed.alive(c) is not None]
-        self.eval_failures = [{"round": "eval", "client": c, "node": self.fed.node_of.get(c), "phase": "evaluate",
-                               "reason": "the node is unavailable; its models are not evaluated"}
-                              for c in plan.clients if c not in rows]
+        self.eval_failures = [FailureEntry("eval", c, "evaluate", "the node is unavailable; its models are not evaluated",
+                                           self.fed.node_of.get(c)) for c in plan.clients if c not in rows]
         done: dict[tuple[str, str], SetScores] = {}
         for _ in range(2):  # a node lost during evaluation: its shared work goes to another node
             work = {c: pairs for c, pairs in self._assign(plan, kinds, rows, done).items() if pairs}
@@ -317,8 +317,7 @@ class FlowerTransport(Transport):
                     if rep.lost:
                         self.fed.lost.add(n)
                     rows.remove(c)
-                    self.eval_failures.append({"round": "eval", "client": c, "node": n, "phase": "evaluate",
-                                               "reason": rep.reason})
+                    self.eval_failures.append(FailureEntry("eval", c, "evaluate", rep.reason, n))
                     continue
                 for kind, s, opt, gen, opt_hits, gen_hits in json.loads(wire.values_of(rep)["scores"]):
                     done[(model_identity(self.algo, kind, c), s)] = SetScores(_num(opt), _num(gen), opt_hits, gen_hits)
@@ -343,7 +342,7 @@ class FlowerTransport(Transport):
         return {"deployment": {
             "engine": "flower-deployment",
             "nodes": {c: self.fed.node_of[c] for c in sorted(self.fed.node_of)},
-            "clients_not_evaluated": sorted({f["client"] for f in self.eval_failures}),
+            "clients_not_evaluated": sorted({f.client for f in self.eval_failures}),
             "eval_path": self.st.eval_path, "node_auth": self.st.node_auth, "refused": self.refused,
             "run_key": self.run_key,
         }}
