@@ -1,260 +1,32 @@
 """``fedoa deploy ...``: start a SuperLink or a SuperNode, launch a run, follow it, read results.
 
-Thin wrappers around Flower's own commands (``flower-superlink``, ``flower-supernode``,
-``flwr run/log/ls/stop``) that fill in what fedoa needs:
-
-- every Flower process gets ``FLWR_HOME`` (fedoa's own, ``--flwr-home``; default
-  ``<fedoa cache>/flower``), ``FLWR_TELEMETRY_ENABLED=0`` and ``FLWR_DISABLE_UPDATE_CHECK=1``;
-- the SuperLink never builds per-run environments (``--disable-runtime-dependency-installation``):
-  the apps run in this installed environment; it writes results only under its ``--output-root``;
-- ``--insecure`` is accepted only for a loopback address; anything else needs TLS certificates;
-- the app is the checked-in Flower project (``fedoa deploy app`` prints its folder); a run's
-  settings travel as Flower run-config keys (only those that differ from the app's defaults);
-- ``flwr run`` exits 0 even when the run failed, so the real status is read with ``flwr ls``.
+Argument parsing only; what the verbs start and how lives in :mod:`fedoa.runtime.flower.launch`.
 """
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
-from fedoa.errors import FedoaError
-from fedoa.io import write_text
-
-CONNECTION = "fedoa"
-DEFAULT_PORT = 8000
-
-
-class DeployCliError(FedoaError):
-    """A ``fedoa deploy`` argument cannot work (insecure on a network address, missing files)."""
-
-
-def node_config_arg(values: dict[str, Any]) -> str:
-    """``--node-config`` text: ``key="value" ...`` (Flower splits on spaces outside quotes and
-    does not allow the quote character inside a value)."""
-    parts = []
-    for k, v in values.items():
-        if isinstance(v, str):
-            if "'" not in v and "\n" not in v:
-                text = f"'{v}'"  # a TOML literal string: backslashes (Windows paths) stay as they are
-            elif '"' not in v and "\\" not in v and "\n" not in v:
-                text = f'"{v}"'
-            else:
-                raise DeployCliError(f"node-config value of {k} cannot hold both ' and \" (or a newline): {v!r}")
-        else:
-            text = tomli_w.dumps({"v": v}).split("=", 1)[1].strip()
-        parts.append(f"{k}={text}")
-    return " ".join(parts)
-
-
-# ---------------------------------------------------------------------------- environment
-
-
-def is_loopback(host: str) -> bool:
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def split_address(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise DeployCliError(f"expected HOST:PORT, got {address!r}", where="--superlink")
-    return host, int(port)
-
-
-def default_flwr_home() -> Path:
-    from fedoa.paths import cache_dir
-
-    return cache_dir() / "flower"
-
-
-def executable(name: str) -> str:
-    """A Flower command from this environment (the venv that runs fedoa), else from PATH."""
-    here = Path(sys.executable).parent / name
-    if here.is_file():
-        return str(here)
-    found = shutil.which(name)
-    if not found:
-        raise DeployCliError(f"{name} not found: is flwr installed in this environment?")
-    return found
-
-
-def flower_env(flwr_home: Path, base: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ if base is None else base)
-    env["FLWR_HOME"] = str(flwr_home)
-    env["FLWR_TELEMETRY_ENABLED"] = "0"
-    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
-    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
-    bindir = str(Path(sys.executable).parent)
-    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
-    return env
-
-
-def write_connection(flwr_home: Path, address: str, insecure: bool, root_certificates: str | None) -> None:
-    """``FLWR_HOME/config.toml`` with the ``fedoa`` SuperLink connection (fedoa's own FLWR_HOME)."""
-    host, _ = split_address(address)
-    if insecure and not is_loopback(host):
-        raise DeployCliError(
-            f"--insecure is only for a SuperLink on this machine (loopback); {host} needs TLS: "
-            "give --root-certificates CA.pem (see docs/deployment.md)", where="--insecure",
-        )
-    if not insecure and not root_certificates and not is_loopback(host):
-        raise DeployCliError("a SuperLink on the network needs --root-certificates CA.pem", where="--superlink")
-    connection: dict[str, Any] = {"address": address}
-    if insecure:
-        connection["insecure"] = True
-    elif root_certificates:
-        ca = Path(root_certificates).expanduser().resolve()
-        if not ca.is_file():
-            raise DeployCliError("file not found", where=str(ca))
-        connection["root-certificates"] = str(ca)
-    write_text(flwr_home / "config.toml", tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: connection}}))
-
-
-# ---------------------------------------------------------------------------- commands
-
-
-def superlink_command(
-    host: str = "127.0.0.1", port: int = DEFAULT_PORT, insecure: bool = False,
-    ssl_certfile: str | None = None, ssl_keyfile: str | None = None, ssl_ca_certfile: str | None = None,
-    enable_supernode_auth: bool = False, database: str | None = None,
-) -> list[str]:
-    cmd = [executable("flower-superlink"), "--host", host, "--port", str(port),
-           "--disable-runtime-dependency-installation"]
-    if insecure:
-        if not is_loopback(host):
-            raise DeployCliError(
-                f"--insecure only on loopback (127.0.0.1); a SuperLink on {host} needs --ssl-certfile, "
-                "--ssl-keyfile and --ssl-ca-certfile", where="--insecure",
-            )
-        cmd.append("--insecure")
-    else:
-        files = {"--ssl-certfile": ssl_certfile, "--ssl-keyfile": ssl_keyfile, "--ssl-ca-certfile": ssl_ca_certfile}
-        if not all(files.values()):
-            raise DeployCliError(
-                "TLS needs --ssl-certfile, --ssl-keyfile and --ssl-ca-certfile (or --insecure on 127.0.0.1)"
-            )
-        for flag, path in files.items():
-            if not Path(path).expanduser().is_file():
-                raise DeployCliError("file not found", where=f"{flag} {path}")
-            cmd += [flag, str(Path(path).expanduser().resolve())]
-    if enable_supernode_auth:
-        cmd.append("--enable-supernode-auth")
-    if database:
-        cmd += ["--database", database]
-    return cmd
-
-
-def supernode_command(
-    superlink: str, port: int, node_config: dict[str, Any], insecure: bool = False,
-    root_certificates: str | None = None, auth_private_key: str | None = None,
-) -> list[str]:
-    host, _ = split_address(superlink)
-    cmd = [executable("flower-supernode"), "--superlink", superlink, "--port", str(port),
-           "--node-config", node_config_arg(node_config)]
-    if insecure:
-        if not is_loopback(host):
-            raise DeployCliError(
-                f"--insecure only for a SuperLink on 127.0.0.1; {host} needs --root-certificates", where="--insecure"
-            )
-        cmd.append("--insecure")
-    elif root_certificates:
-        cmd += ["--root-certificates", str(Path(root_certificates).expanduser().resolve())]
-    elif not is_loopback(host):
-        raise DeployCliError("a SuperLink on the network needs --root-certificates CA.pem", where="--superlink")
-    if auth_private_key:
-        cmd += ["--auth-supernode-private-key", str(Path(auth_private_key).expanduser().resolve())]
-    return cmd
-
-
-def flwr(args: list[str], flwr_home: Path, timeout: float = 120.0) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [executable("flwr"), *args], env=flower_env(flwr_home), capture_output=True, text=True, timeout=timeout
-    )
-
-
-def _json_out(proc: subprocess.CompletedProcess, what: str) -> dict[str, Any]:
-    """The JSON object a ``flwr ... --format json`` printed (possibly over several lines)."""
-    text = proc.stdout
-    decoder = json.JSONDecoder()
-    found = None
-    for i, ch in enumerate(text):
-        if ch == "{" and (i == 0 or text[i - 1] == "\n"):
-            try:
-                found, _ = decoder.raw_decode(text[i:])
-            except json.JSONDecodeError:
-                continue
-    if isinstance(found, dict):
-        return found
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-    raise DeployCliError(f"{what} failed (exit {proc.returncode}): " + " | ".join(tail))
-
-
-def submit(app_dir: Path, flwr_home: Path, run_config: dict[str, Any]) -> int:
-    """``flwr run APP fedoa --run-config overrides.toml`` -> the run id."""
-    from fedoa.runtime.flower.runconfig import nest
-
-    nested = nest(run_config)
-    with tempfile.TemporaryDirectory(prefix="fedoa-run-") as tmp:
-        overrides = Path(tmp) / "overrides.toml"
-        overrides.write_text(tomli_w.dumps(nested), encoding="utf-8")
-        cmd = ["run", str(app_dir), CONNECTION, "--format", "json"] + (["--run-config", str(overrides)] if nested else [])
-        out = _json_out(flwr(cmd, flwr_home), "flwr run")
-    if not out.get("success") or not out.get("run-id"):
-        raise DeployCliError(f"flwr run did not start a run: {out}")
-    return int(out["run-id"])
-
-
-def run_status(run_id: int, flwr_home: Path) -> dict[str, Any]:
-    """``{"status": "finished:completed", ...}`` of one run, from ``flwr ls`` (the real status)."""
-    out = _json_out(flwr(["ls", CONNECTION, "--run-id", str(run_id), "--format", "json"], flwr_home), "flwr ls")
-    runs = out.get("runs") or []
-    if not runs:
-        raise DeployCliError(f"the SuperLink knows no run {run_id}: {out}")
-    return runs[0]
-
-
-def follow(run_id: int, flwr_home: Path, poll: float = 3.0, logs: bool = True, timeout: float = 0.0) -> dict[str, Any]:
-    """Stream the run's log (``flwr log --stream``) until ``flwr ls`` says it finished."""
-    proc = None
-    if logs:
-        proc = subprocess.Popen([executable("flwr"), "log", str(run_id), CONNECTION, "--stream"], env=flower_env(flwr_home))
-    deadline = time.monotonic() + timeout if timeout > 0 else None
-    try:
-        while True:
-            status = run_status(run_id, flwr_home)
-            if str(status.get("status", "")).startswith("finished"):
-                time.sleep(1.0 if logs else 0.0)  # let the last log lines through
-                return status
-            if deadline is not None and time.monotonic() > deadline:
-                raise DeployCliError(f"run {run_id} did not finish within {timeout:g} s")
-            time.sleep(poll)
-    finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-# ---------------------------------------------------------------------------- CLI
+from fedoa.cli.common import add_config_args
+from fedoa.runtime.flower.launch import (
+    CONNECTION,
+    DEFAULT_PORT,
+    DeployCliError,
+    default_flwr_home,
+    executable,
+    flower_env,
+    flwr,
+    follow,
+    run_status,
+    submit,
+    superlink_command,
+    supernode_command,
+    write_connection,
+)
 
 
 def _flwr_home(args) -> Path:
@@ -323,21 +95,19 @@ def _run_settings(args):
 
 
 def cmd_app(args) -> int:
-    from fedoa.runtime.flower.runconfig import APP_DIR, app_pyproject
+    from fedoa.runtime.flower.runconfig import app_dir
 
-    if args.write:
-        write_text(APP_DIR / "pyproject.toml", app_pyproject())
-    print(APP_DIR)
+    print(app_dir())
     return 0
 
 
 def cmd_run(args) -> int:
-    from fedoa.runtime.flower.runconfig import APP_DIR, overrides
+    from fedoa.runtime.flower.runconfig import app_dir, overrides
 
     home = _flwr_home(args)
     write_connection(home, args.superlink, args.insecure, args.root_certificates)
     cfg, deploy = _run_settings(args)
-    run_id = submit(APP_DIR, home, overrides(cfg, deploy))
+    run_id = submit(app_dir(), home, overrides(cfg, deploy))
     out = Path(args.output_root).expanduser().resolve() / args.out if args.output_root else None
     print(f"fedoa: started run {run_id} on {args.superlink}; results go to {args.out} under the SuperLink's "
           "output root", flush=True)
@@ -425,8 +195,7 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="TOML config file (default: the embedded default config)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key (repeatable)")
+    add_config_args(p)
     p.add_argument("--out", required=True, help="the run's folder name under the SuperLink's --output-root "
                    "(results.json, report.md ...)")
     p.add_argument("--nodes", type=int, required=True, help="clients (SuperNodes) to wait for before round 1")
@@ -490,8 +259,7 @@ def add_parser(sub) -> None:
     p.add_argument("--timeout", type=float, default=0.0, help="give up following after this many seconds (0: never)")
     p.set_defaults(func=cmd_run)
 
-    p = dsub.add_parser("app", help="print the folder of the checked-in Flower app (for `flwr run` by hand)")
-    p.add_argument("--write", action="store_true", help="regenerate its pyproject.toml from the settings classes")
+    p = dsub.add_parser("app", help="print the folder of fedoa's Flower app (for `flwr run` by hand)")
     p.set_defaults(func=cmd_app)
 
     for name, func, help_ in (

@@ -11,7 +11,7 @@ import json
 import math
 from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator

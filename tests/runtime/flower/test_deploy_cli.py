@@ -6,7 +6,7 @@ import tomllib
 import pytest
 
 from fedoa.cli import main
-from fedoa.cli.deploy import (
+from fedoa.runtime.flower.launch import (
     node_config_arg,
     superlink_command,
     supernode_command,
@@ -44,24 +44,20 @@ def test_insecure_is_refused_off_loopback(tmp_path):
     assert conf["superlink"]["fedoa"] == {"address": "10.0.0.5:8000", "root-certificates": str(ca)}
 
 
-def test_the_checked_in_flower_app_is_valid_and_up_to_date(capsys):
+def test_the_generated_flower_app_is_valid_and_lists_every_key(capsys):
     from flwr.common.config import validate_config
 
-    from fedoa.runtime.flower.runconfig import (
-        APP_DIR,
-        app_config,
-        app_pyproject,
-        unflatten,
-    )
+    from fedoa.runtime.flower.runconfig import app_config, app_dir, app_pyproject, unflatten
 
     assert main(["deploy", "app"]) == 0
-    assert capsys.readouterr().out.strip() == str(APP_DIR)
-    text = (APP_DIR / "pyproject.toml").read_text()
-    assert text == app_pyproject(), "regenerate it: fedoa deploy app --write"
+    folder = app_dir()
+    assert capsys.readouterr().out.strip() == str(folder)
+    text = (folder / "pyproject.toml").read_text()
+    assert text == app_pyproject()
     conf = tomllib.loads(text)
     ok, errors, _ = validate_config(conf, check_module=True)
     assert ok, errors
-    assert sorted(p.name for p in APP_DIR.iterdir()) == ["pyproject.toml"]  # no code, no data in the FAB
+    assert sorted(p.name for p in folder.iterdir()) == ["pyproject.toml"]  # no code, no data in the FAB
     from flwr.common.config import flatten_dict
 
     flat = flatten_dict(conf["tool"]["flwr"]["app"]["config"])  # as Flower hands it to the apps

@@ -14,7 +14,7 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from fedoa.cli.deploy import flower_env
+from fedoa.runtime.flower.launch import flower_env
 from fedoa.config import config_to_toml
 from fedoa.runtime.inprocess import run_simulation
 from tests.support.flower import NAMES, Processes, make_federation, wait_for_port

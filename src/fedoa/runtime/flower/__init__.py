@@ -5,8 +5,8 @@
 - :mod:`.client_app` + :mod:`.node`: the ClientApp (a node's data, its private state on disk,
   ``client_update`` and evaluation);
 - :mod:`.wire`: what travels (the global adapter and small values);
-- :mod:`.runconfig` + ``app/pyproject.toml``: the checked-in Flower app and its run-config keys.
-
-``fedoa deploy ...`` (:mod:`fedoa.cli.deploy`) starts SuperLink and SuperNodes and submits runs.
+- :mod:`.runconfig`: the run-config keys and the Flower app generated from them;
+- :mod:`.launch`: the Flower commands fedoa starts (one transport-security rule), submitting and
+  following runs; ``fedoa deploy ...`` (:mod:`fedoa.cli.deploy`) parses arguments and calls it.
 See docs/deployment.md.
 """

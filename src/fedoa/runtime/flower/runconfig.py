@@ -3,9 +3,10 @@
 Flower run configs are flat (``section.key``) and hold only bool, int, float and str values.
 fedoa's keys map one to one (``train.lr = 0.002``); list and table values (``lora.target_modules``,
 ``data.hf_columns``) travel as JSON text. The deployment's own keys sit under ``deploy.``.
-The checked-in app (``app/pyproject.toml``) lists every key at the embedded default preset's
-value, so ``flwr run <app> --run-config "train.lr=0.01 deploy.num-nodes=4"`` works as Flower users
-expect; ``fedoa deploy run`` passes only the keys that differ.
+The app (:func:`app_dir`, written from the settings classes on first use, so a new method or key
+needs no regenerated file) lists every key at the embedded default preset's value, so
+``flwr run "$(fedoa deploy app)" <connection> --run-config "train.lr=0.01 deploy.num-nodes=4"``
+works as Flower users expect; ``fedoa deploy run`` passes only the keys that differ.
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import tomli_w
 from fedoa.config import RunConfig, build, default_config_path, flat_keys, load_config
 from fedoa.errors import ConfigError
 
-APP_DIR = Path(__file__).parent / "app"
 DEPLOY = "deploy"
 
 
@@ -104,9 +104,8 @@ def app_pyproject() -> str:
             "config": nest(app_config()),
         }}},
     }
-    head = ("# The Flower app of fedoa. Generated from the settings classes by `fedoa deploy app --write`;\n"
-            "# tests/runtime/flower/test_app_config.py checks that it is up to date. Every key of a fedoa config\n"
-            "# is a run-config key here (values: the embedded default preset), e.g.\n"
+    head = ("# The Flower app of fedoa, generated from the settings classes of this fedoa (fedoa deploy app).\n"
+            "# Every key of a fedoa config is a run-config key here (values: the embedded default preset), e.g.\n"
             "#   flwr run <this folder> <connection> --run-config 'train.lr=0.01 deploy.num-nodes=4'\n")
     return head + tomli_w.dumps(doc)
 
@@ -128,3 +127,19 @@ def overrides(cfg: RunConfig, deploy: DeploySettings) -> dict[str, Any]:
     defaults = app_config()
     return {k: v for k, v in flatten(cfg, deploy).items() if defaults.get(k) != v}
 
+
+
+def app_dir() -> Path:
+    """The Flower app's folder for this fedoa (its ``pyproject.toml`` only: no code, no data),
+    written under the cache on first use; its name is the content's digest, so two fedoa versions
+    never share one."""
+    import hashlib
+
+    from fedoa.io import write_text
+    from fedoa.paths import cache_dir
+
+    text = app_pyproject()
+    folder = cache_dir() / "flower-app" / hashlib.sha256(text.encode()).hexdigest()[:16]
+    if not (folder / "pyproject.toml").is_file():
+        write_text(folder / "pyproject.toml", text)
+    return folder
