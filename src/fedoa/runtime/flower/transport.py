@@ -26,9 +26,9 @@ from fedoa.model.adapters import AdapterState
 from fedoa.paths import cache_dir
 from fedoa.runtime.common import model_identity
 from fedoa.runtime.driver import Failure, Scores, Transport
-from fedoa.runtime.ledger import FailureEntry
 from fedoa.runtime.flower import wire
 from fedoa.runtime.flower.runconfig import DeploySettings
+from fedoa.runtime.ledger import FailureEntry
 
 NODE_UNAVAILABLE = 5  # flwr.common.constant.ErrorCode.NODE_UNAVAILABLE
 
@@ -63,7 +63,12 @@ def run_key(cfg: RunConfig, out_dir: Path) -> str:
 
 
 class Exchange:
-    """Send one message per node, collect the replies (or failures), with an optional timeout."""
+    """Send one message per node, collect the replies (or failures), with an optional timeout.
+
+    Not Flower's ``Grid.send_and_receive`` (checked in flwr 1.42): it sleeps a fixed 3 s between
+    pulls (``deploy.poll-interval`` here: 1 s by default, 0 in tests), which would add up to 3 s to
+    every message exchange, and it returns bare replies, while a round needs each node's outcome:
+    its content, a push the SuperLink refused, an error reply (a vanished node), or a timeout."""
 
     def __init__(self, grid, poll_interval: float):
         self.grid, self.poll = grid, poll_interval
