@@ -364,7 +364,7 @@ def scaling(tiny: str, small: bool) -> list[dict]:
 
 def run(args) -> dict:
     from fedoa.runtime.session import open_session
-    from tests.support.tiny import tiny_model_dir
+    from fedoa.testing import tiny_model_dir
 
     tiny = str(tiny_model_dir())
     model = tiny if args.tiny else EMBEDDED

@@ -37,7 +37,7 @@ export FEDOA_CACHE="${FEDOA_CACHE:-$ROOT/.cache/fedoa}"
 export TOKENIZERS_PARALLELISM=false
 
 if [ "${TINY:-0}" = 1 ]; then  # the CPU check of this script: same steps, seconds of work
-  MODEL=$("$PY" -c "import sys; sys.path.insert(0, '$ROOT'); from tests.support.tiny import tiny_model_dir; print(tiny_model_dir())")
+  MODEL=$("$PY" -c "import sys; sys.path.insert(0, '$ROOT'); from fedoa.testing import tiny_model_dir; print(tiny_model_dir())")
   BUDGET=(--set "model.name=\"$MODEL\"" --set model.device=cpu --set model.dtype=float32 --set model.max_length=64
           --set data.train_per_client=4 --set data.test_per_client=3 --set fed.rounds=2 --set eval.batch_size=8)
 else

@@ -1,4 +1,4 @@
-"""Fixtures: the tiny model (see tests/support/tiny.py) loaded once, and synthetic clients."""
+"""Fixtures: the tiny model (see fedoa.testing) loaded once, and synthetic clients."""
 from __future__ import annotations
 
 import os
@@ -35,7 +35,7 @@ def tiny():
     from fedoa.config import LoraConfig, ModelConfig
     from fedoa.model.adapters import AdapterModel
     from fedoa.model.base import load_base
-    from tests.support.tiny import tiny_model_dir
+    from fedoa.testing import tiny_model_dir
 
     base, tok = load_base(ModelConfig(name=str(tiny_model_dir())))
     return AdapterModel(base, LoraConfig(r=4, alpha=8, dropout=0.0)), tok

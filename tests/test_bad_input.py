@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedoa.cli import main
-from tests.support.tiny import tiny_model_dir
+from fedoa.testing import tiny_model_dir
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-input.md"
 TINY = ["--set", f"model.name={str(tiny_model_dir())!r}", "--set", "fed.rounds=1", "--set", "fed.personal_start_round=1",

@@ -16,7 +16,7 @@ from fedoa.errors import ConfigError
 from fedoa.compare.render import render_compare
 from fedoa.reports.results import Results
 from fedoa.compare.stats import aggregate, compare_rows
-from tests.support.tiny import tiny_model_dir
+from fedoa.testing import tiny_model_dir
 
 FLAN8 = Path(os.environ.get("FEDOA_FLAN8", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flan8"))
 

@@ -13,7 +13,7 @@ from fedoa.config import ModelConfig
 from fedoa.finished import FinishedRun
 from fedoa.model.base import EMBEDDED, EMBEDDED_HUB_ID, base_model_path
 from tests.support.runs import make_tiny_run
-from tests.support.tiny import tiny_model_dir
+from fedoa.testing import tiny_model_dir
 
 TEXT = "Is this movie text positive or negative?\nsuperb warm fun\nAnswer:\n"
 

@@ -15,7 +15,7 @@ from fedoa.reports.markdown import render_report
 from fedoa.reports.results import Results
 from fedoa.runtime.session import open_session
 from tests.support import synthetic_clients
-from tests.support.tiny import tiny_model_dir
+from fedoa.testing import tiny_model_dir
 
 OWN_DATA = ["--data", "vader", "--set", "data.tasks=['movie','tweets','nyt']"]
 

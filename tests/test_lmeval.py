@@ -11,7 +11,7 @@ from fedoa.cli import main
 from fedoa.cli.eval import test_sets as run_test_sets
 from fedoa.data.prompts import PLAIN
 from fedoa.finished import FinishedRun
-from tests.support.tiny import tiny_model_dir
+from fedoa.testing import tiny_model_dir
 
 TASK = """task: fedoa_movie
 dataset_path: json

@@ -7,7 +7,7 @@ from peft import PeftModel
 from fedoa.config import ModelConfig
 from fedoa.model.adapters import GLOBAL, PERSONAL, load_adapter_state, state_bytes
 from fedoa.model.base import load_base
-from tests.support.tiny import tiny_model_dir
+from fedoa.testing import tiny_model_dir
 
 
 def test_get_set_round_trip_and_fresh_init(tiny):

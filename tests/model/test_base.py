@@ -4,7 +4,7 @@ import torch
 from fedoa.config import ModelConfig
 from fedoa.errors import ModelError
 from fedoa.model.base import EMBEDDED, embedded_cache_dir, load_base
-from tests.support.tiny import tiny_model_dir
+from fedoa.testing import tiny_model_dir
 
 
 @pytest.mark.parametrize("name", ["/no/such/folder", "./missing-model", "missing.gguf"])

@@ -22,7 +22,7 @@ from fedoa.runtime.inprocess import run_simulation
 from fedoa.training.loop import train_slot
 from fedoa.training.losses import task_objective
 from tests.support import synthetic_clients, tiny_config, vader_tiny_config
-from tests.support.tiny import tiny_model_dir
+from fedoa.testing import tiny_model_dir
 
 needs_bnb = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None,
                                reason="bitsandbytes (the 'quant' extra) is not installed")

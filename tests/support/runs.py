@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.support import vader_tiny_config
-from tests.support.tiny import tiny_model_dir
+from fedoa.testing import tiny_model_dir
 
 CLIENTS = ("movie", "tweets", "nyt")
 
