@@ -8,7 +8,3 @@ __version__ = "0.1.0"
 # fallback is what fedoa uses anyway (see model/base.py), so every command would print a useless line.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
-# Every method registers its algorithm and settings on import (fedoa.registry); importing the
-# table of methods here, once, fills the registry before any config is validated, without the
-# config module importing the algorithms that import it.
-from fedoa import algorithms as _algorithms  # noqa: E402,F401

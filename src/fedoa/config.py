@@ -19,7 +19,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedoa.errors import ConfigError
-from fedoa.registry import ALGORITHMS, SETTINGS
+from fedoa.registry import ALGORITHMS, SETTINGS, discover
 
 
 class Section(BaseModel):
@@ -269,6 +269,7 @@ class RunConfig(BaseModel):
     def _method_sections(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
+        discover()
         data = dict(data)
         for key in data:
             if key not in cls.model_fields and key not in SETTINGS:
@@ -284,6 +285,7 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "RunConfig":
+        discover()
         if self.method not in ALGORITHMS:
             raise ConfigError(f"unknown method {self.method!r}; known: {', '.join(sorted(ALGORITHMS))}", where="method")
         need(self.train.batch_size % self.train.micro_batch_size == 0, "train.batch_size",

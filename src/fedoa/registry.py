@@ -1,14 +1,18 @@
 """Method name -> (algorithm class, settings class), filled by each method module as it is imported.
 
 A method registers its algorithm and its settings together (as PEFT registers a tuner's config
-and model). This module imports nothing from fedoa, and nothing here imports the methods:
-``config`` looks settings up by name at load time, and the table of method modules in
-:mod:`fedoa.algorithms` is imported once by the package itself (``fedoa/__init__.py``), so the
-registry is full before any config is built and no module imports upward.
+and model). This module imports nothing from fedoa. The methods are plugins: :func:`discover`
+imports the modules named by the ``fedoa.methods`` entry points once, when a config or a method
+is first looked up. fedoa's own entry point is :mod:`fedoa.algorithms`, whose table lists the
+built-in methods; another package adds its methods with an entry point of its own. So ``config``
+finds method sections by name without importing the algorithms (which import ``config``), and
+importing fedoa costs nothing until a method is needed.
 """
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from importlib.metadata import entry_points
 
 ALGORITHMS: dict[str, type] = {}
 SETTINGS: dict[str, type] = {}
@@ -27,3 +31,20 @@ def register(settings: type | None = None) -> Callable[[type], type]:
         return cls
 
     return add
+
+
+GROUP = "fedoa.methods"
+_discovered = False
+
+
+def discover() -> None:
+    """Import every module a ``fedoa.methods`` entry point names (each registers its methods)."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
+        importlib.import_module(ep.value)
+    if not ALGORITHMS:
+        raise RuntimeError(f"no fedoa method found: is fedoa installed (pip install -e .)? No {GROUP!r} entry point "
+                           "registered any")

@@ -70,7 +70,12 @@ def cmd_supernode(args) -> int:
             Path(args.eval_path).expanduser().resolve())
     node_spec(values)  # the node's own checks, before Flower starts
     cmd = supernode_command(args.superlink, args.port, values, args.insecure, args.root_certificates, args.auth_private_key)
-    return _exec(cmd, _flwr_home(args))
+    home = _flwr_home(args)
+    os.environ.update(flower_env(home))  # the worker sees what the SuperNode and its apps see
+    from fedoa.runtime.flower.relay import prestart_worker
+
+    prestart_worker(values, watch_pid=os.getpid())  # this process becomes the SuperNode (exec keeps the pid)
+    return _exec(cmd, home)
 
 
 def _run_settings(args):

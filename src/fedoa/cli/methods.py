@@ -5,8 +5,9 @@ import sys
 
 
 def methods(args) -> int:
-    from fedoa.registry import ALGORITHMS, SETTINGS
+    from fedoa.registry import ALGORITHMS, SETTINGS, discover
 
+    discover()
     for name, cls in sorted(ALGORITHMS.items()):
         doc = (sys.modules[cls.__module__].__doc__ or cls.__doc__ or "").strip().splitlines()
         section = f"[{name}]" if name in SETTINGS else ""

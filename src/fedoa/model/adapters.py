@@ -13,11 +13,10 @@ import json
 import math
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import torch
-from peft import LoraConfig as PeftLoraConfig
-from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
-from transformers import PreTrainedModel
 
 from fedoa.config import LoraConfig
 from fedoa.io import atomic_write, write_text
@@ -26,10 +25,17 @@ GLOBAL = "global"
 PERSONAL = "personal"
 SLOTS = (GLOBAL, PERSONAL)
 
+if TYPE_CHECKING:  # PEFT (and the bitsandbytes it pulls in) takes ~10 s to import: only where a model is built
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
 AdapterState = dict[str, torch.Tensor]
 
 
 def peft_lora_config(cfg: LoraConfig, base_path: str = "") -> PeftLoraConfig:
+    from peft import LoraConfig as PeftLoraConfig
+
     return PeftLoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
@@ -65,6 +71,8 @@ class AdapterModel:
         self.base_path = base_path  # written into saved adapter configs
         # autocast_adapter_dtype (PEFT's default, spelled out): LoRA weights are created in float32
         # on a bfloat16/float16/quantized base, so training, FedAvg and saved files are float32.
+        from peft import get_peft_model
+
         self.peft: PeftModel = get_peft_model(base, peft_lora_config(lora), adapter_name=slots[0],
                                               autocast_adapter_dtype=True)
         for slot in slots[1:]:

@@ -23,7 +23,6 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from peft.tuners.lora.layer import LoraLayer
 
 from fedoa.model.adapters import GLOBAL, PERSONAL, AdapterModel
 
@@ -44,6 +43,8 @@ class AdapterMix:
     """Per-row weights on the two slots' outputs. One per :class:`AdapterModel` (:func:`mixer_of`)."""
 
     def __init__(self, am: AdapterModel):
+        from peft.tuners.lora.layer import LoraLayer
+
         self.peft = am.peft  # not ``am`` itself: the registry must not keep the model alive
         self.layers = [
             m for m in am.peft.modules()

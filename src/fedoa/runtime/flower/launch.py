@@ -114,6 +114,9 @@ def flower_env(flwr_home: Path, base: dict[str, str] | None = None) -> dict[str,
     env["FLWR_TELEMETRY_ENABLED"] = "0"
     env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
     env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    # a node's SuperExec looks for new messages every second by default: a tenth of that costs
+    # nothing (a local HTTP call) and takes ~0.5 s off every message exchange
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
     return env
@@ -226,7 +229,7 @@ def run_status(run_id: int, flwr_home: Path) -> dict[str, Any]:
     return runs[0]
 
 
-def follow(run_id: int, flwr_home: Path, poll: float = 3.0, logs: bool = True, timeout: float = 0.0) -> dict[str, Any]:
+def follow(run_id: int, flwr_home: Path, poll: float = 2.0, logs: bool = True, timeout: float = 0.0) -> dict[str, Any]:
     """Stream the run's log (``flwr log --stream``) until ``flwr ls`` says it finished."""
     proc = None
     if logs:
@@ -243,9 +246,9 @@ def follow(run_id: int, flwr_home: Path, poll: float = 3.0, logs: bool = True, t
             time.sleep(poll)
     finally:
         if proc is not None and proc.poll() is None:
-            proc.terminate()
+            proc.terminate()  # a log tail: nothing to lose; it does not always exit on SIGTERM at once
             try:
-                proc.wait(10)
+                proc.wait(2)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()

@@ -123,6 +123,24 @@ class StateStore:
         (self.folder / "run.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
 
+# ---------------------------------------------------------------------------- the resident model
+
+_RESIDENT: dict[str, Any] = {}
+
+
+def resident_model(cfg: RunConfig):
+    """The node's base model with its LoRA slots, loaded once per process for a given model, LoRA
+    shape and prompt encoding, and kept: a node's worker serves every message of a run (every run
+    with the same model) from it. Only the last one is kept, so a node never holds two base models."""
+    from fedoa.runtime.session import build_model
+
+    key = json.dumps([cfg.model.model_dump(), cfg.lora.model_dump(), cfg.data.template], sort_keys=True)
+    if key not in _RESIDENT:
+        _RESIDENT.clear()
+        _RESIDENT[key] = build_model(cfg)
+    return _RESIDENT[key]
+
+
 # ---------------------------------------------------------------------------- handlers
 
 
@@ -172,7 +190,7 @@ class NodeRun:
         round_, base = int(values["round"]), int(values["state-round"])
         store = StateStore(self.spec, str(values["run-key"]))
         client = self.client()
-        session = open_session(self.cfg, clients=[client])
+        session = open_session(self.cfg, clients=[client], model=resident_model(self.cfg))
         state = self._client_state(session, store, base)
         ctx = session.context(self.spec.client, state)
         update = drill(self.cfg.attack, self.spec.client, session.algorithm.client_update(ctx, global_state, round_),
@@ -205,7 +223,7 @@ class NodeRun:
         limit = int(values.get("limit", 0)) or None  # a look between rounds: the first records of each set
         sets = {s: readable[s][:limit] for s in sorted(wanted)}
         plan = EvalPlan(sets=sets, id_set={client.name: client.name}, ood_sets={client.name: [s for s in sets if s != client.name]})
-        session = open_session(self.cfg, clients=[client], plan=plan)
+        session = open_session(self.cfg, clients=[client], plan=plan, model=resident_model(self.cfg))
         algo, am = session.algorithm, session.am
         state = self._client_state(session, store, base)
         evaluator = session.evaluator()

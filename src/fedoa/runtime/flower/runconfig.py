@@ -34,7 +34,7 @@ class DeploySettings:
     eval_timeout: float = 0.0  # the same for the evaluation
     join_timeout: float = 600.0  # seconds to wait for num-nodes clients at the start
     fresh: bool = False  # ignore an unfinished run's checkpoint
-    poll_interval: float = 1.0  # seconds between checks for replies
+    poll_interval: float = 0.25  # seconds between checks for replies (a local call to the SuperLink)
     node_auth: bool = False  # SuperNodes authenticate (keys): a client name stays bound to its first node
 
     @staticmethod
@@ -100,7 +100,7 @@ def app_pyproject() -> str:
         "tool": {"flwr": {"app": {
             "publisher": "fedoa",
             "components": {"serverapp": "fedoa.runtime.flower.server_app:app",
-                           "clientapp": "fedoa.runtime.flower.client_app:app"},
+                           "clientapp": "fedoa.runtime.flower.relay:app"},
             "config": nest(app_config()),
         }}},
     }
