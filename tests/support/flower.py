@@ -75,12 +75,16 @@ class FakeGrid:
     """Delivers each pushed message to the ClientApp of its node, synchronously, on pull.
 
     ``dead`` nodes answer like Flower does for a vanished SuperNode (error code 5);
-    ``silent`` nodes never answer (a round timeout has to end the wait).
+    ``silent`` nodes never answer (a round timeout has to end the wait). With ``relay`` the nodes
+    run the deployed app: the thin relay and a real worker process per node (stop them with
+    :func:`stop_workers`).
     """
 
-    def __init__(self, node_configs: dict[int, dict], run_config: dict):
+    def __init__(self, node_configs: dict[int, dict], run_config: dict, relay: bool = False):
         self.node_configs = node_configs
         self.run_config = run_config
+        self.relay = relay
+        self.before_delivery = None  # callable(node, message) just before its ClientApp runs
         self.pending = {}
         self.dead: set[int] = set()
         self.silent: set[int] = set()
@@ -105,7 +109,10 @@ class FakeGrid:
     def pull_messages(self, message_ids):
         from flwr.app import Context, Error, Message, RecordDict
 
-        from fedoa.runtime.flower.client_app import app
+        if self.relay:  # the deployed app: a thin relay to each node's resident worker process
+            from fedoa.runtime.flower.relay import app
+        else:
+            from fedoa.runtime.flower.client_app import app
 
         out = []
         for mid in list(message_ids):
@@ -120,11 +127,29 @@ class FakeGrid:
                 out.append(Message(Error(code=5, reason="Error: Node Unavailable"), reply_to=m))
                 continue
             ctx = Context(1, node, dict(self.node_configs[node]), RecordDict(), dict(self.run_config))
+            if self.before_delivery is not None:
+                self.before_delivery(node, m)
             try:
                 out.append(app(m, ctx))
             except Exception as e:  # what the SuperNode does with a ClientApp exception
                 out.append(Message(Error(code=2, reason=f"{type(e)}:<'{e}'>"), reply_to=m))
         return out
+
+
+def stop_workers(node_configs) -> list[int]:
+    """SIGKILL the resident workers of these nodes (by the pid each wrote); the pids it stopped."""
+    from fedoa.runtime.flower.relay import worker_pid
+
+    stopped = []
+    for config in node_configs:
+        pid = worker_pid(dict(config))
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                stopped.append(pid)
+            except ProcessLookupError:
+                pass
+    return stopped
 
 
 # ---------------------------------------------------------------------------- processes
@@ -154,6 +179,7 @@ class Processes:
 
     def __init__(self, logs: Path, env: dict[str, str]):
         self.logs, self.env = logs, env
+        self.node_configs: list[dict] = []
         self.procs: dict[str, subprocess.Popen] = {}
         self.ports: set[int] = set()  # every port handed to a daemon: how its helpers are found
         logs.mkdir(parents=True, exist_ok=True)
@@ -182,7 +208,14 @@ class Processes:
             pass
         proc.wait(30)
 
+    def node(self, name: str, args: list[str], node_config: dict) -> subprocess.Popen:
+        """Start ``fedoa deploy supernode ...`` whose node config is ``node_config`` (its resident
+        worker, also one a relay restarts outside the node's process group, is stopped by its pid)."""
+        self.node_configs.append(node_config)
+        return self.start(name, args)
+
     def stop_all(self) -> None:
+        stop_workers(self.node_configs)
         for proc in self.procs.values():
             try:
                 os.killpg(proc.pid, signal.SIGTERM)

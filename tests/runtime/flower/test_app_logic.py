@@ -17,19 +17,8 @@ from tests.support.flower import NAMES, FakeGrid, make_federation, run_config
 
 
 @pytest.fixture(autouse=True)
-def output_root(tmp_path, monkeypatch):
-    """The server writes only under its output root: the test's folder."""
-    monkeypatch.setenv("FEDOA_OUTPUT_ROOT", str(tmp_path))
-
-
-@pytest.fixture
-def task_identity():
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+def _output_root(output_root):
+    """Every test here: the server writes under the test's folder."""
 
 
 def deploy(cfg, paths, nodes, out, **kw):

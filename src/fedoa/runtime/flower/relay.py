@@ -75,6 +75,14 @@ def socket_path(node_config: dict) -> Path:
     return private_folder() / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.sock"
 
 
+def worker_pid(node_config: dict) -> int | None:
+    """The process id of the node's worker, as it wrote it when it started listening (None: none yet)."""
+    try:
+        return int(socket_path(node_config).with_suffix(".pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def connect(path: Path) -> socket.socket | None:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

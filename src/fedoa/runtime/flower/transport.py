@@ -72,8 +72,19 @@ class Exchange:
 
     def __init__(self, grid, poll_interval: float):
         self.grid, self.poll = grid, poll_interval
+        #: one entry per exchange: its type, group (round), nodes and wall seconds (results.json)
+        self.timings: list[dict[str, Any]] = []
 
     def __call__(self, msg_type: str, contents: dict[int, Any], group: str, timeout: float = 0.0) -> dict[int, Any]:
+        start = time.perf_counter()
+        out = self._exchange(msg_type, contents, group, timeout)
+        work = [float(wire.values_of(r).get("seconds", 0.0)) for r in out.values() if not isinstance(r, Failure)]
+        self.timings.append({"type": msg_type, "group": group, "nodes": len(contents),
+                             "seconds": round(time.perf_counter() - start, 3),
+                             "slowest_node_seconds": round(max(work, default=0.0), 3)})
+        return out
+
+    def _exchange(self, msg_type: str, contents: dict[int, Any], group: str, timeout: float) -> dict[int, Any]:
         from flwr.app import Message
 
         nodes = list(contents)
@@ -350,6 +361,9 @@ class FlowerTransport(Transport):
             "clients_not_evaluated": sorted({f.client for f in self.eval_failures}),
             "eval_path": self.st.eval_path, "node_auth": self.st.node_auth, "refused": self.refused,
             "run_key": self.run_key,
+            # every message exchange: wall seconds, and the slowest node's own work in it
+            # (the difference is messaging overhead: Flower's polling, process start-up)
+            "exchanges": self.exchange.timings,
         }}
 
 

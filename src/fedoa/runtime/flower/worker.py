@@ -45,6 +45,9 @@ def serve_one(conn: socket.socket) -> None:
 
     header = json.loads(recv_frame(conn))
     content = recorddict_from_proto(ProtoRecordDict.FromString(recv_frame(conn)))
+    start = time.perf_counter()
+    print(f"{time.strftime('%H:%M:%S')} {header['type']} for client {header['node_config'].get('client-name')!r}",
+          flush=True)
     try:
         reply = handle(header["type"], header["node_config"], header["run_config"], content)
         body = recorddict_to_proto(reply).SerializeToString()
@@ -54,6 +57,21 @@ def serve_one(conn: socket.socket) -> None:
         body, status = b"", {"ok": False, "error": f"{type(e).__name__}: {e}"}
     send_frame(conn, json.dumps(status).encode())
     send_frame(conn, body)
+    print(f"{time.strftime('%H:%M:%S')} {header['type']} {'done' if status['ok'] else 'failed'} in "
+          f"{time.perf_counter() - start:.2f} s{loaded_note()}", flush=True)
+
+
+_last_model: int | None = None
+
+
+def loaded_note() -> str:
+    """`` (base model loaded)`` when this message loaded a (new) resident model."""
+    global _last_model
+    from fedoa.runtime.flower.node import _RESIDENT
+
+    current = id(next(iter(_RESIDENT.values()))) if _RESIDENT else None
+    changed, _last_model = current is not None and current != _last_model, current
+    return " (base model loaded)" if changed else ""
 
 
 def watch(pid: int, interval: float = 2.0) -> None:
@@ -94,6 +112,8 @@ def serve(path: str, watch_pid: int, lock_fd: int | None = None) -> None:
     finally:
         os.umask(old)
     server.listen(4)
+    with open(path.removesuffix(".sock") + ".pid", "w") as f:  # for operators (and tests) to find it
+        f.write(f"{os.getpid()}\n")
     if lock_fd is not None:
         os.close(lock_fd)  # listening: a relay waiting on the spawn lock now finds this worker
     if watch_pid > 0:

@@ -1,0 +1,89 @@
+"""A node's resident worker behind the thin relay ClientApp: real worker processes, no daemons.
+
+The server logic talks to the deployed app (relay + worker per node) through the in-memory grid;
+workers are real processes started by the relay and stopped here by their pids."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+
+import pytest
+from safetensors.torch import load_file
+
+from fedoa.runtime.flower.relay import private_folder, socket_path, worker_pid
+from fedoa.runtime.flower.server_app import serve
+from fedoa.runtime.inprocess import run_simulation
+from tests.support.flower import FakeGrid, make_federation, run_config, stop_workers
+
+
+@pytest.fixture
+def federation(tmp_path, output_root, task_identity):
+    cfg, paths, nodes = make_federation(tmp_path)
+    yield cfg, paths, nodes
+    stop_workers(nodes.values())
+
+
+def adapter(folder):
+    return load_file(str(folder / "adapters" / "global" / "adapter_model.safetensors"))
+
+
+def test_the_relay_loads_no_torch():
+    code = "import sys, fedoa.runtime.flower.relay; print(sorted(m for m in ('torch', 'peft', 'transformers') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_channel_is_private_to_this_user():
+    folder = private_folder()
+    assert folder.stat().st_uid == os.getuid() and stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert socket_path({"client-name": "a"}) != socket_path({"client-name": "b"})  # one worker per node
+
+
+def test_workers_give_the_in_process_adapters_and_keep_their_model(tmp_path, federation):
+    cfg, paths, nodes = federation
+    sim = run_simulation(cfg, tmp_path / "sim", progress=False, reports=False).to_json()
+    rc = run_config(cfg, "dep", num_nodes=3, eval_path=str(paths["shared"]))
+    dep = serve(FakeGrid(nodes, rc, relay=True), rc, log=lambda m: None).to_json()
+    a, b = adapter(tmp_path / "sim"), adapter(tmp_path / "dep")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+    assert json.dumps(dep["summary"], sort_keys=True) == json.dumps(sim["summary"], sort_keys=True)
+    pids = {n: worker_pid(dict(c)) for n, c in nodes.items()}
+    assert all(pids.values()) and len(set(pids.values())) == 3  # one worker per node, started by the relay
+    for n, config in nodes.items():  # each served every message of the run: one model load, none per message
+        log = socket_path(dict(config)).with_suffix(".log").read_text()
+        assert log.count(" done in ") == 1 + 2 + 2, log  # query, 2 x train, 2 x evaluate
+        assert log.count("(base model loaded)") == 1, log
+
+
+def test_a_worker_killed_mid_message_fails_that_client_for_the_round_and_comes_back(tmp_path, federation):
+    """Node a's worker is frozen as round 2's training message reaches it and killed a second
+    later: the relay reports the failure, the round goes on without a, and round 3's message
+    starts a new worker that continues from a's state of round 1 on disk."""
+    cfg, paths, nodes = federation
+    cfg.fed.rounds = 3
+    node_a = next(n for n, c in nodes.items() if c["client-name"] == "a")
+    rc = run_config(cfg, "dep", num_nodes=3, eval_path=str(paths["shared"]), min_nodes=2)
+    grid = FakeGrid(nodes, rc, relay=True)
+    killed = []
+
+    def freeze_then_kill(node, msg):
+        if node == node_a and msg.metadata.message_type == "train" and msg.metadata.group_id == "2":
+            pid = worker_pid(dict(nodes[node_a]))
+            os.kill(pid, signal.SIGSTOP)  # it cannot answer any more: the kill lands mid-message
+            threading.Timer(1.0, os.kill, (pid, signal.SIGKILL)).start()
+            killed.append(pid)
+
+    grid.before_delivery = freeze_then_kill
+    dep = serve(grid, rc, log=lambda m: None).to_json()
+    assert killed and worker_pid(dict(nodes[node_a])) not in killed  # a new worker served round 3
+    assert dep["communication"]["updates_per_round"] == {"1": ["a", "b", "c"], "2": ["b", "c"], "3": ["a", "b", "c"]}
+    [failure] = dep["failures"]
+    assert failure.startswith("round 2: client a") and "worker died" in failure
+    [run_dir] = (tmp_path / "state-a" / "a").iterdir()
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["last_trained_round"] == 3  # nothing lost: round 3 continued from round 1's state
