@@ -39,6 +39,11 @@ def is_untrained(state: AdapterState) -> bool:
 ClientState = dict[str, AdapterState]
 
 
+#: regularizer terms whose value at the first and at the last optimizer step of a local update
+#: metrics.jsonl also shows (``reg_first``, ``reg_last``, ...): does the regularizer move?
+TRACED = ("reg", "prox")
+
+
 @dataclass
 class Phase:
     """One local training phase of a client update (a line of metrics.jsonl)."""
@@ -53,7 +58,10 @@ class Phase:
 
     @classmethod
     def of(cls, phase: str, r: LocalResult) -> "Phase":
-        return cls(phase, r.steps, r.examples, r.seconds, dict(r.metrics))
+        """The phase of a local update; a regularizer term (``TRACED``) also at its first and last step."""
+        traced = {f"{k}_{end}": ends[k] for k in TRACED for end, ends in (("first", r.first), ("last", r.last))
+                  if k in ends}
+        return cls(phase, r.steps, r.examples, r.seconds, {**r.metrics, **traced})
 
 
 class StepMemo(Protocol):
