@@ -152,6 +152,9 @@ class FlowerTransport(Transport):
     def open(self, algo: Algorithm) -> list[str]:
         start = time.perf_counter()
         self.algo = algo
+        if algo.needs_server_model():
+            raise DeployError(f"method {self.cfg.method!r} runs the model on server-side data in its aggregation, "
+                              "which the Flower server does not do; see docs/deployment.md")
         self.wait_for_nodes()
         names = sorted(self.fed.node_of)
         if any(algo.training_groups([n], names) != {n: [n]} for n in names):
