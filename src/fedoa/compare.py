@@ -35,6 +35,7 @@ from fedoa.errors import ConfigError, FedoaError
 from fedoa.io import write_text
 from fedoa.reports.compare import pct, write_outputs
 from fedoa.reports.results import Results
+from fedoa.reports.rouge_table import rouge_summary
 from fedoa.statistics import aggregate, paired_table
 
 # ----------------------------------------------------------------------------- the runs
@@ -272,6 +273,7 @@ def run_compare(
         runs = [(spec, finished(spec)) for spec in specs]
         done = [(s.method, s.seed, s.holdout, r) for s, r in runs if r is not None]
         summary = aggregate(done, labels, seeds)
+        summary["rouge"] = rouge_summary(done, labels, seeds)  # eval.rouge: the reference's metric, or None
         summary["focus"] = focus_labels(methods, focus)
         if final:  # the bootstrap takes a while: once at the end (or with --report-only)
             summary["paired"] = paired_table(done, summary["focus"], summary["group_categories"])

@@ -46,6 +46,7 @@ def table_rows(summary: dict[str, Any], group: str) -> list[list[str]]:
 
 def render_compare(summary: dict[str, Any]) -> str:
     from fedoa.reports.markdown import md_table
+    from fedoa.reports.rouge_table import rouge_lines
 
     cfg = summary.get("config") or {}
     protocol, metric = summary["protocol"], summary["metric"]
@@ -79,6 +80,7 @@ def render_compare(summary: dict[str, Any]) -> str:
     head = ["method", "model"] + summary["categories"] + [AVERAGE]
     for group in summary["groups"]:
         lines += [f"## {summary['group_labels'][group]}", "", md_table(head, table_rows(summary, group)), ""]
+    lines += rouge_lines(summary)  # eval.rouge: the reference's metric beside the accuracy
     lines += paired_lines(summary)
     runs = summary.get("runs") or []
     if runs:

@@ -323,8 +323,9 @@ class FlowerTransport(Transport):
                     self.eval_failures.append({"round": "eval", "client": c, "node": n, "phase": "evaluate",
                                                "reason": rep.reason})
                     continue
-                for kind, s, opt, gen, opt_hits, gen_hits in json.loads(wire.values_of(rep)["scores"]):
-                    done[(model_identity(self.algo, kind, c), s)] = SetScores(_num(opt), _num(gen), opt_hits, gen_hits)
+                for kind, s, opt, gen, opt_hits, gen_hits, *rouge in json.loads(wire.values_of(rep)["scores"]):
+                    done[(model_identity(self.algo, kind, c), s)] = SetScores(_num(opt), _num(gen), opt_hits, gen_hits,
+                                                                              rouge[0] if rouge else {})
         rows = [c for c in rows if all((model_identity(self.algo, k, c), s) in done for k in kinds for s in plan.sets_of(c))]
         if not rows:
             raise DeployError("no client's models could be evaluated")
