@@ -101,3 +101,19 @@ def test_the_reference_evaluation_preset_sets_template_cutoff_and_scoring():
     cfg = load_config(Path(__file__).resolve().parents[2] / "benchmarks" / "flan8_reference_eval.toml")
     assert (cfg.data.template, cfg.model.max_length, cfg.eval.rouge) == ("alpaca", 512, True)
     assert (cfg.eval.rouge_num_beams, cfg.eval.rouge_max_new_tokens, cfg.eval.metric) == (4, 80, "options")
+
+
+def test_fedoa_eval_rebuilds_a_fedlora_run_and_its_rouge(tmp_path):
+    from tests.support.runs import make_tiny_run
+
+    run = make_tiny_run(tmp_path / "fedlora", "fedlora", train={"lr": 0.1},
+                        eval={"rouge": True, "rouge_max_new_tokens": 4})
+    res = json.loads((run / "results.json").read_text())
+    out = tmp_path / "ev"
+    assert main(["eval", str(run), "--data", "vader", "--set", "data.tasks=['movie','tweets','nyt']",
+                 "--set", "eval.rouge=true", "--out", str(out), "--quiet"]) == 0
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["matrices"] == res["matrices"]  # the personal model (P + G) rebuilt from the exported adapters
+    for t in ROUGE_TYPES:
+        assert ev["rouge"][t]["matrices"] == res["rouge"]["matrices"][t]
+    assert "## ROUGE F-measure" in (out / "eval.md").read_text()
