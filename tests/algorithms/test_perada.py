@@ -107,7 +107,7 @@ def test_distillation_moves_the_global_adapter_toward_the_clients_ensemble(tiny,
 
 
 def test_distillation_that_does_not_help_keeps_the_averaged_adapter(tiny, tmp_path):
-    am, tok, algo = _server(tiny, tmp_path, kd_steps=2, kd_lr=5.0)  # a rate that can only overshoot
+    am, _, algo = _server(tiny, tmp_path, kd_steps=2, kd_lr=5.0)  # a rate that can only overshoot
     teachers = [ClientUpdate(c, _noisy(am, s, 0.02), 8) for c, s in (("a", 3), ("b", 4))]
     new = algo.aggregate(teachers, am.fresh_state(0), 1)
     [line] = algo.server_metrics(1)

@@ -45,7 +45,12 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from fedoa.algorithms.base import ClientContext, ClientUpdate, ServerContext, is_untrained
+from fedoa.algorithms.base import (
+    ClientContext,
+    ClientUpdate,
+    ServerContext,
+    is_untrained,
+)
 from fedoa.algorithms.fedprox import device_copy, with_proximal
 from fedoa.algorithms.personalized import PersonalThenGlobal
 from fedoa.config import RunConfig, Section, TrainConfig, setting

@@ -12,11 +12,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from fedoa.config import EvalConfig
 from fedoa.data.prompts import PromptEncoder
 from fedoa.data.records import ClientData, Record
+from fedoa.evaluation.rouge import answer_of, rouge_per_record
 from fedoa.evaluation.scoring import (
     PreparedSet,
     accuracy_of,
@@ -26,7 +28,6 @@ from fedoa.evaluation.scoring import (
     option_predictions,
     prepare_set,
 )
-from fedoa.evaluation.rouge import answer_of, rouge_per_record
 from fedoa.model.adapters import AdapterModel
 
 Matrix = dict[str, dict[str, float]]  # client -> test set -> accuracy
@@ -165,7 +166,7 @@ class Evaluator:
         if rouge:
             ids = generations(self.am, ps, self.cfg.batch_size, self.pad_id, self.cfg.rouge_max_new_tokens,
                               self.eos_id, self.cfg.rouge_num_beams)
-            decode = lambda row: self.encoder.tokenizer.decode(row, skip_special_tokens=True)  # noqa: E731
+            decode = partial(self.encoder.tokenizer.decode, skip_special_tokens=True)
             answers = [answer_of(row, self.eos_id, decode) for row in ids]
             out.rouge = rouge_per_record(answers, [r.output for r in ps.records])
         self.seconds += time.perf_counter() - start

@@ -11,7 +11,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from fedoa.algorithms.base import Algorithm, ClientContext, ClientState, ClientUpdate, ServerContext
+from fedoa.algorithms.base import (
+    Algorithm,
+    ClientContext,
+    ClientState,
+    ClientUpdate,
+    ServerContext,
+)
 from fedoa.config import RunConfig
 from fedoa.evaluation.matrix import EvalPlan, evaluate_models
 from fedoa.model.adapters import AdapterState
