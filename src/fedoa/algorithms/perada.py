@@ -2,7 +2,7 @@
 
 Xie, Huang, Chu, Xu, Xiao, Li, Anandkumar. "PerAda: Parameter-Efficient Federated Learning
 Personalization with Generalization Guarantees", CVPR 2024 (arXiv 2302.06637, 2023); reference
-code NVlabs/PerAda (read 2026-12: optim/our.py, aggregation/distillation.py).
+code NVlabs/PerAda (read 2026-12-05: optim/our.py, aggregation/distillation.py).
 
 Per round a sampled client (1) trains its personal adapter P on
 ``CE(y | x; base + P) + lam * ||P - G||^2`` with G the global adapter it received (fixed during the

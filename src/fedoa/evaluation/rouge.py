@@ -1,7 +1,7 @@
 """The FedOA reference's generation-based scoring: beam search, then ROUGE against the answer.
 
 What the reference does (Lydia-yang/FedOA ``code/GlobalModel_generated.py`` generates, Lydia-yang/
-FedDPA ``code/metric.py`` scores; read 2026-12):
+FedDPA ``code/metric.py`` scores; read 2026-12-05):
 - decoding: ``GenerationConfig(temperature=0.1, top_p=0.75, top_k=40, num_beams=4)`` and
   ``max_new_tokens=80``; ``do_sample`` stays False, so this is deterministic 4-beam search (the
   sampling settings have no effect). fedoa: ``num_beams = eval.rouge_num_beams`` (4),
