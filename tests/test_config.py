@@ -34,7 +34,7 @@ def test_the_default_preset_only_overrides_code_defaults():
 
 def test_every_method_registers_its_settings_beside_its_code():
     cfg = RunConfig()
-    assert set(SETTINGS) == {"fedoa", "fedsdr", "fedprox", "ditto", "pfedme", "feddpa"}
+    assert set(SETTINGS) == {"fedoa", "fedsdr", "fedprox", "ditto", "pfedme", "feddpa", "fedlora", "perada"}
     for name, cls in SETTINGS.items():
         assert cls.__module__ == f"fedoa.algorithms.{name}"
         assert isinstance(cfg.settings_of(name), cls)

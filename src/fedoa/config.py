@@ -181,6 +181,20 @@ class EvalConfig(Section):
         ge=0,
     )
     round_records: int = setting(25, "Records per test set scored between rounds (the last round scores all).", ge=1)
+    rouge: bool = setting(
+        False,
+        "Also score the final models as the FedOA reference's evaluation does (Lydia-yang/FedOA "
+        "GlobalModel_generated.py, FedDPA metric.py): beam-search generation, the answer cut at the end-of-sequence "
+        "token, ROUGE F-measure (rouge-score: rouge1, rouge2, rougeLsum) against the record's output; reported "
+        "beside the headline metric (results.json 'rouge', report.md, compare.md). Not between rounds.",
+    )
+    rouge_num_beams: int = setting(
+        4, "Beams of the reference decoding (its GenerationConfig: num_beams=4, no sampling, so its temperature, "
+        "top_p and top_k have no effect).", ge=1)
+    rouge_max_new_tokens: int = setting(80, "New tokens of the reference decoding (the reference: 80).", ge=1)
+    rouge_type: Literal["rouge1", "rouge2", "rougeLsum"] = setting(
+        "rouge1", "The ROUGE the reports' tables show (results.json holds all three; the reference script computes all "
+        "three).")
 
 
 class ProtocolConfig(Section):

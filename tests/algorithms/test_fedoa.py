@@ -173,3 +173,66 @@ def test_global_step_targets_need_no_extra_pass_and_leave_the_global_adapter_as_
     assert update.phases[0].metrics["reg"] == pytest.approx(reference.phases[0].metrics["reg"], rel=1e-4)
     for k in g:  # ... and so is P: its targets are the same features
         torch.testing.assert_close(ctx2.state[PERSONAL][k], ctx.state[PERSONAL][k], rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- the regularizer's trace
+
+
+def test_reg_at_the_first_and_last_step_average_to_the_logged_reg(tiny):
+    cfg = tiny_config(train={"micro_batch_size": 2, "batch_size": 4})  # 8 examples: 2 steps of 2 micro-batches
+    am, tok, train, g = _setup(tiny, cfg)
+    algo = FedOA(cfg)
+    ctx = ClientContext("a", am, train, algo.init_client(am, "a"), cfg, tok.pad_token_id)
+    m = algo.client_update(ctx, g, 1).phases[0].metrics
+    assert {"task_loss", "reg", "reg_first", "reg_last"} <= set(m) and "reg_before" not in m
+    assert m["reg_first"] != m["reg_last"]
+    assert (m["reg_first"] + m["reg_last"]) / 2 == approx(m["reg"])
+    one = tiny_config(train={"micro_batch_size": 2, "batch_size": 4, "max_steps": 1})
+    ctx = ClientContext("a", am, train, algo.init_client(am, "a"), one, tok.pad_token_id)
+    m = FedOA(one).client_update(ctx, g, 1).phases[0].metrics
+    assert m["reg_first"] == m["reg_last"] == approx(m["reg"])
+
+
+def test_trace_reg_measures_the_ablation_without_changing_its_training(tiny):
+    from fedoa.algorithms.fedoa import mean_distance
+
+    runs = {}
+    for trace in (False, True):
+        cfg = tiny_config(fedoa={"regular_weight": 0.0, "trace_reg": trace})
+        am, tok, train, g = _setup(tiny, cfg)
+        g = {k: v + 0.02 * torch.randn(v.shape, generator=torch.Generator().manual_seed(7)) for k, v in
+             am.fresh_state(1).items()}
+        algo = FedOA(cfg)
+        start = {k: v + 0.02 * torch.randn(v.shape, generator=torch.Generator().manual_seed(8))
+                 for k, v in am.fresh_state(2).items()}
+        ctx = ClientContext("a", am, train, {PERSONAL: dict(start)}, cfg, tok.pad_token_id)
+        runs[trace] = (algo.client_update(ctx, g, 1).phases[0].metrics, ctx.state[PERSONAL])
+    (plain, p_plain), (traced, p_traced) = runs[False], runs[True]
+    assert all(torch.equal(p_plain[k], p_traced[k]) for k in p_plain)  # weight 0: the same P, bit for bit
+    assert "reg" not in plain and {"reg", "reg_first", "reg_last", "reg_before", "reg_after"} <= set(traced)
+    # before/after by hand: the same distance from the start and from the trained P to G's features
+    am.set(GLOBAL, g)
+    target = example_features(am, GLOBAL, train, "last_token", cfg.train.micro_batch_size, tok.pad_token_id)
+    for state, key in ((start, "reg_before"), (p_traced, "reg_after")):
+        am.set(PERSONAL, state)
+        h = example_features(am, PERSONAL, train, "last_token", 8, tok.pad_token_id)
+        size = cfg.train.micro_batch_size
+        by_hand = [distance("frobenius", h[s:s + size], target[s:s + size]).item() for s in range(0, 8, size)]
+        assert traced[key] == approx(sum(by_hand) / len(by_hand))
+        assert mean_distance(ctx, target, "frobenius", "last_token") == approx(traced[key])
+    assert traced["reg_before"] != traced["reg_after"]
+
+
+def test_metrics_lines_carry_the_trace_beside_the_existing_keys(tmp_path):
+    import json
+
+    from tests.support.runs import make_tiny_run
+
+    run = make_tiny_run(tmp_path / "fedoa", fedoa={"trace_reg": True, "mixed_eval": False})
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    personal = [x for x in lines if x["phase"] == "personal"]
+    assert len(personal) == 6  # 3 clients x 2 rounds
+    for x in personal:
+        assert {"round", "client", "task_loss", "reg", "steps", "examples", "seconds"} <= set(x)
+        assert {"reg_first", "reg_last", "reg_before", "reg_after"} <= set(x)
+    assert all("reg" not in x and "reg_first" not in x for x in lines if x["phase"] == "global")

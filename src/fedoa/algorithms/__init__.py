@@ -5,10 +5,12 @@ from fedoa.algorithms import (  # noqa: F401  (each module registers its method)
     ditto,
     feddpa,
     fedit,
+    fedlora,
     fedoa,
     fedprox,
     fedsdr,
     local,
+    perada,
     pfedme,
 )
 from fedoa.registry import ALGORITHMS

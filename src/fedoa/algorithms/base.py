@@ -15,7 +15,7 @@ from typing import ClassVar, Protocol
 
 from fedoa.algorithms.aggregation import clip_change, combine
 from fedoa.config import RunConfig
-from fedoa.data.prompts import Encoded
+from fedoa.data.prompts import Encoded, PromptEncoder
 from fedoa.model.adapters import (
     GLOBAL,
     PERSONAL,
@@ -39,6 +39,11 @@ def is_untrained(state: AdapterState) -> bool:
 ClientState = dict[str, AdapterState]
 
 
+#: regularizer terms whose value at the first and at the last optimizer step of a local update
+#: metrics.jsonl also shows (``reg_first``, ``reg_last``, ...): does the regularizer move?
+TRACED = ("reg", "prox")
+
+
 @dataclass
 class Phase:
     """One local training phase of a client update (a line of metrics.jsonl)."""
@@ -53,7 +58,10 @@ class Phase:
 
     @classmethod
     def of(cls, phase: str, r: LocalResult) -> "Phase":
-        return cls(phase, r.steps, r.examples, r.seconds, dict(r.metrics))
+        """The phase of a local update; a regularizer term (``TRACED``) also at its first and last step."""
+        traced = {f"{k}_{end}": ends[k] for k in TRACED for end, ends in (("first", r.first), ("last", r.last))
+                  if k in ends}
+        return cls(phase, r.steps, r.examples, r.seconds, {**r.metrics, **traced})
 
 
 class StepMemo(Protocol):
@@ -108,6 +116,25 @@ def train_on_task(ctx: ClientContext, slot: str, start: AdapterState, round_: in
     if key is not None:
         ctx.memo.put(key, state, done)
     return state, done
+
+
+@dataclass
+class ServerContext:
+    """What the server holds besides the adapter states: a model to run and the tokenizer's encoder.
+
+    The in-process transport hands its resident model (the one the clients take turns on) to
+    :meth:`Algorithm.attach_server` before round 1; a method whose aggregation runs the model
+    (PerAda's distillation) keeps it, every other method ignores it. The server may use any LoRA
+    slot between rounds: every client update and evaluation loads its own states first.
+    """
+
+    am: AdapterModel
+    encoder: PromptEncoder
+    cfg: RunConfig
+
+    @property
+    def pad_id(self) -> int:
+        return self.encoder.tokenizer.pad_token_id
 
 
 @dataclass
@@ -187,6 +214,22 @@ class Algorithm(ABC):
             states = [clip_change(s, global_state, fed.clip_norm) for s in states]
         weights = [float(u.num_examples) if fed.aggregation == "examples" else 1.0 for u in ups]
         return combine(states, weights, fed.aggregation, fed.trim_fraction)
+
+    # ---------------------------------------------------------------- server
+
+    def needs_server_model(self) -> bool:
+        """True when :meth:`aggregate` runs a model on server-side data (:meth:`attach_server`);
+        a transport that cannot provide one refuses the method before round 1."""
+        return False
+
+    def attach_server(self, server: ServerContext) -> None:
+        """The server's model and encoder, given by the transport before round 1 (in-process: the
+        resident model). Bad server-side input (e.g. an empty data pool) fails here."""
+
+    def server_metrics(self, round_: int) -> list[dict]:
+        """Lines for ``metrics.jsonl`` about the server's own work in ``round_`` (after
+        :meth:`aggregate`), each with its ``phase``; the driver adds round and ``client = "server"``."""
+        return []
 
     def local_steps(self, num_examples: int, round_: int) -> int:
         """Optimizer steps one client update takes (for progress bars)."""

@@ -30,12 +30,12 @@ from typing import Literal
 
 import torch
 
-from fedoa.algorithms.base import ClientContext, ClientUpdate, train_on_task
+from fedoa.algorithms.base import ClientContext, ClientUpdate, Phase, train_on_task
 from fedoa.algorithms.personalized import PersonalThenGlobal, arm_personal_mix
 from fedoa.algorithms.regularizers import distance
 from fedoa.config import Section, setting
 from fedoa.data.batching import Batch
-from fedoa.model.adapters import GLOBAL, AdapterModel, AdapterState
+from fedoa.model.adapters import GLOBAL, PERSONAL, AdapterModel, AdapterState
 from fedoa.registry import register
 from fedoa.training.loop import Objective
 from fedoa.training.losses import (
@@ -68,6 +68,13 @@ class FedOASettings(Section):
         "step's own forward passes produce, last epoch, with dropout as the reference's: no extra pass; the "
         "global step then runs first).",
     )
+    trace_reg: bool = setting(
+        False,
+        "Diagnostics: compute the feature distance also at regular_weight = 0 (logged, not trained on), and measure "
+        "it over the client's whole training data without dropout before and after every personal step "
+        "(reg_before/reg_after in metrics.jsonl; two more forward passes per personal step). reg_first/reg_last "
+        "(the training batches of the first and last step) are logged whenever it is computed.",
+    )
     mixed_eval: bool = setting(
         True,
         "Also evaluate each client's 'mixed' model: personal and global adapter mixed per test input the "
@@ -76,14 +83,27 @@ class FedOASettings(Section):
 
 
 def feature_regularized(target: torch.Tensor, weight: float, dist: str, kind: str) -> Objective:
-    """Task loss + ``weight * D(h(x), target[x])``; ``target`` rows are indexed by example id."""
+    """Task loss + ``weight * D(h(x), target[x])``; ``target`` rows are indexed by example id.
+    At ``weight = 0`` the distance is only measured (the loss is the task loss alone)."""
 
     def objective(am: AdapterModel, batch: Batch):
         loss, hidden = response_loss(am, batch)
         reg = distance(dist, features(hidden, batch, kind), target[batch.ids])
-        return loss + weight * reg, {"task_loss": loss.item(), "reg": reg.item()}
+        total = loss + weight * reg if weight else loss
+        return total, {"task_loss": loss.item(), "reg": reg.item()}
 
+    objective.target = target  # what the personal step measures against (fedoa.trace_reg)
     return objective
+
+
+@torch.no_grad()
+def mean_distance(ctx: ClientContext, target: torch.Tensor, dist: str, kind: str) -> float:
+    """``D(h_P(x), target[x])`` over the client's data in micro-batches of the training size, without
+    dropout, averaged: the regularizer of the personal adapter now in the personal slot."""
+    size = ctx.cfg.train.micro_batch_size
+    h = example_features(ctx.am, PERSONAL, ctx.train, kind, size, ctx.pad_id)
+    parts = [distance(dist, h[s: s + size], target[s: s + size]).item() for s in range(0, len(h), size)]
+    return sum(parts) / max(1, len(parts))
 
 
 def capturing(store: torch.Tensor, kind: str) -> Objective:
@@ -116,15 +136,30 @@ class FedOA(PersonalThenGlobal):
 
     def personal_objective(self, ctx: ClientContext, global_state: AdapterState) -> Objective:
         c = self.settings
-        if c.regular_weight == 0:
+        if c.regular_weight == 0 and not c.trace_reg:
             return task_objective
         # G is fixed during the personal step: its features are computed once, not per step.
         target = example_features(ctx.am, GLOBAL, ctx.train, c.feature, self.cfg.train.micro_batch_size, ctx.pad_id)
         return feature_regularized(target, c.regular_weight, c.distance, c.feature)
 
+    def personal_step(self, ctx: ClientContext, global_state: AdapterState, round_: int,
+                      objective: Objective | None = None) -> Phase:
+        """With ``trace_reg``, also the regularizer over all the client's data before and after the step."""
+        c = self.settings
+        objective = objective or self.personal_objective(ctx, global_state)
+        target = getattr(objective, "target", None)
+        if not getattr(c, "trace_reg", False) or target is None:  # FedSDR's settings have no trace_reg
+            return super().personal_step(ctx, global_state, round_, objective)
+        ctx.am.set(PERSONAL, self.starting_personal(ctx.state, global_state))
+        before = mean_distance(ctx, target, c.distance, c.feature)
+        phase = super().personal_step(ctx, global_state, round_, objective)
+        phase.metrics.update(reg_before=before, reg_after=mean_distance(ctx, target, c.distance, c.feature))
+        return phase
+
     def client_update(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> ClientUpdate:
         c = self.settings
-        if c.target_features != "global_step" or c.regular_weight == 0 or round_ < self.cfg.fed.personal_start_round:
+        if (c.target_features != "global_step" or (c.regular_weight == 0 and not c.trace_reg)
+                or round_ < self.cfg.fed.personal_start_round):
             return super().client_update(ctx, global_state, round_)
         # The global step first; its forward passes leave h_G(x) of every example (no extra pass).
         target = torch.zeros(len(ctx.train), ctx.am.base.config.hidden_size, device=ctx.am.device)

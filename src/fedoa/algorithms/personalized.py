@@ -58,14 +58,18 @@ class PersonalThenGlobal(Algorithm):
         ctx.state[PERSONAL] = am.get(PERSONAL)
         return Phase.of("personal", result)
 
+    def personal_round(self, round_: int) -> bool:
+        """True when ``round_`` has a personal step (``fed.personal_start_round`` on)."""
+        return round_ >= self.cfg.fed.personal_start_round
+
     def client_update(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> ClientUpdate:
         ctx.am.set(GLOBAL, global_state)  # the personal objective may read G (features, mix, prox)
         phases = []
-        if round_ >= self.cfg.fed.personal_start_round:
+        if self.personal_round(round_):
             phases.append(self.personal_step(ctx, global_state, round_))
         state, phase = train_on_task(ctx, GLOBAL, global_state, round_, "global")
         return ClientUpdate(ctx.name, state, len(ctx.train), phases + [phase])
 
     def local_steps(self, num_examples: int, round_: int) -> int:
         n = planned_steps(num_examples, self.cfg.train)
-        return 2 * n if round_ >= self.cfg.fed.personal_start_round else n
+        return 2 * n if self.personal_round(round_) else n

@@ -116,6 +116,12 @@ def build_eval(run, spec: str, sets: dict[str, list], scores, seconds: float) ->
     if run.cfg.eval.metric == "both":
         gen = matrices(scores, "generation")
         out["generation"] = {"summary": {k: summary(m) for k, m in gen.items()}, "matrices": gen}
+    if run.cfg.eval.rouge:  # the reference's generation scoring (mean F-measure per ROUGE type)
+        from fedoa.evaluation.matrix import rouge_matrices
+        from fedoa.evaluation.rouge import ROUGE_TYPES
+
+        out["rouge"] = {t: {"summary": {k: summary(m) for k, m in rouge_matrices(scores, t).items()},
+                            "matrices": rouge_matrices(scores, t)} for t in ROUGE_TYPES}
     return clean(out)
 
 
@@ -132,6 +138,11 @@ def render_eval(ev: dict[str, Any]) -> str:
     for kind, matrix in ev["matrices"].items():
         rows = [[c] + [pct(row.get(s)) for s in sets] for c, row in matrix.items()]
         parts += [f"## Matrix: {kind}", "", md_table([f"{kind} model of \\ test set"] + sets, rows), ""]
+    if ev.get("rouge"):
+        parts += ["## ROUGE F-measure (the reference's generation scoring), in %", "",
+                  md_table(["model"] + [f"{t} {g}" for t in ev["rouge"] for g in ("ID", "OOD")],
+                           [[k] + [pct(ev["rouge"][t]["summary"][k][f"{g}_accuracy"]) for t in ev["rouge"]
+                                   for g in ("id", "ood")] for k in ev["summary"]]), ""]
     return "\n".join(parts)
 
 

@@ -34,7 +34,7 @@ from fedoa.config import RunConfig, changed_keys, config_to_toml
 from fedoa.errors import ConfigError, FedoaError
 from fedoa.io import write_text
 from fedoa.compare.render import write_outputs
-from fedoa.compare.stats import aggregate, paired_table
+from fedoa.compare.stats import aggregate, paired_table, rouge_summary
 from fedoa.reports.results import Results
 from fedoa.reports.markdown import pct
 
@@ -259,6 +259,7 @@ def run_compare(
         runs = [(spec, finished(spec)) for spec in specs]
         done = [(s.method, s.seed, s.holdout, r) for s, r in runs if r is not None]
         summary = aggregate(done, labels, seeds)
+        summary["rouge"] = rouge_summary(done, labels, seeds)  # eval.rouge: the reference's metric, or None
         summary["focus"] = focus_labels(methods, focus)
         if final:  # the bootstrap takes a while: once at the end (or with --report-only)
             summary["paired"] = paired_table(done, summary["focus"], summary["group_categories"])

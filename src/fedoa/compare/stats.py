@@ -341,3 +341,18 @@ def paired_table(
                 if cells:
                     out.append({"a": list(f), "b": list(other), "group": group, "cells": cells})
     return out
+
+
+def rouge_summary(runs: list[tuple[str, int, str, Results]], methods: list[str], seeds: list[int]) -> dict | None:
+    """The ROUGE table of the runs that scored it (``eval.rouge``: the reference's generation scoring),
+    or None when none did: the same table as the accuracy's, of mean ROUGE F-measure. No paired
+    intervals: ROUGE is a secondary metric here, option accuracy stays the headline."""
+    scored = [(m, s, h, r) for m, s, h, r in runs if r.rouge]
+    if not scored:
+        return None
+    first = scored[0][3].rouge
+    shown = first["shown"]
+    swapped = [(m, s, h, r.model_copy(update={"matrices": r.rouge["matrices"][shown]})) for m, s, h, r in scored]
+    table = aggregate(swapped, methods, seeds)
+    keep = ("methods", "seeds", "categories", "groups", "group_labels", "table")
+    return {"type": shown, "decoding": first.get("decoding", {}), "runs": len(scored), **{k: table[k] for k in keep}}

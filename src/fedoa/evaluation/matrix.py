@@ -12,11 +12,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from fedoa.config import EvalConfig
 from fedoa.data.prompts import PromptEncoder
 from fedoa.data.records import ClientData, Record
+from fedoa.evaluation.rouge import answer_of, rouge_per_record
 from fedoa.evaluation.scoring import (
     PreparedSet,
     accuracy_of,
@@ -99,6 +101,8 @@ class SetScores:
     generation: float = math.nan
     options_hits: str = ""
     generation_hits: str = ""
+    #: ``eval.rouge``: per ROUGE type, each record's F-measure in [0, 1] (empty when not scored)
+    rouge: dict[str, list[float]] = field(default_factory=dict)
 
 
 def hits_text(hits: list[int]) -> str:
@@ -129,8 +133,9 @@ class Evaluator:
 
     def _set_key(self, ps: PreparedSet) -> tuple:
         """Everything a score depends on besides the model and tokenizer."""
+        rouge = (self.cfg.rouge_num_beams, self.cfg.rouge_max_new_tokens) if self.cfg.rouge else None
         return (
-            self.cfg.metric, self.cfg.max_new_tokens, tuple(ps.prompts),
+            self.cfg.metric, self.cfg.max_new_tokens, rouge, tuple(ps.prompts),
             tuple(tuple(o) for o in ps.options), tuple(ps.answers), tuple(r.output for r in ps.records),
         )
 
@@ -138,14 +143,15 @@ class Evaluator:
         """Scores of the active model on the set's first ``limit`` records (None: all);
         ``fingerprint`` names the model's content (None: not cached)."""
         ps = self.prepared[set_name].head(limit)
+        rouge = self.cfg.rouge and limit is None  # not in the looks between rounds
         if self.cache is None or fingerprint is None:
-            return self._score(ps)
-        key = (fingerprint, self._set_key(ps))
+            return self._score(ps, rouge)
+        key = (fingerprint, self._set_key(ps), rouge)
         if key not in self.cache:
-            self.cache[key] = self._score(ps)
+            self.cache[key] = self._score(ps, rouge)
         return dataclasses.replace(self.cache[key])
 
-    def _score(self, ps: PreparedSet) -> SetScores:
+    def _score(self, ps: PreparedSet, rouge: bool = False) -> SetScores:
         start = time.perf_counter()
         out = SetScores()
         if self.cfg.metric in ("options", "both"):
@@ -157,6 +163,12 @@ class Evaluator:
             texts = self.encoder.tokenizer.batch_decode(ids, skip_special_tokens=True)
             hits = generation_hits(ps, texts)
             out.generation, out.generation_hits = accuracy_of(hits), hits_text(hits)
+        if rouge:
+            ids = generations(self.am, ps, self.cfg.batch_size, self.pad_id, self.cfg.rouge_max_new_tokens,
+                              self.eos_id, self.cfg.rouge_num_beams)
+            decode = partial(self.encoder.tokenizer.decode, skip_special_tokens=True)
+            answers = [answer_of(row, self.eos_id, decode) for row in ids]
+            out.rouge = rouge_per_record(answers, [r.output for r in ps.records])
         self.seconds += time.perf_counter() - start
         self.examples += len(ps)
         return out
@@ -200,6 +212,15 @@ def records(scores: dict[str, dict[str, dict[str, SetScores]]], metric: str) -> 
     """``kind -> client -> set -> per-record outcomes`` of the headline metric."""
     attr = "generation_hits" if metric == "generation" else "options_hits"
     return {kind: {c: {s: getattr(v, attr) for s, v in row.items()} for c, row in by_client.items()}
+            for kind, by_client in scores.items()}
+
+
+def rouge_matrices(scores: dict[str, dict[str, dict[str, SetScores]]], rouge_type: str) -> dict[str, Matrix]:
+    """``kind -> client -> set -> mean F-measure`` of one ROUGE type (NaN where not scored)."""
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values) if values else math.nan
+
+    return {kind: {c: {s: mean(v.rouge.get(rouge_type, [])) for s, v in row.items()} for c, row in by_client.items()}
             for kind, by_client in scores.items()}
 
 

@@ -5,6 +5,7 @@
   the prompts scores every option's first token; only options longer than one token need a
   second, short pass over their remaining tokens.
 - Generation: greedy decoding, exact match after normalization.
+- The reference's generation scoring (beam search, ROUGE): :mod:`fedoa.evaluation.rouge`.
 """
 from __future__ import annotations
 
@@ -146,9 +147,10 @@ def normalize_answer(text: str) -> str:
 
 @torch.no_grad()
 def generations(
-    am: AdapterModel, prepared: PreparedSet, batch_size: int, pad_id: int, max_new_tokens: int, eos_id: int
+    am: AdapterModel, prepared: PreparedSet, batch_size: int, pad_id: int, max_new_tokens: int, eos_id: int,
+    num_beams: int = 1,
 ) -> list[list[int]]:
-    """Greedily generated token ids per record (the caller decodes them)."""
+    """Generated token ids per record, greedy or by beam search (the caller decodes them)."""
     order = sorted(range(len(prepared)), key=lambda i: len(prepared.prompts[i]))
     out: list[list[int]] = [[] for _ in range(len(prepared))]
     for idx in _batches(order, prepared, batch_size):
@@ -158,6 +160,7 @@ def generations(
             attention_mask=mask.to(am.device),
             max_new_tokens=max_new_tokens,
             do_sample=False,
+            num_beams=num_beams,
             pad_token_id=pad_id,
             eos_token_id=eos_id,
         )

@@ -125,12 +125,27 @@ def render_report(results: Results) -> str:
         for kind, s in results.generation["summary"].items():
             parts.append(f"- {kind}: ID {pct(s['id_accuracy'])}, OOD {pct(s['ood_accuracy'])}")
         parts.append("")
+    if results.rouge:
+        parts += rouge_section(results.rouge)
     data = getattr(results, "data", None) or {}
     if any(data.values()):
         parts += ["## Data checks", ""] + data_lines(data) + [""]
     if results.failures:
         parts += ["## Failures", ""] + [f"- {f}" for f in results.failures] + [""]
     return "\n".join(parts)
+
+
+def rouge_section(rouge: dict[str, Any]) -> list[str]:
+    """The reference's generation scoring beside the headline: mean ROUGE F-measure in %, per model kind."""
+    types = list(rouge["summary"])
+    dec = rouge.get("decoding", {})
+    head = ["model"] + [f"{t} {g}" for t in types for g in ("ID", "OOD")]
+    kinds = [k for k, _ in KINDS if any(k in rouge["summary"][t] for t in types)]
+    rows = [[LABELS.get(k, k)] + [pct(rouge["summary"][t].get(k, {}).get(f"{g}_rouge")) for t in types
+                                      for g in ("id", "ood")] for k in kinds]
+    return ["## ROUGE: the reference's generation scoring (secondary metric)", "",
+            f"{rouge['description']}; {dec.get('num_beams')} beams, at most {dec.get('max_new_tokens')} new tokens; "
+            "F-measure in %.", "", md_table(head, rows), ""]
 
 
 def console():

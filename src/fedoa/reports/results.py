@@ -18,8 +18,10 @@ from fedoa.evaluation.matrix import (
     matrices,
     per_client,
     records,
+    rouge_matrices,
     summarize,
 )
+from fedoa.evaluation.rouge import ROUGE_TYPES
 from fedoa.io import write_json
 
 Table = dict[str, dict[str, float | None]]  # client or kind -> key -> accuracy
@@ -51,6 +53,8 @@ class Results(BaseModel):
     timing: dict[str, float]
     config: dict[str, Any]
     generation: dict[str, Any] | None = None
+    #: ``eval.rouge``: the reference's generation scoring (see :func:`rouge_results`)
+    rouge: dict[str, Any] | None = None
     failures: list[str] = Field(default_factory=list)
     #: per evaluated round: {round, summary, per_client} (eval.every)
     rounds: list[dict[str, Any]] = Field(default_factory=list)
@@ -114,4 +118,26 @@ def build_results(
     if cfg.eval.metric == "both":
         gen = matrices(scores, "generation")
         values["generation"] = {"summary": {kind: summarize(m, plan) for kind, m in gen.items()}, "matrices": gen}
+    if cfg.eval.rouge:
+        values["rouge"] = rouge_results(cfg, plan, scores)
     return Results.model_validate(clean({**values, **(extra or {})}))
+
+
+def rouge_results(cfg: RunConfig, plan: EvalPlan, scores: dict[str, dict[str, dict[str, SetScores]]]) -> dict[str, Any]:
+    """The ``rouge`` entry: per ROUGE type the summary (``id_rouge``, ``ood_rouge``, ...) and the matrices
+    (mean F-measure in [0, 1]); ``records``: type -> kind -> client -> set -> each record's F-measure."""
+    out: dict[str, Any] = {
+        "description": "the FedOA reference's scoring: beam search, the answer against the record's output by ROUGE "
+                       "F-measure (rouge-score), mean over records",
+        "decoding": {"num_beams": cfg.eval.rouge_num_beams, "max_new_tokens": cfg.eval.rouge_max_new_tokens,
+                     "do_sample": False},
+        "shown": cfg.eval.rouge_type, "summary": {}, "matrices": {}, "records": {},
+    }
+    for t in ROUGE_TYPES:
+        mats = rouge_matrices(scores, t)
+        out["summary"][t] = {kind: {k.replace("accuracy", "rouge"): v for k, v in summarize(m, plan).items()}
+                             for kind, m in mats.items()}
+        out["matrices"][t] = mats
+        out["records"][t] = {kind: {c: {s: [round(x, 5) for x in v.rouge.get(t, [])] for s, v in row.items()}
+                                    for c, row in by_client.items()} for kind, by_client in scores.items()}
+    return out

@@ -295,6 +295,8 @@ def run_round(cfg: RunConfig, algo: Algorithm, transport: Transport, r: int, gro
         sent = sum(1 for t in groups if not (isinstance(replies.get(t), Failure) and not replies[t].sent))
         ledger.bytes_down += state_bytes(global_state) * sent
     new_state, noise_std = aggregate(cfg, algo, accepted, global_state, r, ledger)
+    for line in algo.server_metrics(r):  # the server's own work (PerAda's distillation)
+        log.write({"round": r, "client": "server", **line})
     digest = state_digest(new_state)
     for v in verdicts:
         log.audit(audit_line(r, v, cfg.fed.aggregation, noise_std, digest))

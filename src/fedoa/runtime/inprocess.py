@@ -11,7 +11,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from fedoa.algorithms.base import Algorithm, ClientContext, ClientState, ClientUpdate
+from fedoa.algorithms.base import (
+    Algorithm,
+    ClientContext,
+    ClientState,
+    ClientUpdate,
+    ServerContext,
+)
 from fedoa.config import RunConfig
 from fedoa.evaluation.matrix import EvalPlan, evaluate_models
 from fedoa.model.adapters import AdapterState
@@ -33,6 +39,7 @@ class InProcess(Transport):
 
     def open(self, algo: Algorithm) -> list[str]:
         self.algo = algo
+        algo.attach_server(ServerContext(self.session.am, self.session.encoder, self.session.cfg))
         return [c.name for c in self.session.clients]
 
     def eval_plan(self) -> EvalPlan:

@@ -39,6 +39,9 @@ class LocalResult:
     examples: int = 0
     seconds: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
+    #: the same averages over the first and over the last optimizer step only
+    first: dict[str, float] = field(default_factory=dict)
+    last: dict[str, float] = field(default_factory=dict)
 
 
 def planned_steps(num_examples: int, cfg: TrainConfig) -> int:
@@ -102,6 +105,7 @@ def train_slot(
             for step_idx in epoch_batches(lengths, cfg.batch_size, f"{seed_text}:epoch{epoch}"):
                 if step >= total:
                     break
+                step_sums: dict[str, float] = {}
                 for batch in iterate_batches(examples, step_idx, cfg.micro_batch_size, pad_id):
                     batch = batch.to(am.device)
                     loss, parts = objective(am, batch)
@@ -111,8 +115,12 @@ def train_slot(
                     (loss * (batch.size / len(step_idx))).backward()
                     for k, v in parts.items():
                         sums[k] = sums.get(k, 0.0) + v
+                        step_sums[k] = step_sums.get(k, 0.0) + v
                     micro_batches += 1
                 optimizer_step(opt, sched, params, cfg.max_grad_norm)
+                result.last = {k: v / math.ceil(len(step_idx) / cfg.micro_batch_size) for k, v in step_sums.items()}
+                if step == 0:
+                    result.first = result.last
                 step += 1
                 result.examples += len(step_idx)
                 if progress:

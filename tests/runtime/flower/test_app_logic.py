@@ -207,3 +207,33 @@ def test_the_run_config_is_flower_keys_and_round_trips():
         unflatten({**rc, "train.lr": "fast"})
     with pytest.raises(FedoaError, match="deploy.num-nodes"):
         unflatten({**rc, "deploy.num-nodes": "four"})
+
+
+@pytest.mark.parametrize("method", ["fedlora", "perada"])
+def test_the_paper_table_methods_match_the_in_process_run(tmp_path, task_identity, method):
+    cfg, paths, nodes = make_federation(tmp_path, fed={"rounds": 2})
+    cfg.method = method
+    cfg.perada.pool = "none"  # PerAda's client side; its distillation is refused below
+    sim = run_simulation(cfg, tmp_path / "sim", progress=False).to_json()
+    dep = quiet(*deploy(cfg, paths, nodes, "dep"))
+    for key in ("summary", "matrices", "clients"):
+        assert json.dumps(dep[key], sort_keys=True) == json.dumps(sim[key], sort_keys=True), key
+    a, b = adapter(tmp_path / "sim"), adapter(tmp_path / "dep")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+
+
+def test_server_side_distillation_is_refused_before_round_1(tmp_path, task_identity):
+    cfg, paths, nodes = make_federation(tmp_path)
+    cfg.method = "perada"  # the default pool distils on the server
+    grid, rc = deploy(cfg, paths, nodes, "dep")
+    with pytest.raises(FedoaError, match="server-side data"):
+        quiet(grid, rc)
+    assert "train" not in [t for _, t in grid.sent]
+
+
+def test_rouge_scores_travel_from_the_nodes(tmp_path, task_identity):
+    cfg, paths, nodes = make_federation(tmp_path)
+    cfg.eval.rouge, cfg.eval.rouge_max_new_tokens = True, 3
+    sim = run_simulation(cfg, tmp_path / "sim", progress=False).to_json()
+    dep = quiet(*deploy(cfg, paths, nodes, "dep"))
+    assert dep["rouge"]["records"] and json.dumps(dep["rouge"], sort_keys=True) == json.dumps(sim["rouge"], sort_keys=True)

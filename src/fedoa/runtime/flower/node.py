@@ -234,7 +234,7 @@ class NodeRun:
             for k, s in pairs:
                 if k == kind:
                     sc = evaluator.score(s)
-                    scores.append([kind, s, sc.options, sc.generation, sc.options_hits, sc.generation_hits])
+                    scores.append([kind, s, sc.options, sc.generation, sc.options_hits, sc.generation_hits, sc.rouge])
         for kind, st in algo.exported_adapters(state, global_state).items():
             if kind != "global":  # the server writes the global adapter; personal ones stay here
                 am.save(st, store.folder / "adapters" / kind)

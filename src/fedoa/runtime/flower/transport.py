@@ -169,6 +169,9 @@ class FlowerTransport(Transport):
     def open(self, algo: Algorithm) -> list[str]:
         start = time.perf_counter()
         self.algo = algo
+        if algo.needs_server_model():
+            raise DeployError(f"method {self.cfg.method!r} runs the model on server-side data in its aggregation, "
+                              "which the Flower server does not do; see docs/deployment.md")
         self.wait_for_nodes()
         names = sorted(self.fed.node_of)
         if any(algo.training_groups([n], names) != {n: [n]} for n in names):
@@ -335,8 +338,9 @@ class FlowerTransport(Transport):
                     rows.remove(c)
                     self.eval_failures.append(FailureEntry("eval", c, "evaluate", rep.reason, n))
                     continue
-                for kind, s, opt, gen, opt_hits, gen_hits in json.loads(wire.values_of(rep)["scores"]):
-                    done[(model_identity(self.algo, kind, c), s)] = SetScores(_num(opt), _num(gen), opt_hits, gen_hits)
+                for kind, s, opt, gen, opt_hits, gen_hits, *rouge in json.loads(wire.values_of(rep)["scores"]):
+                    done[(model_identity(self.algo, kind, c), s)] = SetScores(_num(opt), _num(gen), opt_hits, gen_hits,
+                                                                              rouge[0] if rouge else {})
         rows = [c for c in rows if all((model_identity(self.algo, k, c), s) in done for k in kinds for s in plan.sets_of(c))]
         if not rows:
             raise DeployError("no client's models could be evaluated")
