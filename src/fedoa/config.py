@@ -86,11 +86,45 @@ class DataConfig(Section):
     )
     path: str = setting("", "Folder (jsonl) or dataset name/path (hf). Unused for vader.")
     tasks: list[str] = setting([], "Tasks (or vader domains) to use; empty = all.")
-    partition: Literal["natural", "dirichlet"] = setting(
-        "natural", "'natural': one task/domain per client; 'dirichlet': label-skewed split."
+    partition: Literal[
+        "natural", "iid", "dirichlet", "inner_dirichlet", "pathological", "shard", "natural_id", "size",
+        "linear", "square", "exponential",
+    ] = setting(
+        "natural",
+        "'natural': one task/domain per client (fedoa's own); any other value is the Flower Datasets "
+        "partitioner of that name over all tasks pooled (flwr-datasets; docs/data.md): 'iid', 'dirichlet' "
+        "(label skew), 'inner_dirichlet' (sizes given, label skew within), 'pathological' (a few labels per "
+        "client), 'shard' (FedAvg's sorted shards), 'natural_id' (one client per value of partition_by), "
+        "'size' (sizes given), 'linear'/'square'/'exponential' (client i's size grows with i).",
     )
-    num_clients: int = setting(4, "Number of clients for the dirichlet partition.", ge=1)
-    dirichlet_alpha: float = setting(0.5, "Concentration of the dirichlet label split (smaller = more skew).", gt=0)
+    num_clients: int = setting(
+        4, "Number of clients (iid, dirichlet, pathological, shard, linear, square, exponential).", ge=1
+    )
+    partition_by: Literal["output", "task", "category"] = setting(
+        "output",
+        "Record field the label-based partitioners split by (dirichlet, inner_dirichlet, pathological, shard, "
+        "natural_id) and that each client's test set follows: 'output' (the answer/class label), 'task' "
+        "or 'category'.",
+    )
+    dirichlet_alpha: float = setting(
+        0.5, "Dirichlet concentration (dirichlet, inner_dirichlet; smaller = more skew).", gt=0
+    )
+    min_partition_size: int = setting(
+        1, "dirichlet: redraw (up to 10 times, then fail) until every client has this many training records.", ge=0
+    )
+    self_balancing: bool = setting(
+        False, "dirichlet: stop giving records to a client once it holds more than the average share."
+    )
+    classes_per_client: int = setting(2, "pathological: distinct partition_by values per client.", ge=1)
+    class_assignment: Literal["random", "deterministic", "first-deterministic"] = setting(
+        "random", "pathological: how values are given to clients (flwr-datasets' class_assignment_mode)."
+    )
+    shards_per_client: int = setting(0, "shard: shards per client (0: from shard_size).", ge=0)
+    shard_size: int = setting(0, "shard: records per shard (0: from shards_per_client).", ge=0)
+    keep_incomplete_shard: bool = setting(False, "shard: keep the last, smaller shard.")
+    partition_sizes: list[int] = setting(
+        [], "size, inner_dirichlet: training records per client (the number of clients is its length)."
+    )
     train_per_client: int = setting(0, "Keep at most this many training records per client (0 = all).", ge=0)
     test_per_client: int = setting(0, "Keep at most this many test records per client (0 = all).", ge=0)
     test_fraction: float = setting(0.2, "Held-out fraction for sources without a test split (vader).", gt=0, lt=1)
@@ -308,6 +342,13 @@ class RunConfig(BaseModel):
             need(self.fed.personal_start_round <= self.fed.rounds, "fed.personal_start_round",
                  f"is {self.fed.personal_start_round} but fed.rounds is {self.fed.rounds}: method "
                  f"{self.method!r} would report an untrained personal adapter")
+        d = self.data
+        if d.partition in ("size", "inner_dirichlet"):
+            need(bool(d.partition_sizes) and min(d.partition_sizes) > 0, "data.partition_sizes",
+                 f"needs one positive size per client for data.partition = {d.partition!r}")
+        if d.partition == "shard":
+            need(bool(d.shards_per_client or d.shard_size), "data.shards_per_client",
+                 "data.partition = 'shard' needs shards_per_client or shard_size")
         need(self.protocol.name != "within-category" or self.data.partition == "natural", "protocol.name",
              "'within-category' needs data.partition = 'natural' (one task per client)")
         need(self.dp.noise_multiplier == 0 or self.fed.aggregation == "uniform", "dp.noise_multiplier",

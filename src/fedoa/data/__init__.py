@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fedoa.data.partition import cap_records, dirichlet_partition, natural_partition
+from fedoa.data.partition import cap_records, partition_tasks
 from fedoa.data.records import ClientData, Record
 from fedoa.errors import DataError
 
@@ -42,10 +42,7 @@ def check_clients(clients: list[ClientData]) -> None:
 
 def make_clients(tasks: TaskSplits, cfg: DataConfig, seed: int) -> list[ClientData]:
     """Partition loaded tasks into clients, cap each client, then check none is empty."""
-    if cfg.partition == "dirichlet":
-        clients = dirichlet_partition(tasks, cfg.num_clients, cfg.dirichlet_alpha, seed)
-    else:
-        clients = natural_partition(tasks)
+    clients = partition_tasks(tasks, cfg, seed)
     for c in clients:
         c.train = cap_records(c.train, cfg.train_per_client, seed, f"{c.name}:train")
         c.test = cap_records(c.test, cfg.test_per_client, seed, f"{c.name}:test")

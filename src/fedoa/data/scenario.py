@@ -1,6 +1,6 @@
 """The scenario: who holds which records.
 
-From the configured data: the clients (one per task, or a Dirichlet label split), each capped
+From the configured data: the clients (one per task, or a Flower Datasets partition: docs/data.md), each capped
 at ``train_per_client``/``test_per_client`` records with a seeded sample, and, under the
 leave-category-out protocol, the held-out category's test sets that no client holds. A Flower
 node's data folder is one client (:func:`node_client`); shared test sets are read the same way
