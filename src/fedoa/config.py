@@ -166,7 +166,9 @@ class FedConfig(Section):
     """The federation: rounds, sampling, aggregation."""
 
     rounds: int = setting(3, "Communication rounds.", ge=1)
-    client_fraction: float = setting(1.0, "Fraction of clients sampled per round (at least one).", gt=0, le=1)
+    client_fraction: float = setting(
+        1.0, "Fraction of clients sampled per round (at least one); with DP the probability that each client is "
+        "sampled (Poisson sampling: the number varies, may be zero).", gt=0, le=1)
     aggregation: Literal["uniform", "examples", "median", "trimmed_mean"] = setting(
         "uniform",
         "How the server combines the uploads: FedAvg with 'uniform' weights (the reference) or by example "
@@ -272,7 +274,8 @@ class DPConfig(Section):
     """Client-level differential privacy of the global adapter (DP-FedAvg)."""
 
     noise_multiplier: float = setting(
-        0.0, "sigma: Gaussian noise std = sigma * clip_norm / (clients aggregated) per coordinate (0: DP off).", ge=0
+        0.0, "z: Gaussian noise of std z * clip_norm on the sum of the clipped changes, divided by the expected "
+        "number of sampled clients (fed.client_fraction x clients); clients are then Poisson-sampled (0: DP off).", ge=0
     )
     clip_norm: float = setting(1.0, "C: each client's change is clipped to this L2 norm before averaging.", gt=0)
     delta: float = setting(1e-5, "delta of the reported (epsilon, delta).", gt=0, lt=1)

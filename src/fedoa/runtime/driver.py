@@ -21,12 +21,11 @@ import shutil
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fedoa.algorithms import make_algorithm
-from fedoa.algorithms.aggregation import clip_change
 from fedoa.algorithms.base import Algorithm, ClientState, ClientUpdate
 from fedoa.checkpoint import client_file_name, load_checkpoint, save_checkpoint
 from fedoa.config import RunConfig, changed_keys, config_to_toml, flat_keys
@@ -40,7 +39,7 @@ from fedoa.reports.tracking import Tracker
 from fedoa.runtime.common import eval_kinds, phase_line
 from fedoa.runtime.ledger import FailureEntry, RunLedger
 from fedoa.runtime.sampling import sample_clients
-from fedoa.runtime.trust import add_noise, audit_line, epsilon, noise_seed, validate
+from fedoa.runtime.trust import audit_line, dp_release, dp_sum, epsilon, validate
 from fedoa.training.loop import NON_FINITE
 
 WORK = ".run"
@@ -149,8 +148,9 @@ def run_federation(
         shutil.rmtree(work)
     state = Resume(cfg, work, restart_on_change).load(algo, transport, names)
     ledger = state.ledger
+    poisson = uses_dp(cfg, algo)  # DP: secret Poisson sampling, the sampling its accountant assumes
     schedule = {
-        r: algo.training_groups(sample_clients(names, cfg.fed.client_fraction, cfg.seed, r), names)
+        r: algo.training_groups(sample_clients(names, cfg.fed.client_fraction, cfg.seed, r, poisson), names)
         for r in range(state.first_round, cfg.fed.rounds + 1)
     }
     transport.begin(schedule)
@@ -183,13 +183,27 @@ def run_federation(
     return results
 
 
+def uses_dp(cfg: RunConfig, algo: Algorithm) -> bool:
+    return cfg.dp.noise_multiplier > 0 and algo.federated
+
+
 def dp_results(cfg: RunConfig, ledger: RunLedger) -> dict[str, Any]:
     if cfg.dp.noise_multiplier == 0:
         return {}
+    dp, q = cfg.dp, cfg.fed.client_fraction
     eps = ledger.dp_epsilon
-    return {"dp": {"noise_multiplier": cfg.dp.noise_multiplier, "clip_norm": cfg.dp.clip_norm, "delta": cfg.dp.delta,
-                   "sampling_rate": cfg.fed.client_fraction, "epsilon_per_round": eps, "epsilon": eps[-1] if eps else None,
-                   "accountant": "dp-accounting RDP: Poisson-sampled Gaussian mechanism, composed over rounds",
+    most = max(ledger.dp_participation.values(), default=0)
+    return {"dp": {"noise_multiplier": dp.noise_multiplier, "clip_norm": dp.clip_norm, "delta": dp.delta,
+                   "sampling_rate": q, "sampling": "Poisson (each client with probability sampling_rate), drawn "
+                   "from the OS's cryptographic source", "expected_clients": q * len(ledger.clients),
+                   "noise": "Gaussian, std noise_multiplier * clip_norm on the sum of clipped changes, from "
+                   "os.urandom; the sum is divided by expected_clients",
+                   "epsilon_per_round": eps, "epsilon": eps[-1] if eps else None,
+                   # for whoever reads the participation logs (metrics.jsonl, audit.jsonl, updates_per_round):
+                   # no amplification by sampling, only the rounds a client took part in
+                   "epsilon_if_participation_known": epsilon(dp.noise_multiplier, 1.0, most, dp.delta),
+                   "accountant": "dp-accounting RDP, add-or-remove-one client: Poisson-sampled Gaussian "
+                   "mechanism, composed over rounds",
                    "protects": "the global adapter and everything computed from it, per client (user-level)"}}
 
 
@@ -270,15 +284,25 @@ def run_round(cfg: RunConfig, algo: Algorithm, transport: Transport, r: int, gro
             continue
         updates.append(reply)
     declared = {t: sum(transport.examples_of(m) for m in members) for t, members in groups.items()}
-    verdicts = validate(updates, global_state, declared, cfg.trust)
+    private = uses_dp(cfg, algo)
+    if private:  # each verdict depends on its own upload only; the clipped sum is what DP releases
+        total, verdicts = dp_sum(updates, global_state, declared, cfg.trust, cfg.dp.clip_norm)
+        for t in groups:
+            ledger.dp_participation[t] = ledger.dp_participation.get(t, 0) + 1
+    else:
+        verdicts = validate(updates, global_state, declared, cfg.trust)
     for v in verdicts:
         if not v.accepted:
             fail(ledger, transport, r, v.client, "validation", f"update rejected: {v.reason}")
     accepted = [u for u, v in zip(updates, verdicts) if v.accepted]
     need = min(cfg.fed.min_clients, len(groups))
-    if len(accepted) < need:
+    # under DP a rejected update is a zero update: whether the round goes on may not depend on the
+    # content of anybody's upload, only on how many nodes answered
+    counted = updates if private else accepted
+    if len(counted) < need:
         raise RoundError(
-            f"round {r}: {len(accepted)} of {len(groups)} sampled clients sent a valid update, fewer than "
+            f"round {r}: {len(counted)} of {len(groups)} sampled clients sent a "
+            f"{'' if private else 'valid '}update, fewer than "
             f"fed.min_clients = {cfg.fed.min_clients}; the run stops here and resumes from round {r} when "
             "started again"
         )
@@ -294,7 +318,10 @@ def run_round(cfg: RunConfig, algo: Algorithm, transport: Transport, r: int, gro
         ledger.bytes_up += sum(state_bytes(u.state) for u in updates if u.state is not None)
         sent = sum(1 for t in groups if not (isinstance(replies.get(t), Failure) and not replies[t].sent))
         ledger.bytes_down += state_bytes(global_state) * sent
-    new_state, noise_std = aggregate(cfg, algo, accepted, global_state, r, ledger)
+    if private:
+        new_state, noise_std = aggregate_dp(cfg, algo, total, global_state, r, ledger)
+    else:
+        new_state, noise_std = algo.aggregate(accepted, global_state, r), 0.0
     for line in algo.server_metrics(r):  # the server's own work (PerAda's distillation)
         log.write({"round": r, "client": "server", **line})
     digest = state_digest(new_state)
@@ -309,19 +336,15 @@ def run_round(cfg: RunConfig, algo: Algorithm, transport: Transport, r: int, gro
     return new_state
 
 
-def aggregate(cfg: RunConfig, algo: Algorithm, accepted: list[ClientUpdate], global_state: AdapterState, r: int,
-              ledger: RunLedger) -> tuple[AdapterState, float]:
-    """The method's aggregation; with DP-FedAvg the changes are clipped first and noise is added."""
+def aggregate_dp(cfg: RunConfig, algo: Algorithm, total: AdapterState, global_state: AdapterState, r: int,
+                 ledger: RunLedger) -> tuple[AdapterState, float]:
+    """DP-FedAvg: the noised clipped sum over the expected number of sampled clients (q n), then the
+    method's own aggregation of that one average (post-processing: e.g. pFedMe's server mix)."""
     dp = cfg.dp
-    if dp.noise_multiplier == 0 or not algo.federated:
-        return algo.aggregate(accepted, global_state, r), 0.0
-    clipped = [replace(u, state=clip_change(u.state, global_state, dp.clip_norm)) if u.state is not None else u
-               for u in accepted]
-    uploads = sum(1 for u in clipped if u.state is not None)
-    std = dp.noise_multiplier * dp.clip_norm / max(1, uploads)
-    new_state = add_noise(algo.aggregate(clipped, global_state, r), std, noise_seed(cfg.seed, r))
+    expected = cfg.fed.client_fraction * len(ledger.clients)
+    average, std = dp_release(total, global_state, dp.noise_multiplier, dp.clip_norm, expected)
     ledger.dp_epsilon.append(epsilon(dp.noise_multiplier, cfg.fed.client_fraction, r, dp.delta))
-    return new_state, std
+    return algo.aggregate([ClientUpdate("dp-average", average, 1)], global_state, r), std
 
 
 def fail(ledger: RunLedger, transport: Transport, r: int | str, client: str, phase: str, reason: str,

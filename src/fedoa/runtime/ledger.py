@@ -42,6 +42,8 @@ class RunLedger:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     #: the DP accountant's epsilon after each round (DP runs only)
     dp_epsilon: list[float] = field(default_factory=list)
+    #: DP runs: in how many rounds each client was sampled (epsilon for readers of participation logs)
+    dp_participation: dict[str, int] = field(default_factory=dict)
     #: the transport's own state (e.g. which round each Flower node's state is at)
     transport: dict[str, Any] = field(default_factory=dict)
 

@@ -8,14 +8,21 @@ when it joined, and an L2 norm of its change within ``trust.max_norm`` and withi
 ``trust.norm_factor`` times the median of the round's changes. A rejected update is left out
 with its reason; the driver then needs ``fed.min_clients`` accepted ones.
 
-DP-FedAvg (McMahan et al., ICLR 2018): each accepted change is clipped to L2 norm ``dp.clip_norm``
-C, the changes are averaged (uniform weights) and Gaussian noise of standard deviation
-``dp.noise_multiplier * C / m`` is added per coordinate (m: the round's accepted updates). The
-privacy loss is accounted by dp-accounting's RDP accountant, per round.
+DP-FedAvg (McMahan et al., ICLR 2018; the fixed-denominator estimator, as Opacus averages over
+the expected batch size): clients are Poisson-sampled with rate q (:mod:`fedoa.runtime.sampling`),
+each accepted change is clipped to L2 norm ``dp.clip_norm`` C, the clipped changes are SUMMED (a
+rejected or failed client adds zero), Gaussian noise of standard deviation ``z C`` is added to every
+coordinate of the sum, and the sum is divided by the expected number of sampled clients ``q n``,
+whoever actually took part. Adding or removing one client moves the sum by at most C (its own
+clipped change; nobody else's verdict depends on it), which is the sensitivity the accountant's
+``GaussianDpEvent(z)`` assumes. The noise comes from the OS's cryptographic source
+(:func:`secure_normal`), never from the run's seed. The privacy loss is accounted by dp-accounting's
+RDP accountant (``PoissonSampledDpEvent(q, GaussianDpEvent(z))`` composed over the rounds).
 """
 from __future__ import annotations
 
 import math
+import os
 import statistics
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +32,6 @@ import torch
 from fedoa.algorithms.aggregation import change_norm
 from fedoa.algorithms.base import ClientUpdate
 from fedoa.model.adapters import AdapterState, state_digest
-from fedoa.seeding import derive_seed
 
 
 @dataclass
@@ -53,8 +59,13 @@ def _shape_problem(state: AdapterState, reference: AdapterState) -> str:
 
 
 def validate(updates: list[ClientUpdate], global_state: AdapterState, declared: dict[str, int],
-             settings) -> list[Verdict]:
-    """One verdict per update (updates without a state, e.g. Local's, are accepted as they are)."""
+             settings, dp: bool = False) -> list[Verdict]:
+    """One verdict per update (updates without a state, e.g. Local's, are accepted as they are).
+
+    With ``dp`` every verdict depends on that client's own upload only (names, shapes, dtypes,
+    finiteness, ``trust.max_norm`` when set): the bounds relative to the other clients' norms are
+    not applied, since they would let one client's presence change whose update counts (the
+    clipping to ``dp.clip_norm`` bounds every contribution instead)."""
     out: list[Verdict] = []
     for u in updates:
         if u.state is None:
@@ -66,8 +77,17 @@ def validate(updates: list[ClientUpdate], global_state: AdapterState, declared: 
         if not problem and not 1 <= u.num_examples <= (limit if limit is not None else u.num_examples):
             problem = f"claims {u.num_examples} examples, declared {limit} when it joined"
         out.append(Verdict(u.client, not problem, problem, norm, state_digest(u.state)))
-    _norm_bounds(out, settings)
+    if dp:
+        _absolute_bound(out, settings.max_norm)
+    else:
+        _norm_bounds(out, settings)
     return out
+
+
+def _absolute_bound(verdicts: list[Verdict], max_norm: float) -> None:
+    for v in verdicts:
+        if v.accepted and v.digest and max_norm and v.norm > max_norm:
+            v.accepted, v.reason = False, f"update norm {v.norm:.4g} exceeds trust.max_norm = {max_norm:g}"
 
 
 def _norm_bounds(verdicts: list[Verdict], settings) -> None:
@@ -86,19 +106,65 @@ def _norm_bounds(verdicts: list[Verdict], settings) -> None:
 # ---------------------------------------------------------------------------- differential privacy
 
 
-def add_noise(state: AdapterState, std: float, seed: int) -> AdapterState:
-    """Gaussian noise of standard deviation ``std`` on every coordinate, drawn from ``seed``."""
-    gen = torch.Generator().manual_seed(seed)
-    return {k: (v.double() + torch.randn(v.shape, generator=gen, dtype=torch.float64) * std).to(v.dtype)
-            for k, v in sorted(state.items())}
+def secure_normal(n: int) -> torch.Tensor:
+    """``n`` standard normal samples (float64) whose every random bit comes from ``os.urandom``.
+
+    Box-Muller on 53-bit uniforms from the OS's cryptographic source: there is no generator state
+    or seed that anyone could recover or replay. As Opacus's ``secure_mode`` does against
+    floating-point attacks on the Gaussian mechanism (Holohan et al. 2021), each sample is the sum
+    of four independent normals divided by 2 (variance 1)."""
+    import numpy as np
+
+    if n <= 0:
+        return torch.zeros(0, dtype=torch.float64)
+    draws = 4 * n
+    pairs = (draws + 1) // 2
+    bits = np.frombuffer(os.urandom(16 * pairs), dtype=np.uint64).reshape(pairs, 2) >> np.uint64(11)
+    u1 = (bits[:, 0].astype(np.float64) + 1.0) * 2.0 ** -53  # (0, 1]: log never sees 0
+    u2 = bits[:, 1].astype(np.float64) * 2.0 ** -53
+    radius = np.sqrt(-2.0 * np.log(u1))
+    normals = np.concatenate([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)])[:draws]
+    return torch.from_numpy(normals.reshape(4, n).sum(axis=0) / 2.0)
 
 
-def noise_seed(run_seed: int, round_: int) -> int:
-    return derive_seed(run_seed, round_, "dp-noise")
+def clipped_sum(states: list[AdapterState], reference: AdapterState, clip: float) -> AdapterState:
+    """The sum (float64) of every state's change from ``reference``, each clipped to L2 norm ``clip``."""
+    total = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in reference.items()}
+    for state in states:
+        norm = change_norm(state, reference)
+        scale = 1.0 if norm <= clip or norm == 0 else clip / norm
+        for k, ref in reference.items():
+            total[k] += (state[k].double() - ref.double()) * scale
+    return total
+
+
+def dp_sum(updates: list[ClientUpdate], global_state: AdapterState, declared: dict[str, int], trust, clip: float
+           ) -> tuple[AdapterState, list[Verdict]]:
+    """What one DP round releases before its noise: the clipped sum of the accepted changes (a
+    rejected upload counts as zero) and the verdicts. Its sensitivity to adding or removing one
+    client is ``clip`` (tests/runtime/test_trust.py checks it property-wise)."""
+    verdicts = validate(updates, global_state, declared, trust, dp=True)
+    accepted = [u.state for u, v in zip(updates, verdicts) if v.accepted and u.state is not None]
+    return clipped_sum(accepted, global_state, clip), verdicts
+
+
+def dp_release(total: AdapterState, global_state: AdapterState, noise_multiplier: float, clip: float,
+               expected_clients: float) -> tuple[AdapterState, float]:
+    """``global + (total + N(0, (z C)^2)) / expected_clients`` in the global adapter's dtypes, and the
+    noise's standard deviation per coordinate of that average (``z C / expected_clients``)."""
+    std = noise_multiplier * clip
+    out = {}
+    for k in sorted(total):
+        noisy = total[k] + secure_normal(total[k].numel()).reshape(total[k].shape) * std
+        out[k] = (global_state[k].double() + noisy / expected_clients).to(global_state[k].dtype)
+    return out, std / expected_clients
 
 
 def epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, delta: float) -> float:
-    """(epsilon, delta)-DP of ``rounds`` Gaussian mechanisms on Poisson-sampled clients (RDP accountant)."""
+    """(epsilon, delta)-DP of ``rounds`` Gaussian mechanisms on Poisson-sampled clients (RDP accountant,
+    add-or-remove-one neighbours: the noise multiplier is the noise std over the sum's sensitivity C)."""
+    if rounds <= 0:
+        return 0.0
     import logging
 
     import dp_accounting as dpa
