@@ -95,6 +95,7 @@ def _run_settings(args):
     deploy = DeploySettings(
         out_dir=args.out, num_nodes=args.nodes, eval_path=eval_path, round_timeout=args.round_timeout,
         eval_timeout=args.eval_timeout, join_timeout=args.join_timeout, fresh=args.fresh, node_auth=args.node_auth,
+        record_outcomes=args.record_outcomes,
     )
     return cfg, deploy
 
@@ -215,6 +216,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fresh", action="store_true", help="ignore an unfinished run's checkpoint in OUT")
     p.add_argument("--node-auth", action="store_true", help="the SuperLink authenticates SuperNodes "
                    "(--enable-supernode-auth): bind each client name to its first node's key for the whole run")
+    p.add_argument("--record-outcomes", action="store_true", help="nodes send each test record's outcome (and "
+                   "ROUGE per record) instead of counts only: the opt-in that eval.rouge and paired statistics need; "
+                   "named in results.json (deployment.record_outcomes)")
 
 
 def add_parser(sub) -> None:

@@ -48,6 +48,10 @@ def test_deployment_logic_matches_the_in_process_run(tmp_path, task_identity):
     for key in ("adapter_bytes", "bytes_up_per_round", "bytes_down_per_round", "updates_per_round"):
         assert dep["communication"][key] == sim["communication"][key]
     assert dep["failures"] == []
+    # the nodes' private test records stay private: counts only, no per-record outcome (no opt-in)
+    assert dep["deployment"]["record_outcomes"] is False
+    assert all(h == "" for by_client in dep["records"].values() for sets in by_client.values() for h in sets.values())
+    assert any(h for by_client in sim["records"].values() for sets in by_client.values() for h in sets.values())
     sim_lines = [json.loads(x) for x in (tmp_path / "sim" / "metrics.jsonl").read_text().splitlines()]
     dep_lines = [json.loads(x) for x in (tmp_path / "dep" / "metrics.jsonl").read_text().splitlines()]
     strip = lambda ls: [{k: v for k, v in x.items() if k != "seconds"} for x in ls]  # noqa: E731
@@ -235,5 +239,36 @@ def test_rouge_scores_travel_from_the_nodes(tmp_path, task_identity):
     cfg, paths, nodes = make_federation(tmp_path)
     cfg.eval.rouge, cfg.eval.rouge_max_new_tokens = True, 3
     sim = run_simulation(cfg, tmp_path / "sim", progress=False).to_json()
-    dep = quiet(*deploy(cfg, paths, nodes, "dep"))
+    with pytest.raises(FedoaError, match="deploy.record-outcomes"):  # per-record ROUGE needs the opt-in
+        quiet(*deploy(cfg, paths, nodes, "refused"))
+    dep = quiet(*deploy(cfg, paths, nodes, "dep", record_outcomes=True))
+    assert dep["deployment"]["record_outcomes"] is True
     assert dep["rouge"]["records"] and json.dumps(dep["rouge"], sort_keys=True) == json.dumps(sim["rouge"], sort_keys=True)
+
+
+def test_a_hostile_node_is_that_clients_failure_never_a_server_exception(tmp_path, task_identity, monkeypatch):
+    """Node b answers training with num-examples = inf (an OverflowError in the old parser) and
+    evaluation with a score for a set it was not asked to score: each is b's recorded failure,
+    the run completes with the others, and b's invented score is nowhere."""
+    from fedoa.runtime.flower import client_app, wire
+
+    real = client_app.handle
+
+    def hostile(kind, node_config, run_config, content):
+        reply = real(kind, node_config, run_config, content)
+        if node_config["client-name"] != "b" or kind == wire.QUERY:
+            return reply
+        values = wire.values_of(reply)
+        if kind == wire.TRAIN:
+            values["num-examples"] = float("inf")
+        else:
+            values["scores"] = json.dumps([{"kind": "global", "set": "a", "options": 0.0, "generation": None}])
+        return wire.content(values, wire.state_of(reply))
+
+    monkeypatch.setattr(client_app, "handle", hostile)
+    cfg, paths, nodes = make_federation(tmp_path, fed={"rounds": 1, "personal_start_round": 1})
+    dep = quiet(*deploy(cfg, paths, nodes, "dep", min_nodes=2))
+    assert dep["communication"]["updates_per_round"] == {"1": ["a", "c"]}
+    assert any("round 1: client b" in f and "malformed reply: num-examples" in f for f in dep["failures"])
+    assert any(f.startswith("evaluation: client b") and "not asked to score" in f for f in dep["failures"])
+    assert dep["clients"] == ["a", "c"]  # b's models are not evaluated; its claim is not used

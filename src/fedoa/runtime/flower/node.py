@@ -84,6 +84,23 @@ def describe_set(records: list[Record]) -> dict[str, Any]:
     return {"size": len(records), "pairs": _pairs(records)}
 
 
+def score_row(kind: str, set_name: str, sc, records: bool) -> dict[str, Any]:
+    """What a node reports for one (model, test set): accuracies and counts; each record's outcome
+    (and ROUGE per record) only when the run asked for them (``deploy.record-outcomes``)."""
+    def nan_none(x: float) -> float | None:
+        return None if x != x else x
+
+    hits = sc.options_hits or sc.generation_hits
+    row: dict[str, Any] = {"kind": kind, "set": set_name, "options": nan_none(sc.options),
+                           "generation": nan_none(sc.generation),
+                           "counts": {"scored": sum(h in "01" for h in hits),
+                                      "options_right": sc.options_hits.count("1"),
+                                      "generation_right": sc.generation_hits.count("1")}}
+    if records:
+        row.update(options_hits=sc.options_hits, generation_hits=sc.generation_hits, rouge=sc.rouge)
+    return row
+
+
 # ---------------------------------------------------------------------------- state
 
 
@@ -227,14 +244,14 @@ class NodeRun:
         algo, am = session.algorithm, session.am
         state = self._client_state(session, store, base)
         evaluator = session.evaluator()
+        records = values.get("records") is True  # per-record outcomes only when the run opted in
         scores = []
         order = {k: i for i, k in enumerate(eval_kinds(self.cfg, algo))}
         for kind in sorted({k for k, _ in pairs}, key=lambda k: order.get(k, len(order))):
             activate_model(session.context(self.spec.client, state), algo, kind, global_state)
             for k, s in pairs:
                 if k == kind:
-                    sc = evaluator.score(s)
-                    scores.append([kind, s, sc.options, sc.generation, sc.options_hits, sc.generation_hits, sc.rouge])
+                    scores.append(score_row(kind, s, evaluator.score(s), records))
         for kind, st in algo.exported_adapters(state, global_state).items():
             if kind != "global":  # the server writes the global adapter; personal ones stay here
                 am.save(st, store.folder / "adapters" / kind)

@@ -36,6 +36,7 @@ class DeploySettings:
     fresh: bool = False  # ignore an unfinished run's checkpoint
     poll_interval: float = 0.25  # seconds between checks for replies (a local call to the SuperLink)
     node_auth: bool = False  # SuperNodes authenticate (keys): a client name stays bound to its first node
+    record_outcomes: bool = False  # nodes send per-record outcomes of their test sets (default: counts only)
 
     @staticmethod
     def key(name: str) -> str:

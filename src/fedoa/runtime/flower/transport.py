@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedoa.algorithms.base import Algorithm, ClientState, ClientUpdate, Phase
+from fedoa.algorithms.base import Algorithm, ClientState, ClientUpdate
 from fedoa.config import RunConfig
 from fedoa.errors import FedoaError
 from fedoa.evaluation.matrix import EvalPlan, SetScores, evaluate_models
@@ -26,7 +25,7 @@ from fedoa.model.adapters import AdapterState
 from fedoa.paths import cache_dir
 from fedoa.runtime.common import model_identity
 from fedoa.runtime.driver import Failure, Scores, Transport
-from fedoa.runtime.flower import wire
+from fedoa.runtime.flower import replies, wire
 from fedoa.runtime.flower.runconfig import DeploySettings
 from fedoa.runtime.ledger import FailureEntry
 
@@ -78,7 +77,7 @@ class Exchange:
     def __call__(self, msg_type: str, contents: dict[int, Any], group: str, timeout: float = 0.0) -> dict[int, Any]:
         start = time.perf_counter()
         out = self._exchange(msg_type, contents, group, timeout)
-        work = [float(wire.values_of(r).get("seconds", 0.0)) for r in out.values() if not isinstance(r, Failure)]
+        work = [replies.seconds_of(r) for r in out.values() if not isinstance(r, Failure)]
         self.timings.append({"type": msg_type, "group": group, "nodes": len(contents),
                              "seconds": round(time.perf_counter() - start, 3),
                              "slowest_node_seconds": round(max(work, default=0.0), 3)})
@@ -103,8 +102,8 @@ class Exchange:
                 if n is None:
                     continue
                 if reply.has_error():
-                    code = int(reply.error.code)
-                    out[n] = Failure(f"{reply.error.reason} (error code {code})", lost=code == NODE_UNAVAILABLE, node=n)
+                    code, reason = _error_of(reply)
+                    out[n] = Failure(f"{reason} (error code {code})", lost=code == NODE_UNAVAILABLE, node=n)
                 else:
                     out[n] = reply.content
             if not pending:
@@ -131,16 +130,17 @@ class Federation:
         return None if n is None or n in self.lost else n
 
 
-def decode_report(values: dict[str, Any]) -> dict[str, Any]:
-    return {"client": values["client"], "train": int(values["train"]),
-            "train-pairs": json.loads(values["train-pairs"]), "test": json.loads(values["test"]),
-            "sets": json.loads(values["sets"])}
-
-
-def decode_update(values: dict[str, Any], state) -> ClientUpdate:
-    phases = [Phase(p["phase"], int(p["steps"]), int(p["examples"]), float(p["seconds"]), dict(p["metrics"]),
-                    bool(p.get("reused", False))) for p in json.loads(values["phases"])]
-    return ClientUpdate(values["client"], state, int(values["num-examples"]), phases)
+def _error_of(reply) -> tuple[int, str]:
+    """The code and reason of an error reply, whatever a node put there."""
+    try:
+        code = int(reply.error.code)
+    except Exception:  # noqa: BLE001
+        code = -1
+    try:
+        reason = str(reply.error.reason)[:500]
+    except Exception:  # noqa: BLE001
+        reason = "an unreadable error"
+    return code, reason
 
 
 # ---------------------------------------------------------------------------- the transport
@@ -169,6 +169,9 @@ class FlowerTransport(Transport):
     def open(self, algo: Algorithm) -> list[str]:
         start = time.perf_counter()
         self.algo = algo
+        if self.cfg.eval.rouge and not self.st.record_outcomes:
+            raise DeployError("eval.rouge on Flower needs per-record outcomes from the nodes: set "
+                              "deploy.record-outcomes = true (fedoa deploy run --record-outcomes) to opt in")
         if algo.needs_server_model():
             raise DeployError(f"method {self.cfg.method!r} runs the model on server-side data in its aggregation, "
                               "which the Flower server does not do; see docs/deployment.md")
@@ -204,7 +207,12 @@ class FlowerTransport(Transport):
                 if rep.lost:
                     self.fed.lost.add(n)
                 continue
-            report = decode_report(wire.values_of(rep))
+            parsed = replies.parse(wire.QUERY, rep)
+            if isinstance(parsed, replies.BadReply):
+                self.refused.append({"node": n, "reason": f"malformed hello: {parsed}"})
+                self.log(f"[fedoa] node {n} sent a malformed hello ({parsed}); ignored")
+                continue
+            report = parsed.as_dict()
             c = report["client"]
             if expected is not None and c not in expected:
                 self.log(f"[fedoa] node {n} serves client {c!r}, which is not in this run; ignored")
@@ -263,13 +271,8 @@ class FlowerTransport(Transport):
                     self.fed.lost.add(n)
                 out[c] = rep
                 continue
-            try:
-                values = wire.values_of(rep)
-                if values.get("client") != c:
-                    raise ValueError(f"it came from client {values.get('client')!r}")
-                out[c] = decode_update(values, wire.state_of(rep))
-            except (KeyError, TypeError, ValueError) as e:  # whatever a broken or hostile node sends
-                out[c] = Failure(f"malformed reply: {type(e).__name__}: {e}", node=n)
+            parsed = replies.parse(wire.TRAIN, rep, client=c, round=round_, reference=global_state)
+            out[c] = Failure(f"malformed reply: {parsed}", node=n) if isinstance(parsed, replies.BadReply) else parsed
         return out
 
     def round_done(self, round_: int, updates: list[ClientUpdate]) -> None:
@@ -326,11 +329,16 @@ class FlowerTransport(Transport):
                 client_of[n] = c
                 contents[n] = wire.content({"round": self.cfg.fed.rounds, "state-round": self.client_rounds.get(c, 0),
                                             "run-key": self.run_key, "pairs": [list(p) for p in pairs],
-                                            "limit": plan.limit}, global_state)
+                                            "limit": plan.limit, "records": self.st.record_outcomes}, global_state)
             self.log(f"[fedoa] evaluating on {len(contents)} node(s): "
                      + ", ".join(f"{c} {len(p)} model x set" for c, p in work.items()))
+            sizes = {s: len(plan.sets[s][:plan.limit or None]) for s in plan.sets}
             for n, rep in self.exchange(wire.EVALUATE, contents, "eval", self.st.eval_timeout).items():
                 c = client_of[n]
+                if not isinstance(rep, Failure):
+                    parsed = replies.parse(wire.EVALUATE, rep, client=c, pairs=work[c], sizes=sizes,
+                                           records=self.st.record_outcomes)
+                    rep = Failure(f"malformed reply: {parsed}", node=n) if isinstance(parsed, replies.BadReply) else parsed
                 if isinstance(rep, Failure):
                     self.log(f"[fedoa] evaluation on client {c!r} (node {n}) failed: {rep.reason}")
                     if rep.lost:
@@ -338,9 +346,9 @@ class FlowerTransport(Transport):
                     rows.remove(c)
                     self.eval_failures.append(FailureEntry("eval", c, "evaluate", rep.reason, n))
                     continue
-                for kind, s, opt, gen, opt_hits, gen_hits, *rouge in json.loads(wire.values_of(rep)["scores"]):
-                    done[(model_identity(self.algo, kind, c), s)] = SetScores(_num(opt), _num(gen), opt_hits, gen_hits,
-                                                                              rouge[0] if rouge else {})
+                for r in rep:  # only the (model, set) pairs this node was asked to score
+                    done[(model_identity(self.algo, r.kind, c), r.set)] = SetScores(
+                        r.options, r.generation, r.options_hits, r.generation_hits, r.rouge or {})
         rows = [c for c in rows if all((model_identity(self.algo, k, c), s) in done for k in kinds for s in plan.sets_of(c))]
         if not rows:
             raise DeployError("no client's models could be evaluated")
@@ -364,15 +372,13 @@ class FlowerTransport(Transport):
             "nodes": {c: self.fed.node_of[c] for c in sorted(self.fed.node_of)},
             "clients_not_evaluated": sorted({f.client for f in self.eval_failures}),
             "eval_path": self.st.eval_path, "node_auth": self.st.node_auth, "refused": self.refused,
+            # per-record outcomes of the nodes' test sets travel only with this opt-in
+            "record_outcomes": self.st.record_outcomes,
             "run_key": self.run_key,
             # every message exchange: wall seconds, and the slowest node's own work in it
             # (the difference is messaging overhead: Flower's polling, process start-up)
             "exchanges": self.exchange.timings,
         }}
-
-
-def _num(x) -> float:
-    return math.nan if x is None else float(x)
 
 
 class Replay:

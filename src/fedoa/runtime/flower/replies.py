@@ -1,0 +1,365 @@
+"""THE parser of every reply a node sends: hello (``query``), ``train`` and ``evaluate``.
+
+A node may be broken or hostile, so nothing it sends is trusted: :func:`parse` turns any reply into
+either its decoded content or a :class:`BadReply` naming the first problem, and the transport
+records that as the client's failure for the round. No exception of any kind leaves :func:`parse`
+(``tests/runtime/flower/test_replies.py`` throws thousands of malformed replies at it).
+
+Order of the checks, cheapest first: the record layout (only the records the message type has),
+then every plain value (type, range, finiteness, text length), then the tensors' names, shapes,
+dtypes and byte sizes from the ``ArrayRecord``'s metadata, and only then is any tensor decoded
+(``numpy.load`` without pickle, of a buffer whose size is already bounded), and the decoded array
+must match the metadata it came with.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fedoa.runtime.flower import wire
+
+if TYPE_CHECKING:
+    from fedoa.algorithms.base import ClientUpdate
+    from fedoa.model.adapters import AdapterState
+
+#: one text value (JSON of scores, phases, test-set reports) may not exceed this
+MAX_TEXT = 4 << 20
+MAX_KEYS = 64  # plain values in one reply
+MAX_ITEMS = 10_000  # entries of one list or table inside a JSON value
+MAX_COUNT = 10**9  # example counts, set sizes, steps
+MAX_NAME = 200
+NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+#: bytes of an ``.npy`` header beyond the raw data (numpy writes 128 or a few hundred)
+NPY_HEADER = 4096
+
+
+class BadReply(ValueError):
+    """What is wrong with a node's reply (the message goes into results.json's failures)."""
+
+    #: True when no explicit check caught the problem (the last-resort guard did)
+    unforeseen = False
+
+
+@dataclass
+class Report:
+    """A node's hello: who it is and what it can evaluate (sizes and (task, category) pairs)."""
+
+    client: str
+    train: int
+    train_pairs: list[list[str]]
+    test: dict[str, Any]
+    sets: dict[str, dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"client": self.client, "train": self.train, "train-pairs": self.train_pairs, "test": self.test,
+                "sets": self.sets}
+
+
+# ---------------------------------------------------------------------------- the one entry point
+
+
+def parse(kind: str, content: Any, **expect: Any) -> Any:
+    """The decoded reply of message type ``kind``, or a :class:`BadReply`. Never raises.
+
+    ``expect``: ``query``: nothing; ``train``: ``client``, ``round``, ``reference`` (the global
+    adapter sent); ``evaluate``: ``client``, ``pairs`` (the (kind, set) pairs assigned to the node),
+    ``sizes`` (records per set), ``records`` (whether per-record outcomes were asked for)."""
+    try:
+        if kind == wire.QUERY:
+            return _report(content)
+        if kind == wire.TRAIN:
+            return _update(content, expect["client"], expect["round"], expect["reference"])
+        if kind == wire.EVALUATE:
+            return _scores(content, expect["client"], expect["pairs"], expect["sizes"], expect.get("records", False))
+        return BadReply(f"unknown message type {kind!r}")
+    except BadReply as e:
+        return e
+    except RecursionError:
+        return BadReply("nested too deeply")
+    except Exception as e:  # noqa: BLE001 - whatever slipped past the checks is still the node's fault
+        bad = BadReply(f"{type(e).__name__}: {str(e)[:200]}")
+        bad.unforeseen = True
+        return bad
+
+
+def seconds_of(content: Any) -> float:
+    """The work seconds a reply reports (timings only): 0.0 unless a finite, non-negative number."""
+    try:
+        x = _values(content).get("seconds", 0.0)
+        return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < 1e9 else 0.0
+    except Exception:  # noqa: BLE001
+        return 0.0
+
+
+# ---------------------------------------------------------------------------- plain values
+
+
+def _values(content: Any) -> dict[str, Any]:
+    configs = content.config_records
+    if set(configs.keys()) - {wire.VALUES}:
+        raise BadReply(f"unexpected config records {sorted(configs.keys())[:3]}")
+    if wire.VALUES not in configs:
+        raise BadReply("no 'fedoa' values")
+    values = dict(configs[wire.VALUES])
+    if len(values) > MAX_KEYS:
+        raise BadReply(f"{len(values)} values (at most {MAX_KEYS})")
+    return values
+
+
+def _no_other_records(content: Any, arrays_allowed: bool) -> None:
+    if len(content.metric_records):
+        raise BadReply("unexpected metric records")
+    names = set(content.array_records.keys())
+    if names - ({wire.GLOBAL_RECORD} if arrays_allowed else set()):
+        raise BadReply(f"unexpected array records {sorted(names)[:3]}")
+
+
+def _text(values: dict[str, Any], key: str, limit: int = MAX_TEXT) -> str:
+    v = values.get(key)
+    if not isinstance(v, str):
+        raise BadReply(f"{key} must be text, got {type(v).__name__}")
+    if len(v) > limit:
+        raise BadReply(f"{key} is {len(v)} characters long (at most {limit})")
+    return v
+
+
+def _json(values: dict[str, Any], key: str) -> Any:
+    try:
+        return json.loads(_text(values, key), parse_constant=_no_constant)
+    except json.JSONDecodeError as e:
+        raise BadReply(f"{key} is not JSON ({e.msg})") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise BadReply(f"non-finite number {name} in JSON")
+
+
+def _name(x: Any, what: str) -> str:
+    if not isinstance(x, str) or not x or len(x) > MAX_NAME or not NAME.match(x) or x in (".", ".."):
+        raise BadReply(f"{what} {str(x)[:60]!r} is not a name")
+    return x
+
+
+def _int(x: Any, what: str, lo: int = 0, hi: int = MAX_COUNT) -> int:
+    if isinstance(x, bool) or not isinstance(x, int) or not lo <= x <= hi:
+        raise BadReply(f"{what} must be an integer in [{lo}, {hi}], got {str(x)[:40]}")
+    return x
+
+
+def _float(x: Any, what: str, lo: float = -math.inf, hi: float = math.inf) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or not lo <= x <= hi:
+        raise BadReply(f"{what} must be a finite number in [{lo:g}, {hi:g}], got {str(x)[:40]}")
+    return float(x)
+
+
+def _list(x: Any, what: str, limit: int = MAX_ITEMS) -> list:
+    if not isinstance(x, list) or len(x) > limit:
+        raise BadReply(f"{what} must be a list of at most {limit} items")
+    return x
+
+
+def _table(x: Any, what: str, limit: int = MAX_ITEMS) -> dict:
+    if not isinstance(x, dict) or len(x) > limit:
+        raise BadReply(f"{what} must be a table of at most {limit} entries")
+    return x
+
+
+def _pairs(x: Any, what: str) -> list[list[str]]:
+    out = []
+    for p in _list(x, what):
+        if not isinstance(p, list) or len(p) != 2 or not all(isinstance(s, str) and 0 < len(s) <= MAX_NAME for s in p):
+            raise BadReply(f"{what}: each entry must be [task, category]")
+        out.append([p[0], p[1]])
+    return out
+
+
+def _set_desc(x: Any, what: str) -> dict[str, Any]:
+    d = _table(x, what)
+    if set(d) != {"size", "pairs"}:
+        raise BadReply(f"{what} must have exactly size and pairs")
+    return {"size": _int(d["size"], f"{what}.size"), "pairs": _pairs(d["pairs"], f"{what}.pairs")}
+
+
+def _client(values: dict[str, Any], expected: str) -> None:
+    got = values.get("client")
+    if got != expected:
+        raise BadReply(f"it came from client {str(got)[:60]!r}")
+
+
+# ---------------------------------------------------------------------------- hello
+
+
+def _report(content: Any) -> Report:
+    _no_other_records(content, arrays_allowed=False)
+    values = _values(content)
+    client = _name(values.get("client"), "client")
+    sets = {_name(k, "test set"): _set_desc(v, f"sets.{k}") for k, v in _table(_json(values, "sets"), "sets").items()}
+    return Report(client, _int(values.get("train"), "train"), _pairs(_json(values, "train-pairs"), "train-pairs"),
+                  _set_desc(_json(values, "test"), "test"), sets)
+
+
+# ---------------------------------------------------------------------------- train
+
+
+def _phases(x: Any) -> list:
+    from fedoa.algorithms.base import Phase
+
+    out = []
+    for i, p in enumerate(_list(x, "phases", 100)):
+        p = _table(p, f"phases[{i}]", 10)
+        if not {"phase", "steps", "examples", "seconds", "metrics"} <= set(p) <= {"phase", "steps", "examples",
+                                                                                   "seconds", "metrics", "reused"}:
+            raise BadReply(f"phases[{i}] has keys {sorted(p)[:6]}")
+        metrics = {_name(k, f"phases[{i}] metric"): _float(v, f"phases[{i}].metrics.{k}")
+                   for k, v in _table(p["metrics"], f"phases[{i}].metrics", 200).items()}
+        reused = p.get("reused", False)
+        if not isinstance(reused, bool):
+            raise BadReply(f"phases[{i}].reused must be true or false")
+        out.append(Phase(_name(p["phase"], f"phases[{i}].phase"), _int(p["steps"], f"phases[{i}].steps"),
+                         _int(p["examples"], f"phases[{i}].examples"),
+                         _float(p["seconds"], f"phases[{i}].seconds", 0.0, 1e9), metrics, reused))
+    return out
+
+
+def wire_dtype(t: Any) -> str:
+    """The numpy dtype name a tensor travels as (bfloat16 as float32, see :func:`wire.encode_state`)."""
+    name = str(t.dtype).removeprefix("torch.")
+    return "float32" if name == "bfloat16" else name
+
+
+def _update(content: Any, client: str, round_: int, reference: AdapterState) -> ClientUpdate:
+    from fedoa.algorithms.base import ClientUpdate
+
+    _no_other_records(content, arrays_allowed=True)
+    values = _values(content)
+    _client(values, client)
+    if values.get("round") != round_:
+        raise BadReply(f"it answers round {str(values.get('round'))[:20]}, not {round_}")
+    examples = _int(values.get("num-examples"), "num-examples", 1)
+    phases = _phases(_json(values, "phases"))
+    if wire.GLOBAL_RECORD not in content.array_records:
+        if wire.DTYPES in values:
+            raise BadReply("dtypes without tensors")
+        return ClientUpdate(client, None, examples, phases)
+    record = content.array_records[wire.GLOBAL_RECORD]
+    _check_names(record, reference)
+    bf16 = sorted(k for k, v in reference.items() if str(v.dtype) == "torch.bfloat16")
+    dtypes = _table(_json(values, wire.DTYPES), "dtypes") if wire.DTYPES in values else {}
+    if dtypes != {k: "bfloat16" for k in bf16}:
+        raise BadReply("dtypes differ from the global adapter's bfloat16 tensors")
+    state = decode_checked(record, reference)
+    return ClientUpdate(client, state, examples, phases)
+
+
+def _check_names(record: Any, reference: AdapterState) -> None:
+    keys = set(record.keys())
+    if keys != set(reference):
+        missing, extra = sorted(set(reference) - keys), sorted(keys - set(reference))
+        raise BadReply(f"tensor names differ from the global adapter's (missing {missing[:2]}, "
+                       f"unexpected {[k[:60] for k in extra[:2]]})")
+
+
+def decode_checked(record: Any, reference: AdapterState) -> AdapterState:
+    """The tensors of ``record``, after checking every name, shape, dtype and size from its metadata
+    against ``reference`` (nothing is decoded before all of them pass)."""
+    import io
+
+    import numpy as np
+    import torch
+
+    _check_names(record, reference)
+    for k, ref in reference.items():
+        arr = record[k]
+        want_shape, want_dtype = tuple(ref.shape), wire_dtype(ref)
+        if arr.stype != "numpy.ndarray":
+            raise BadReply(f"tensor {k} is serialized as {str(arr.stype)[:40]!r}")
+        if tuple(arr.shape) != want_shape:
+            raise BadReply(f"tensor {k} has shape {tuple(arr.shape)[:8]}, expected {want_shape}")
+        if arr.dtype != want_dtype:
+            raise BadReply(f"tensor {k} has dtype {str(arr.dtype)[:20]}, expected {want_dtype}")
+        expected_bytes = ref.numel() * np.dtype(want_dtype).itemsize
+        if not expected_bytes <= len(arr.data) <= expected_bytes + NPY_HEADER:
+            raise BadReply(f"tensor {k} holds {len(arr.data)} bytes, expected {expected_bytes} plus a header")
+    out: AdapterState = {}
+    for k, ref in reference.items():
+        arr = record[k]
+        try:
+            a = np.load(io.BytesIO(arr.data), allow_pickle=False)
+        except Exception as e:  # noqa: BLE001
+            raise BadReply(f"tensor {k} cannot be decoded ({type(e).__name__})") from None
+        if not isinstance(a, np.ndarray) or a.shape != tuple(ref.shape) or str(a.dtype) != wire_dtype(ref):
+            raise BadReply(f"tensor {k}'s data do not match its metadata")
+        t = torch.from_numpy(np.array(a, copy=True))
+        out[k] = t.to(torch.bfloat16) if ref.dtype == torch.bfloat16 else t
+    return out
+
+
+# ---------------------------------------------------------------------------- evaluate
+
+
+@dataclass
+class SetResult:
+    """One (model kind, test set) score a node sent: accuracies, counts, optional per-record outcomes."""
+
+    kind: str
+    set: str
+    options: float
+    generation: float
+    options_hits: str = ""
+    generation_hits: str = ""
+    rouge: dict[str, list[float]] | None = None
+    counts: dict[str, int] | None = None
+
+
+def _accuracy(x: Any, what: str) -> float:
+    return math.nan if x is None else _float(x, what, 0.0, 1.0)
+
+
+def _hits(x: Any, what: str, size: int) -> str:
+    if not isinstance(x, str) or len(x) > size or set(x) - set("01-"):
+        raise BadReply(f"{what} must be at most {size} outcomes of '0', '1' or '-'")
+    return x
+
+
+def _scores(content: Any, client: str, pairs: list[tuple[str, str]], sizes: dict[str, int], records: bool
+            ) -> list[SetResult]:
+    _no_other_records(content, arrays_allowed=False)
+    values = _values(content)
+    _client(values, client)
+    assigned = {(k, s) for k, s in pairs}
+    out, seen = [], set()
+    for i, row in enumerate(_list(_json(values, "scores"), "scores", max(1, len(assigned)))):
+        row = _table(row, f"scores[{i}]", 12)
+        kind, s = row.get("kind"), row.get("set")
+        if (kind, s) not in assigned or (kind, s) in seen:
+            raise BadReply(f"scores[{i}] is for {str(kind)[:30]!r} on {str(s)[:30]!r}, which this node was not "
+                           "asked to score (or scored twice)")
+        seen.add((kind, s))
+        size = sizes[s]
+        res = SetResult(kind, s, _accuracy(row.get("options"), f"scores[{i}].options"),
+                        _accuracy(row.get("generation"), f"scores[{i}].generation"))
+        counts = _table(row.get("counts", {}), f"scores[{i}].counts", 8)
+        for k, v in counts.items():
+            if k not in ("scored", "options_right", "generation_right"):
+                raise BadReply(f"scores[{i}].counts has {str(k)[:30]!r}")
+            _int(v, f"scores[{i}].counts.{k}", 0, size)
+        if counts.get("options_right", 0) > counts.get("scored", size) or \
+                counts.get("generation_right", 0) > counts.get("scored", size):
+            raise BadReply(f"scores[{i}]: more right than scored")
+        res.counts = counts
+        if "options_hits" in row or "generation_hits" in row or "rouge" in row:
+            if not records:
+                raise BadReply(f"scores[{i}] holds per-record outcomes, which were not asked for")
+            res.options_hits = _hits(row.get("options_hits", ""), f"scores[{i}].options_hits", size)
+            res.generation_hits = _hits(row.get("generation_hits", ""), f"scores[{i}].generation_hits", size)
+            rouge = _table(row.get("rouge", {}), f"scores[{i}].rouge", 8)
+            res.rouge = {_name(t, "rouge type"): [_float(x, f"scores[{i}].rouge", 0.0, 1.0)
+                                                    for x in _list(v, f"scores[{i}].rouge.{t}", size)]
+                         for t, v in rouge.items()}
+        out.append(res)
+    if seen != assigned:
+        raise BadReply(f"{len(assigned - seen)} assigned score(s) missing")
+    return out

@@ -1,0 +1,198 @@
+"""One guarded parser for every reply a node sends (runtime/flower/replies.py): thousands of
+malformed replies, each a BadReply and never an exception; tensors checked from their metadata
+before anything is decoded; on the server, a hostile reply is that client's failure for the round."""
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fedoa.algorithms.base import ClientUpdate
+from fedoa.runtime.flower import replies, wire
+from fedoa.runtime.flower.replies import BadReply, parse
+
+REF = {"m.lora_A.weight": torch.zeros(2, 3), "m.lora_B.weight": torch.zeros(3, 2, dtype=torch.bfloat16)}
+PHASES = [{"phase": "global", "steps": 2, "examples": 8, "seconds": 0.5, "metrics": {"loss": 1.25}, "reused": False}]
+PAIRS = [("global", "a"), ("personal", "b")]
+SIZES = {"a": 4, "b": 3}
+
+
+def train_values(**over):
+    return {"client": "a", "round": 2, "num-examples": 8, "phases": PHASES, "seconds": 1.0, **over}
+
+
+def train_reply(state=None, **over):
+    return wire.content(train_values(**over), {k: v + 1 for k, v in REF.items()} if state is None else state)
+
+
+def eval_reply(rows=None, **over):
+    rows = rows if rows is not None else [
+        {"kind": "global", "set": "a", "options": 0.5, "generation": None,
+         "counts": {"scored": 4, "options_right": 2, "generation_right": 0}},
+        {"kind": "personal", "set": "b", "options": 1.0, "generation": None,
+         "counts": {"scored": 3, "options_right": 3, "generation_right": 0}}]
+    return wire.content({"client": "a", "scores": rows, "seconds": 0.1, **over})
+
+
+def hello(**over):
+    return wire.content({"client": "a", "train": 8, "train-pairs": [["t", "c"]], "test": {"size": 4, "pairs": [["t", "c"]]},
+                         "sets": {"b": {"size": 3, "pairs": [["u", "c"]]}}, **over})
+
+
+def p_train(content):
+    return parse(wire.TRAIN, content, client="a", round=2, reference=REF)
+
+
+def p_eval(content, records=False):
+    return parse(wire.EVALUATE, content, client="a", pairs=PAIRS, sizes=SIZES, records=records)
+
+
+def test_well_formed_replies_parse():
+    u = p_train(train_reply())
+    assert isinstance(u, ClientUpdate) and u.num_examples == 8 and u.phases[0].metrics == {"loss": 1.25}
+    assert u.state["m.lora_B.weight"].dtype == torch.bfloat16 and torch.equal(u.state["m.lora_A.weight"], REF["m.lora_A.weight"] + 1)
+    assert p_train(wire.content(train_values())).state is None  # a method without a global adapter (Local)
+    assert [(r.kind, r.set, r.options) for r in p_eval(eval_reply())] == [("global", "a", 0.5), ("personal", "b", 1.0)]
+    assert parse(wire.QUERY, hello()).client == "a"
+
+
+@pytest.mark.parametrize("content, reason", [
+    (train_reply(**{"num-examples": math.inf}), "num-examples"),  # OverflowError before
+    (train_reply(**{"num-examples": 0}), "num-examples"),
+    (train_reply(**{"num-examples": True}), "num-examples"),
+    (train_reply(client="b"), "came from client 'b'"),
+    (train_reply(round=1), "answers round 1"),
+    (train_reply(phases="[{]"), "phases is not JSON"),
+    (train_reply(phases=[{**PHASES[0], "seconds": "NaN"}]), "finite"),
+    (train_reply(phases=json.dumps([{**PHASES[0], "metrics": {"loss": float("nan")}}])), "non-finite"),
+    (train_reply(phases=[{**PHASES[0], "metrics": {"round": 1.0, "client": 2.0, "x y": 1.0}}]), "not a name"),
+    (wire.content(train_values(), {"m.lora_A.weight": torch.zeros(2, 3)}), "tensor names"),
+    (wire.content(train_values(), {**REF, "evil": torch.zeros(1)}), "unexpected ['evil']"),
+    (wire.content(train_values(), {"m.lora_A.weight": torch.zeros(3, 3), "m.lora_B.weight": REF["m.lora_B.weight"]}), "shape"),
+    (wire.content(train_values(), {"m.lora_A.weight": torch.zeros(2, 3, dtype=torch.float64),
+                                   "m.lora_B.weight": REF["m.lora_B.weight"]}), "dtype float64"),
+    (wire.content(train_values(), {"m.lora_A.weight": torch.zeros(2, 3), "m.lora_B.weight": torch.zeros(3, 2)}), "dtypes"),
+    (eval_reply(rows=[{"kind": "global", "set": "b", "options": 0.5, "generation": None}]), "not asked to score"),
+    (eval_reply(rows=[{"kind": "global", "set": "a", "options": 1.5, "generation": None},
+                      {"kind": "personal", "set": "b", "options": 1.0, "generation": None}]), "[0, 1]"),
+    (eval_reply(rows=[{"kind": "global", "set": "a", "options": 0.5, "generation": None, "options_hits": "1010"},
+                      {"kind": "personal", "set": "b", "options": 1.0, "generation": None}]), "not asked for"),
+    (eval_reply(rows=[{"kind": "global", "set": "a", "options": 0.5, "generation": None}]), "missing"),
+    (eval_reply(rows=[{"kind": "global", "set": "a", "options": 0.5, "generation": None,
+                       "counts": {"scored": 4, "options_right": 9}},
+                      {"kind": "personal", "set": "b", "options": 1.0, "generation": None}]), "counts.options_right"),
+    (hello(client="../etc"), "not a name"),
+    (hello(train=-1), "train"),
+    (hello(sets="{\"b\": {\"size\": Infinity, \"pairs\": []}}"), "non-finite"),
+    (hello(test={"size": 4}), "exactly size and pairs"),
+])
+def test_each_malformed_field_is_a_bad_reply_naming_it(content, reason):
+    kind = wire.TRAIN if "phases" in wire.values_of(content) else wire.EVALUATE if "scores" in wire.values_of(content) else wire.QUERY
+    got = p_train(content) if kind == wire.TRAIN else p_eval(content) if kind == wire.EVALUATE else parse(kind, content)
+    assert isinstance(got, BadReply) and reason in str(got), got
+
+
+def raw_array(dtype="float32", shape=(2, 3), data=None, stype="numpy.ndarray"):
+    if data is None:
+        buf = io.BytesIO()
+        np.save(buf, np.zeros(shape, dtype=dtype), allow_pickle=False)
+        data = buf.getvalue()
+    return Array(dtype=dtype, shape=tuple(shape), stype=stype, data=data)
+
+
+def with_arrays(arrays: dict, values=None):
+    return RecordDict({wire.GLOBAL_RECORD: ArrayRecord(arrays),
+                       wire.VALUES: ConfigRecord(values or {**train_values(phases=json.dumps(PHASES)),
+                                                           wire.DTYPES: json.dumps({"m.lora_B.weight": "bfloat16"})})})
+
+
+def test_tensors_are_checked_from_metadata_before_anything_is_decoded(monkeypatch):
+    decoded = []
+    monkeypatch.setattr(np, "load", lambda *a, **k: decoded.append(1) or pytest.fail("decoded"))
+    good_b = raw_array(shape=(3, 2))
+    cases = {
+        "oversized": {"m.lora_A.weight": raw_array(data=b"\x93NUMPY" + b"\0" * (1 << 22)), "m.lora_B.weight": good_b},
+        "lying shape": {"m.lora_A.weight": raw_array(shape=(2, 3), dtype="float32", data=b"x" * 10), "m.lora_B.weight": good_b},
+        "pickle stype": {"m.lora_A.weight": raw_array(stype="pickle"), "m.lora_B.weight": good_b},
+        "object dtype": {"m.lora_A.weight": raw_array(dtype="object", data=b"x" * 30), "m.lora_B.weight": good_b},
+        "extra": {"m.lora_A.weight": raw_array(), "m.lora_B.weight": good_b, "x": raw_array()},
+    }
+    for name, arrays in cases.items():
+        assert isinstance(p_train(with_arrays(arrays)), BadReply), name
+    assert decoded == []
+
+
+def test_data_that_contradict_their_metadata_are_refused_after_decoding():
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((3, 2), dtype="float32"), allow_pickle=False)  # 6 values, the metadata says (2, 3)
+    got = p_train(with_arrays({"m.lora_A.weight": raw_array(data=buf.getvalue()), "m.lora_B.weight": raw_array(shape=(3, 2))}))
+    assert isinstance(got, BadReply) and "do not match its metadata" in str(got)
+
+
+# ----------------------------------------------------------------------------- fuzz
+
+junk = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+# what a Flower ConfigRecord can carry (any of it may arrive in any field)
+flat = st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats() | st.text(max_size=30) | st.binary(max_size=20) | \
+    st.lists(st.integers(-2**63, 2**63 - 1), max_size=3) | st.lists(st.floats(), max_size=3) | \
+    st.lists(st.text(max_size=5), max_size=3) | junk.map(lambda x: json.dumps(x, allow_nan=True))
+
+
+@st.composite
+def arrays(draw):
+    out = {}
+    for _ in range(draw(st.integers(0, 3))):
+        key = draw(st.sampled_from(list(REF) + ["x", ""]))
+        dtype = draw(st.sampled_from(["float32", "float16", "float64", "int64", "object", "<U3", "bfloat16", "zz"]))
+        shape = draw(st.lists(st.integers(0, 4), max_size=3))
+        data = draw(st.binary(max_size=200) | st.just(None))
+        try:
+            out[key] = raw_array(dtype, tuple(shape), data, draw(st.sampled_from(["numpy.ndarray", "pickle", ""])))
+        except Exception:  # noqa: BLE001 - numpy refuses to make some of these itself
+            out[key] = Array(dtype=dtype, shape=tuple(shape), stype="numpy.ndarray", data=data or b"x")
+    return out
+
+
+@st.composite
+def hostile(draw):
+    base_kind = draw(st.sampled_from([wire.TRAIN, wire.EVALUATE, wire.QUERY]))
+    base = {wire.TRAIN: {**train_values(phases=json.dumps(PHASES))},
+            wire.EVALUATE: wire.values_of(eval_reply()),
+            wire.QUERY: wire.values_of(hello())}[base_kind]
+    values = dict(base)
+    for key in draw(st.lists(st.sampled_from(sorted(base) + [wire.DTYPES, "zz"]), max_size=4)):
+        if draw(st.booleans()):
+            values.pop(key, None)
+        else:
+            values[key] = draw(flat)
+    records = {}
+    if draw(st.integers(0, 4)):
+        records[wire.VALUES] = ConfigRecord(values)
+    if draw(st.booleans()):
+        records[wire.GLOBAL_RECORD] = ArrayRecord(draw(arrays()))
+    if draw(st.integers(0, 9)) == 0:
+        records["other"] = MetricRecord({"x": 1.0})
+    return base_kind, RecordDict(records)
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(hostile())
+def test_thousands_of_malformed_replies_never_raise(case):
+    kind, content = case
+    got = parse(kind, content, client="a", round=2, reference=REF, pairs=PAIRS, sizes=SIZES)
+    assert isinstance(got, (BadReply, ClientUpdate, replies.Report, list))
+    assert not getattr(got, "unforeseen", False), got  # every problem met by an explicit check
+    if isinstance(got, ClientUpdate) and got.state is not None:
+        assert {k: (v.shape, v.dtype) for k, v in got.state.items()} == {k: (v.shape, v.dtype) for k, v in REF.items()}
+    assert isinstance(replies.seconds_of(content), float)
