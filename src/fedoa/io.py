@@ -1,4 +1,4 @@
-"""Crash-safe writes: every file fedoa writes goes through here.
+"""Crash-safe writes: every file fedoa writes goes through here; and the lock on an output folder.
 
 A file is written to a temporary name in its folder, flushed and fsynced, renamed over the
 target, and the folder is fsynced so the rename itself survives a power cut. A reader never sees
@@ -95,3 +95,65 @@ def read_jsonl(path: str | Path, torn_tail: bool = False) -> list[dict[str, Any]
         except ValueError as e:
             raise ValueError(f"line {number}: {e}") from None
     return out
+
+
+def sha256_file(path: str | Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class FolderLock:
+    """An exclusive lock on a folder (``flock`` on ``<folder>/.fedoa.lock``, which names its holder:
+    pid and host). The OS releases it when the holder exits, however it exits (SIGKILL too), so a
+    stale lock file never blocks a later run. ``holder()`` says who holds it when taking it fails.
+    The holder removes the file when it releases the lock; a taker that locked a file that was
+    removed meanwhile (not the one at the path any more) tries again."""
+
+    NAME = ".fedoa.lock"
+
+    def __init__(self, folder: str | Path):
+        self.path = Path(folder) / self.NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        import fcntl
+        import socket
+
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return False
+            try:
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # its holder removed it as we opened it: take the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode())
+        os.fsync(fd)
+        self.fd = fd
+        return True
+
+    def holder(self) -> str:
+        try:
+            return self.path.read_text(encoding="utf-8").strip() or "an unknown process"
+        except OSError:
+            return "an unknown process"
+
+    def release(self) -> None:
+        if self.fd is not None:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None

@@ -31,7 +31,7 @@ from fedoa.checkpoint import client_file_name, load_checkpoint, save_checkpoint
 from fedoa.config import RunConfig, changed_keys, config_to_toml, flat_keys
 from fedoa.errors import ConfigError, FedoaError
 from fedoa.evaluation.matrix import EvalPlan, SetScores, matrices, per_client, summarize
-from fedoa.io import read_jsonl, write_text
+from fedoa.io import FolderLock, fsync_dir, fsync_tree, read_jsonl, write_text
 from fedoa.kinds import GLOBAL, PERSONAL
 from fedoa.model.adapters import AdapterModel, AdapterState, state_bytes, state_digest
 from fedoa.reports.results import Results, build_results, clean
@@ -144,6 +144,19 @@ def run_federation(
     out_dir = Path(out_dir)
     work = out_dir / WORK
     writable(out_dir)
+    lock = FolderLock(out_dir)
+    if not lock.acquire():
+        raise FedoaError(f"another run is writing into this folder ({lock.holder()}); wait for it, stop it, or use "
+                         "another --out", where=str(out_dir))
+    try:
+        return _run_locked(cfg, algo, transport, names, plan, out_dir, work, fresh, restart_on_change, render, start)
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg: RunConfig, algo: Algorithm, transport: Transport, names: list[str], plan: EvalPlan,
+                out_dir: Path, work: Path, fresh: bool, restart_on_change: bool, render: Renderer | None,
+                start: float) -> Results:
     if fresh and work.exists():
         shutil.rmtree(work)
     state = Resume(cfg, work, restart_on_change).load(algo, transport, names)
@@ -404,9 +417,9 @@ def truncate_metrics(path: Path, first_round: int) -> None:
     """Drop metric lines of rounds that will be re-run (a crash may have left some)."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line)["round"] < first_round]
-    write_text(path, "".join(line + "\n" for line in keep))
+    keep = [line for line in read_jsonl(path, torn_tail=True)  # a line cut by a kill is dropped
+            if isinstance(line, dict) and isinstance(line.get("round"), int) and line["round"] < first_round]
+    write_text(path, "".join(json.dumps(line) + "\n" for line in keep))
 
 
 # ---------------------------------------------------------------------------- outputs
@@ -444,6 +457,7 @@ def publish(out_dir: Path, work: Path, cfg: RunConfig, results: Results,
     if (work / "mlruns").is_dir():
         shutil.copytree(work / "mlruns", final / "mlruns")
     write_adapters(final / "adapters")
+    fsync_tree(final)  # every published file is on disk before anything moves
     for item in sorted(final.iterdir()):
         dest = out_dir / item.name
         if dest.is_dir():
@@ -452,5 +466,6 @@ def publish(out_dir: Path, work: Path, cfg: RunConfig, results: Results,
                 shutil.rmtree(trash)
             dest.replace(trash)
         item.replace(dest)
+    fsync_dir(out_dir)  # the moves themselves are durable before the work in progress goes
     shutil.rmtree(work)
 

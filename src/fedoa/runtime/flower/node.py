@@ -213,7 +213,7 @@ class NodeRun:
         update = drill(self.cfg.attack, self.spec.client, session.algorithm.client_update(ctx, global_state, round_),
                        global_state)
         store.save(round_, ctx.state)
-        store.prune(base)
+        store.prune(base - 1)  # the server keeps its previous checkpoint: keep the state it points to
         store.write_info({"client": self.spec.client, "last_trained_round": round_, "method": self.cfg.method})
         phases = [dataclasses.asdict(p) for p in update.phases]
         return {"client": self.spec.client, "round": round_, "num-examples": update.num_examples, "phases": phases,
