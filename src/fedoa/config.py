@@ -265,9 +265,15 @@ class TrustConfig(Section):
     """What the server checks before an upload is aggregated (names, shapes, dtypes and finiteness always)."""
 
     norm_factor: float = setting(
-        10.0, "Reject an upload whose change norm exceeds this multiple of the round's median (0: no check).", ge=0
+        10.0, "Reject an upload whose change norm exceeds this multiple of the median of the OTHER uploads of the "
+        "round (0: no check).", ge=0
     )
-    max_norm: float = setting(0.0, "Reject an upload whose change norm exceeds this (0: no absolute bound).", ge=0)
+    max_norm: float = setting(
+        0.0, "Reject an upload whose change norm exceeds this absolute bound (0: derived, trust.history_factor x "
+        "the median of the norms accepted in earlier rounds; none in round 1).", ge=0)
+    history_factor: float = setting(
+        10.0, "The derived absolute bound (trust.max_norm = 0): this multiple of the median norm accepted in earlier "
+        "rounds (0: no derived bound).", ge=0)
 
 
 class DPConfig(Section):

@@ -101,7 +101,10 @@ def test_a_hostile_client_is_rejected_every_round_and_audited(tmp_path, kind):
         assert all(a["accepted"] for a in nyt) and all(a["aggregation"] == "median" for a in audit)
     else:
         assert not any(a["accepted"] for a in nyt)
-        assert all(("non-finite" if kind == "nan" else "norm_factor") in a["reason"] for a in nyt)
+        if kind == "nan":
+            assert all("non-finite" in a["reason"] for a in nyt)
+        else:  # round 1: the others' median; round 2: already the bound from round 1's accepted norms
+            assert [("norm_factor" in a["reason"], "earlier rounds" in a["reason"]) for a in nyt] == [(True, False), (False, True)]
         assert len(results.failures) == 2 and "update rejected" in results.failures[0]
         assert results.communication["updates_per_round"] == {"1": ["movie", "tweets"], "2": ["movie", "tweets"]}
     assert all(a["update_sha256"] and a["global_sha256"] for a in audit)
@@ -144,3 +147,40 @@ def test_a_non_finite_loss_stops_the_run_and_publishes_nothing(tmp_path):
         run_simulation(cfg, tmp_path / "run", progress=False)
     assert e.value.exit_code == 1
     assert json.loads((tmp_path / "run" / "results.json").read_text()) == {"earlier": True}
+
+
+# ----------------------------------------------------------------------------- bounds nobody can move
+
+
+def test_with_two_clients_a_scaled_update_is_rejected():
+    """The median of the round included the attacker: with 2 uploads a x1e6 update always passed."""
+    honest, hostile = up("honest", 0.1), up("hostile", 0.1 * 1e6)
+    verdicts = {v.client: v for v in validate([honest, hostile], G, {"honest": 8, "hostile": 8}, TrustConfig())}
+    assert verdicts["honest"].accepted
+    assert not verdicts["hostile"].accepted and "median of the round's other uploads" in verdicts["hostile"].reason
+
+
+def test_a_colluding_minority_is_rejected_and_the_honest_majority_kept():
+    ups = [up("h1", 0.1), up("h2", 0.12), up("h3", 0.09), up("x1", 500.0), up("x2", 500.0)]
+    verdicts = {v.client: v.accepted for v in validate(ups, G, {u.client: 8 for u in ups}, TrustConfig())}
+    assert verdicts == {"h1": True, "h2": True, "h3": True, "x1": False, "x2": False}
+
+
+def test_the_derived_absolute_bound_comes_from_earlier_rounds_and_catches_a_coordinated_round():
+    ups = [up(f"x{i}", 50.0) for i in range(3)]  # every upload of the round equally huge: no relative check fires
+    declared = {u.client: 8 for u in ups}
+    assert all(v.accepted for v in validate(ups, G, declared, TrustConfig()))  # round 1: no history yet
+    verdicts = validate(ups, G, declared, TrustConfig(), history=[0.5, 0.6, 0.55])
+    assert not any(v.accepted for v in verdicts) and "bound from earlier rounds" in verdicts[0].reason
+    fixed = validate(ups, G, declared, TrustConfig(max_norm=1000.0), history=[0.5])  # an explicit bound wins
+    assert all(v.accepted for v in fixed)
+
+
+def test_client_metrics_cannot_overwrite_the_servers_keys():
+    from fedoa.algorithms.base import Phase
+    from fedoa.runtime.common import phase_line
+
+    line = phase_line(3, "movie", Phase("global", 2, 8, 0.5, {"round": 99.0, "client": 1.0, "task_loss": 0.4,
+                                                              "client.round": 5.0}))
+    assert line["round"] == 3 and line["client"] == "movie" and line["phase"] == "global"
+    assert line["client.round"] in (99.0, 5.0) and line["client.client"] == 1.0 and line["task_loss"] == 0.4

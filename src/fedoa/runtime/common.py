@@ -9,10 +9,18 @@ from fedoa.model.adapters import AdapterState, state_digest
 from fedoa.model.mixing import mixer_off
 
 
+#: the keys of a metrics line that the server writes; a client's metric of the same name is kept
+#: as ``client.<name>`` and can never overwrite them
+RESERVED = frozenset({"round", "client", "phase", "kind", "records", "steps", "examples", "seconds", "reused",
+                      "update_norm", "accepted", "bytes"})
+
+
 def phase_line(round_: int, client: str, ph: Phase) -> dict:
-    """One line of ``metrics.jsonl``: a local training phase of a client update."""
+    """One line of ``metrics.jsonl``: a local training phase of a client update (the client's own
+    metrics beside the server's keys, never over them)."""
+    metrics = {(f"client.{k}" if k in RESERVED or k.startswith("client.") else k): v for k, v in ph.metrics.items()}
     return {
-        "round": round_, "client": client, "phase": ph.phase, **ph.metrics,
+        **metrics, "round": round_, "client": client, "phase": ph.phase,
         "steps": ph.steps, "examples": ph.examples, "seconds": round(ph.seconds, 3),
         **({"reused": True} if ph.reused else {}),
     }

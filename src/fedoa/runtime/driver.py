@@ -303,7 +303,7 @@ def run_round(cfg: RunConfig, algo: Algorithm, transport: Transport, r: int, gro
         for t in groups:
             ledger.dp_participation[t] = ledger.dp_participation.get(t, 0) + 1
     else:
-        verdicts = validate(updates, global_state, declared, cfg.trust)
+        verdicts = validate(updates, global_state, declared, cfg.trust, history=ledger.accepted_norms)
     for v in verdicts:
         if not v.accepted:
             fail(ledger, transport, r, v.client, "validation", f"update rejected: {v.reason}")
@@ -341,6 +341,8 @@ def run_round(cfg: RunConfig, algo: Algorithm, transport: Transport, r: int, gro
     for v in verdicts:
         log.audit(audit_line(r, v, cfg.fed.aggregation, noise_std, digest))
     log.flush()
+    if not private:  # the history of the derived absolute bound (the last 1,000 accepted norms)
+        ledger.accepted_norms = (ledger.accepted_norms + [v.norm for v in verdicts if v.accepted and v.digest])[-1000:]
     transport.round_done(r, accepted)
     ledger.updates_per_round[str(r)] = [u.client for u in accepted]
     ledger.train_seconds += time.perf_counter() - t0

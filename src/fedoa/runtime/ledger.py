@@ -44,6 +44,8 @@ class RunLedger:
     dp_epsilon: list[float] = field(default_factory=list)
     #: DP runs: in how many rounds each client was sampled (epsilon for readers of participation logs)
     dp_participation: dict[str, int] = field(default_factory=dict)
+    #: the change norms accepted in earlier rounds (the derived absolute bound, trust.max_norm = 0)
+    accepted_norms: list[float] = field(default_factory=list)
     #: the transport's own state (e.g. which round each Flower node's state is at)
     transport: dict[str, Any] = field(default_factory=dict)
 

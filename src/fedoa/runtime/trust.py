@@ -4,9 +4,12 @@ audit log, and the poisoning drill used to test them.
 
 Validation (:func:`validate`): an update must have exactly the global adapter's tensor names,
 shapes and dtypes, only finite values, an example count between 1 and what the client declared
-when it joined, and an L2 norm of its change within ``trust.max_norm`` and within
-``trust.norm_factor`` times the median of the round's changes. A rejected update is left out
-with its reason; the driver then needs ``fed.min_clients`` accepted ones.
+when it first joined, and an L2 norm of its change within an absolute bound (``trust.max_norm``,
+or by default ``trust.history_factor`` times the median norm accepted in earlier rounds, which
+nobody can move in the current round) and within ``trust.norm_factor`` times the median of the
+OTHER uploads of the round (so with two clients an attacker is measured against the honest one,
+and a colluding minority against the honest majority). A rejected update is left out with its
+reason; the driver then needs ``fed.min_clients`` accepted ones.
 
 DP-FedAvg (McMahan et al., ICLR 2018; the fixed-denominator estimator, as Opacus averages over
 the expected batch size): clients are Poisson-sampled with rate q (:mod:`fedoa.runtime.sampling`),
@@ -59,7 +62,7 @@ def _shape_problem(state: AdapterState, reference: AdapterState) -> str:
 
 
 def validate(updates: list[ClientUpdate], global_state: AdapterState, declared: dict[str, int],
-             settings, dp: bool = False) -> list[Verdict]:
+             settings, dp: bool = False, history: list[float] | None = None) -> list[Verdict]:
     """One verdict per update (updates without a state, e.g. Local's, are accepted as they are).
 
     With ``dp`` every verdict depends on that client's own upload only (names, shapes, dtypes,
@@ -80,8 +83,18 @@ def validate(updates: list[ClientUpdate], global_state: AdapterState, declared: 
     if dp:
         _absolute_bound(out, settings.max_norm)
     else:
-        _norm_bounds(out, settings)
+        _norm_bounds(out, settings, history or [])
     return out
+
+
+def absolute_bound(settings, history: list[float]) -> float:
+    """``trust.max_norm`` when set, else ``trust.history_factor`` x the median of the norms accepted in
+    earlier rounds (0: no bound, e.g. in round 1)."""
+    if settings.max_norm:
+        return settings.max_norm
+    if settings.history_factor and history:
+        return settings.history_factor * statistics.median(history)
+    return 0.0
 
 
 def _absolute_bound(verdicts: list[Verdict], max_norm: float) -> None:
@@ -90,17 +103,22 @@ def _absolute_bound(verdicts: list[Verdict], max_norm: float) -> None:
             v.accepted, v.reason = False, f"update norm {v.norm:.4g} exceeds trust.max_norm = {max_norm:g}"
 
 
-def _norm_bounds(verdicts: list[Verdict], settings) -> None:
-    norms = [v.norm for v in verdicts if v.accepted and v.digest]
-    median = statistics.median(norms) if norms else 0.0
+def _norm_bounds(verdicts: list[Verdict], settings, history: list[float]) -> None:
+    bound = absolute_bound(settings, history)
+    what = "trust.max_norm" if settings.max_norm else "the bound from earlier rounds (trust.history_factor x their median)"
     for v in verdicts:
-        if not v.accepted or not v.digest:
-            continue
-        if settings.max_norm and v.norm > settings.max_norm:
-            v.accepted, v.reason = False, f"update norm {v.norm:.4g} exceeds trust.max_norm = {settings.max_norm:g}"
-        elif settings.norm_factor and median > 0 and v.norm > settings.norm_factor * median:
+        if v.accepted and v.digest and bound and v.norm > bound:
+            v.accepted, v.reason = False, f"update norm {v.norm:.4g} exceeds {what} = {bound:.4g}"
+    candidates = [v for v in verdicts if v.accepted and v.digest]
+    if not settings.norm_factor:
+        return
+    for v in candidates:  # each against the median of the others, so nobody moves their own bar
+        others = [o.norm for o in candidates if o is not v]
+        median = statistics.median(others) if others else 0.0
+        if median > 0 and v.norm > settings.norm_factor * median:
             v.accepted, v.reason = False, (f"update norm {v.norm:.4g} exceeds trust.norm_factor = "
-                                           f"{settings.norm_factor:g} x the round's median {median:.4g}")
+                                           f"{settings.norm_factor:g} x the median of the round's other uploads "
+                                           f"{median:.4g}")
 
 
 # ---------------------------------------------------------------------------- differential privacy

@@ -272,3 +272,24 @@ def test_a_hostile_node_is_that_clients_failure_never_a_server_exception(tmp_pat
     assert any("round 1: client b" in f and "malformed reply: num-examples" in f for f in dep["failures"])
     assert any(f.startswith("evaluation: client b") and "not asked to score" in f for f in dep["failures"])
     assert dep["clients"] == ["a", "c"]  # b's models are not evaluated; its claim is not used
+
+
+def test_a_node_that_rejoins_cannot_raise_its_declared_example_count(tmp_path, task_identity, output_root):
+    from fedoa.runtime.flower.runconfig import unflatten
+    from fedoa.runtime.flower.transport import FlowerTransport
+    from tests.support import synthetic_clients
+    from tests.support.flower import write_federation
+
+    cfg, paths, nodes = make_federation(tmp_path)
+    grid, rc = deploy(cfg, paths, nodes, "dep")
+    t = FlowerTransport(grid, *unflatten(rc), log=lambda m: None)
+    t.discover()
+    assert t.examples_of("a") == 8
+    bigger = write_federation(tmp_path / "bigger", synthetic_clients(["a"], n_train=16, n_test=6))
+    del grid.node_configs[100]  # a's node goes, and "a" comes back on a new node claiming 16 examples
+    grid.node_configs[200] = {"client-name": "a", "data-path": str(bigger["a"]), "state-dir": str(tmp_path / "s")}
+    t.discover(expected={"a", "b", "c"})
+    assert t.fed.node_of["a"] == 200 and t.fed.reports["a"]["train"] == 16
+    assert t.examples_of("a") == 8  # capped at the first declaration
+    t.restore({}, t.meta())  # and a resumed server keeps it
+    assert t.examples_of("a") == 8

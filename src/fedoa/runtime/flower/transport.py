@@ -157,6 +157,7 @@ class FlowerTransport(Transport):
         self.out_dir = confined(st.out_dir)
         self.run_key = run_key(cfg, self.out_dir)
         self.client_rounds: dict[str, int] = {}
+        self.declared: dict[str, int] = {}  # training examples per client, as first declared
         self.refused: list[dict[str, Any]] = []  # nodes that claimed a client bound to another node
         self.am, _ = build_model(cfg)  # adapter shapes (init) and the global adapter's export
         self.setup_seconds = time.perf_counter() - start
@@ -229,6 +230,9 @@ class FlowerTransport(Transport):
                 self.fed.lost.add(old)
             self.fed.node_of[c] = n
             self.fed.reports[c] = report
+            # the example count a client declared when it first joined caps every later claim: a node
+            # that comes back may declare fewer, never more
+            self.declared[c] = min(self.declared.get(c, report["train"]), report["train"])
 
     def wait_for_nodes(self) -> None:
         deadline = time.monotonic() + self.st.join_timeout
@@ -247,7 +251,7 @@ class FlowerTransport(Transport):
         return self.plan
 
     def examples_of(self, client: str) -> int:
-        return self.fed.reports[client]["train"]
+        return self.declared[client]
 
     # -------------------------------------------------------------- training
 
@@ -283,10 +287,12 @@ class FlowerTransport(Transport):
         return {}  # on the nodes
 
     def meta(self) -> dict[str, Any]:
-        return {"client_rounds": dict(self.client_rounds), "run_key": self.run_key}
+        return {"client_rounds": dict(self.client_rounds), "run_key": self.run_key, "declared": dict(self.declared)}
 
     def restore(self, client_states: dict[str, ClientState], meta: dict[str, Any]) -> None:
         self.client_rounds = dict(meta.get("client_rounds", {}))
+        for c, n in meta.get("declared", {}).items():  # a resumed run keeps the first declarations
+            self.declared[c] = min(n, self.declared.get(c, n))
 
     # -------------------------------------------------------------- evaluation
 
