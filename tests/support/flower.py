@@ -62,7 +62,8 @@ def make_federation(tmp_path: Path, categories: dict[str, str] | None = None, **
     cfg.data.source = "jsonl"
     cfg.data.path = str(paths["all"])
     nodes = {
-        100 + i: {"client-name": n, "data-path": str(paths[n]), "state-dir": str(tmp_path / f"state-{n}")}
+        100 + i: {"client-name": n, "data-path": str(paths[n]), "state-dir": str(tmp_path / f"state-{n}"),
+                  "eval-path": str(paths["shared"])}
         for i, n in enumerate(NAMES)
     }
     return cfg, paths, nodes

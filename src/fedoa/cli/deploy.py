@@ -16,6 +16,7 @@ from fedoa.runtime.flower.launch import (
     CONNECTION,
     DEFAULT_PORT,
     DeployCliError,
+    check_control_api,
     default_flwr_home,
     executable,
     flower_env,
@@ -43,8 +44,9 @@ def _exec(cmd: list[str], flwr_home: Path) -> int:
 def cmd_superlink(args) -> int:
     cmd = superlink_command(
         args.host, args.port, args.insecure, args.ssl_certfile, args.ssl_keyfile, args.ssl_ca_certfile,
-        args.enable_supernode_auth, args.database,
+        args.enable_supernode_auth, args.database, args.allow_unauthenticated_control_api,
     )
+    os.environ.update(check_control_api(args.host, args.allow_unauthenticated_control_api))
     if args.output_root:  # the ServerApp (a child of the SuperLink) writes results only under it
         root = Path(args.output_root).expanduser().resolve()
         root.mkdir(parents=True, exist_ok=True)
@@ -92,9 +94,13 @@ def _run_settings(args):
     eval_path = args.eval_path or ""
     if eval_path and eval_path != "embedded:vader":
         eval_path = str(Path(eval_path).expanduser().resolve())
+    from fedoa.runtime.flower.launch import is_loopback, split_address
+
+    # off loopback the SuperLink authenticates nodes (always): bind client names to keys by default
+    node_auth = args.node_auth or not is_loopback(split_address(args.superlink)[0])
     deploy = DeploySettings(
         out_dir=args.out, num_nodes=args.nodes, eval_path=eval_path, round_timeout=args.round_timeout,
-        eval_timeout=args.eval_timeout, join_timeout=args.join_timeout, fresh=args.fresh, node_auth=args.node_auth,
+        eval_timeout=args.eval_timeout, join_timeout=args.join_timeout, fresh=args.fresh, node_auth=node_auth,
         record_outcomes=args.record_outcomes,
     )
     return cfg, deploy
@@ -215,7 +221,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--join-timeout", type=float, default=600.0, help="seconds to wait for --nodes clients")
     p.add_argument("--fresh", action="store_true", help="ignore an unfinished run's checkpoint in OUT")
     p.add_argument("--node-auth", action="store_true", help="the SuperLink authenticates SuperNodes "
-                   "(--enable-supernode-auth): bind each client name to its first node's key for the whole run")
+                   "(--enable-supernode-auth): bind each client name to its first node's key for the whole run "
+                   "(on by default when the SuperLink is not on loopback)")
     p.add_argument("--record-outcomes", action="store_true", help="nodes send each test record's outcome (and "
                    "ROUGE per record) instead of counts only: the opt-in that eval.rouge and paired statistics need; "
                    "named in results.json (deployment.record_outcomes)")
@@ -235,7 +242,11 @@ def add_parser(sub) -> None:
     p.add_argument("--ssl-keyfile", help="the SuperLink's private key (PEM)")
     p.add_argument("--ssl-ca-certfile", help="the CA certificate that signed it (PEM)")
     p.add_argument("--enable-supernode-auth", action="store_true",
-                   help="accept only SuperNodes registered with `flwr supernode register`")
+                   help="accept only SuperNodes registered with `flwr supernode register` (always on off loopback)")
+    p.add_argument("--allow-unauthenticated-control-api", action="store_true",
+                   help="off loopback without Flower's account authentication (OIDC, flwr.ee): serve the Control API "
+                   "anyway, knowing that whoever reaches the port can submit and stop runs and register node keys "
+                   "(firewall it to the sites)")
     p.add_argument("--database", help="SQLite file for the SuperLink's state (default: in memory)")
     p.add_argument("--output-root", help="the only folder runs write their results under "
                    "(default: <fedoa cache>/deployments)")

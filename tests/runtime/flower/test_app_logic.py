@@ -287,9 +287,62 @@ def test_a_node_that_rejoins_cannot_raise_its_declared_example_count(tmp_path, t
     assert t.examples_of("a") == 8
     bigger = write_federation(tmp_path / "bigger", synthetic_clients(["a"], n_train=16, n_test=6))
     del grid.node_configs[100]  # a's node goes, and "a" comes back on a new node claiming 16 examples
-    grid.node_configs[200] = {"client-name": "a", "data-path": str(bigger["a"]), "state-dir": str(tmp_path / "s")}
+    grid.node_configs[200] = {"client-name": "a", "data-path": str(bigger["a"]), "state-dir": str(tmp_path / "s"),
+                              "eval-path": str(paths["shared"])}
     t.discover(expected={"a", "b", "c"})
     assert t.fed.node_of["a"] == 200 and t.fed.reports["a"]["train"] == 16
     assert t.examples_of("a") == 8  # capped at the first declaration
     t.restore({}, t.meta())  # and a resumed server keeps it
     assert t.examples_of("a") == 8
+
+
+# ----------------------------------------------------------------------------- access control (loopback, no daemons)
+
+
+def test_a_run_cannot_point_a_node_at_a_folder_its_operator_did_not_configure(tmp_path, task_identity):
+    cfg, paths, nodes = make_federation(tmp_path)
+    for n in nodes.values():
+        del n["eval-path"]  # the nodes name no shared folder; the run asks for one
+    grid, rc = deploy(cfg, paths, nodes, "dep")
+    with pytest.raises(FedoaError, match="reads only the folders its own config names"):
+        quiet(grid, rc)
+    assert "train" not in [t for _, t in grid.sent]
+    from fedoa.runtime.flower.node import confined_eval_path, node_spec
+
+    spec = node_spec({"client-name": "a", "vader-domain": "movie"})
+    assert confined_eval_path(spec, "embedded:vader") == "embedded:vader" and confined_eval_path(spec, "") == ""
+    own = node_spec({"client-name": "a", "vader-domain": "movie", "eval-path": "/srv/shared"})
+    assert confined_eval_path(own, "/etc") == "/srv/shared"  # the node's own folder, whatever the run says
+
+
+def test_with_node_auth_a_client_name_stays_bound_to_its_first_node_for_the_whole_run(tmp_path, task_identity):
+    cfg, paths, nodes = make_federation(tmp_path, fed={"rounds": 2, "personal_start_round": 2})
+    grid, rc = deploy(cfg, paths, nodes, "dep", node_auth=True)
+    impostor = {**nodes[100], "state-dir": str(tmp_path / "impostor")}
+
+    def join_in_round_two(msg):  # an impostor claims "a" while a's node is online, then a's node leaves
+        if msg.metadata.message_type == "train" and msg.metadata.group_id == "1":
+            grid.node_configs[300] = impostor
+        if msg.metadata.message_type == "train" and msg.metadata.group_id == "2":
+            grid.dead.add(100)
+    grid.on_push = join_in_round_two
+    dep = quiet(grid, rc)
+    assert dep["deployment"]["nodes"]["a"] == 100
+    assert {"node": 300, "client": "a", "bound_to": 100} in dep["deployment"]["refused"]
+    assert all(n != 300 for n, t in grid.sent if t == "train")  # the impostor never trained
+
+
+def test_one_run_cannot_touch_the_out_dir_another_run_is_writing(tmp_path, task_identity):
+    from fedoa.io import FolderLock
+
+    cfg, paths, nodes = make_federation(tmp_path)
+    (tmp_path / "dep").mkdir()
+    other = FolderLock(tmp_path / "dep")
+    assert other.acquire()
+    try:
+        grid, rc = deploy(cfg, paths, nodes, "dep", fresh=True)
+        with pytest.raises(FedoaError, match="another run is writing into this folder"):
+            quiet(grid, rc)
+        assert "train" not in [t for _, t in grid.sent] and not (tmp_path / "dep" / ".run").exists()
+    finally:
+        other.release()

@@ -88,3 +88,43 @@ def test_deploy_commands_reject_bad_input_before_starting_anything(tmp_path, cap
     assert main(["deploy", "superlink", "--host", "0.0.0.0", "--insecure"]) == 2
     assert "loopback" in capsys.readouterr().err
     assert main(["deploy", "results", "--out", str(tmp_path)]) == 2
+
+
+def test_off_loopback_nodes_authenticate_and_the_control_api_is_not_served_unauthenticated(tmp_path, monkeypatch):
+    from fedoa.runtime.flower import launch
+
+    tls = {}
+    for name in ("cert", "key", "ca"):
+        (tmp_path / name).write_text("x")
+        tls[name] = str(tmp_path / name)
+    args = dict(ssl_certfile=tls["cert"], ssl_keyfile=tls["key"], ssl_ca_certfile=tls["ca"])
+    monkeypatch.setattr(launch, "account_auth_available", lambda: False)  # Flower 1.42 without flwr.ee
+    assert launch.account_auth_available() is False
+    with pytest.raises(FedoaError, match="Control API .* no account authentication"):
+        superlink_command("0.0.0.0", 8000, **args)
+    cmd = superlink_command("0.0.0.0", 8000, **args, allow_unauthenticated_control_api=True)
+    assert "--enable-supernode-auth" in cmd  # always on off loopback, asked for or not
+    assert "--enable-supernode-auth" not in superlink_command("127.0.0.1", 8000, insecure=True)
+    assert launch.check_control_api("127.0.0.1", False) == {}
+    monkeypatch.setattr(launch, "account_auth_available", lambda: True)  # a Flower with OIDC (flwr.ee)
+    assert launch.check_control_api("10.0.0.5", False) == {"FLWR_OIDC_ENABLED": "1"}
+    with pytest.raises(FedoaError, match="auth-private-key"):
+        supernode_command("10.0.0.5:8000", 9094, {"client-name": "a"}, root_certificates=tls["ca"])
+    assert "--auth-supernode-private-key" in supernode_command("10.0.0.5:8000", 9094, {"client-name": "a"},
+                                                               root_certificates=tls["ca"], auth_private_key=tls["key"])
+
+
+def test_the_installed_flower_has_no_control_api_account_authentication():
+    """What check_control_api relies on: Flower 1.42 without flwr.ee offers OIDC nowhere."""
+    from fedoa.runtime.flower.launch import account_auth_available
+
+    assert account_auth_available() is False
+
+
+def test_a_run_against_a_superlink_off_loopback_binds_client_names_to_keys_by_default():
+    from fedoa.cli import build_parser
+    from fedoa.cli.deploy import _run_settings
+
+    remote = build_parser().parse_args(["deploy", "run", "--out", "r", "--nodes", "2", "--superlink", "10.0.0.5:8000"])
+    local = build_parser().parse_args(["deploy", "run", "--out", "r", "--nodes", "2"])
+    assert _run_settings(remote)[1].node_auth is True and _run_settings(local)[1].node_auth is False

@@ -44,7 +44,8 @@ def start_federation(tmp_path, procs: Processes, paths, home) -> int:
         procs.node(f"node-{n}", [
             "deploy", "supernode", "--insecure", "--superlink", f"127.0.0.1:{port}", "--port", str(procs.port()),
             "--client-name", n, "--data-path", str(paths[n]), "--state-dir", str(state), "--flwr-home", str(home),
-        ], {"client-name": n, "data-path": str(paths[n]), "state-dir": str(state)})
+            "--eval-path", str(paths["shared"]),
+        ], {"client-name": n, "data-path": str(paths[n]), "state-dir": str(state), "eval-path": str(paths["shared"])})
     return port
 
 
@@ -201,8 +202,10 @@ def test_tls_node_auth_a_bound_client_name_and_a_poisoned_node(tmp_path):
             state = tmp_path / f"state-{name}"
             procs.node(f"node-{name}", ["deploy", "supernode", *link, *secure, "--port", str(procs.port()),
                                         "--auth-private-key", str(keys[name][0]), "--client-name", client,
-                                        "--data-path", str(paths[client]), "--state-dir", str(state)],
-                       {"client-name": client, "data-path": str(paths[client]), "state-dir": str(state)})
+                                        "--data-path", str(paths[client]), "--state-dir", str(state),
+                                        "--eval-path", str(paths["shared"])],
+                       {"client-name": client, "data-path": str(paths[client]), "state-dir": str(state),
+                        "eval-path": str(paths["shared"])})
 
         for n in NAMES:
             node(n, n)

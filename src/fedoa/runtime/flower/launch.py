@@ -9,6 +9,10 @@ Thin wrappers around Flower's own commands (``flower-superlink``, ``flower-super
 - the SuperLink never builds per-run environments (``--disable-runtime-dependency-installation``):
   the apps run in this installed environment; it writes results only under its ``--output-root``;
 - one rule for every channel (:func:`check_channel`): plain text only on loopback, TLS everywhere else;
+- off loopback, SuperNodes must authenticate (``--enable-supernode-auth`` is always on, a node needs
+  its key), and the Control API (which shares the SuperLink's port in Flower 1.42) is served only
+  with account authentication (OIDC, which needs Flower's ``flwr.ee``) or with an explicit
+  ``--allow-unauthenticated-control-api`` (:func:`check_control_api`);
 - the app is a Flower project generated from the settings classes (:func:`fedoa.runtime.flower.runconfig.app_dir`);
   a run's settings travel as Flower run-config keys (only those that differ from the app's defaults);
 - ``flwr run`` exits 0 even when the run failed, so the real status is read with ``flwr ls``.
@@ -80,6 +84,36 @@ def check_channel(host: str, insecure: bool, tls: bool, needs: str, where: str) 
         raise DeployCliError(f"{host} is not loopback: TLS needs {needs}", where=where)
 
 
+def account_auth_available() -> bool:
+    """Whether this Flower can authenticate Control API accounts (OIDC: only with ``flwr.ee``)."""
+    try:
+        from flwr.superlink.auth_plugin import AuthnType
+        from flwr.superlink.config_loader import get_control_authn_plugins
+
+        return AuthnType.OIDC in get_control_authn_plugins()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def check_control_api(host: str, allow_unauthenticated: bool) -> dict[str, str]:
+    """The environment the SuperLink needs for its Control API (submit, stop, register node keys).
+
+    On loopback nothing. Elsewhere Flower's account authentication (``FLWR_OIDC_ENABLED=1``) when
+    this Flower has it; without it the SuperLink is refused unless the operator explicitly accepts
+    that anyone who reaches the port (and trusts the CA) can submit and stop runs and register keys."""
+    if is_loopback(host):
+        return {}
+    if account_auth_available():
+        return {"FLWR_OIDC_ENABLED": "1"}
+    if not allow_unauthenticated:
+        raise DeployCliError(
+            f"Flower's Control API shares port with the Fleet API and this Flower has no account authentication "
+            f"(OIDC needs flwr.ee): on {host} anyone who reaches the port could submit or stop runs and register "
+            "node keys; refusing (firewall the port to the sites and pass --allow-unauthenticated-control-api, "
+            "see docs/deployment.md)", where="--host")
+    return {}
+
+
 CA_FILE = "--root-certificates CA.pem"
 SERVER_TLS = "--ssl-certfile, --ssl-keyfile and --ssl-ca-certfile"
 
@@ -143,12 +177,15 @@ def write_connection(flwr_home: Path, address: str, insecure: bool, root_certifi
 def superlink_command(
     host: str = "127.0.0.1", port: int = DEFAULT_PORT, insecure: bool = False,
     ssl_certfile: str | None = None, ssl_keyfile: str | None = None, ssl_ca_certfile: str | None = None,
-    enable_supernode_auth: bool = False, database: str | None = None,
+    enable_supernode_auth: bool = False, database: str | None = None, allow_unauthenticated_control_api: bool = False,
 ) -> list[str]:
     cmd = [executable("flower-superlink"), "--host", host, "--port", str(port),
            "--disable-runtime-dependency-installation"]
     files = {"--ssl-certfile": ssl_certfile, "--ssl-keyfile": ssl_keyfile, "--ssl-ca-certfile": ssl_ca_certfile}
     check_channel(host, insecure, all(files.values()), SERVER_TLS, "--host")
+    check_control_api(host, allow_unauthenticated_control_api)
+    if not is_loopback(host):
+        enable_supernode_auth = True  # off loopback only registered nodes join
     if insecure:
         cmd.append("--insecure")
     else:
@@ -173,6 +210,10 @@ def supernode_command(
     cmd = [executable("flower-supernode"), "--superlink", superlink, "--port", str(port),
            "--node-config", node_config_arg(node_config)]
     check_channel(host, insecure, bool(root_certificates), CA_FILE, "--superlink")
+    if not is_loopback(host) and not auth_private_key:
+        raise DeployCliError(f"{host} is not loopback: node authentication is on there, give this node's key "
+                             "(ssh-keygen -t ecdsa -b 384; registered with fedoa deploy register)",
+                             where="--auth-private-key")
     if insecure:
         cmd.append("--insecure")
     elif root_certificates:

@@ -71,6 +71,19 @@ def node_spec(node_config: Mapping[str, Any]) -> NodeSpec:
     return NodeSpec(client, data_path, vader, node_config.get("state-dir", ""), node_config.get("eval-path"))
 
 
+def confined_eval_path(spec: NodeSpec, run_eval_path: str) -> str:
+    """Where this node reads shared test sets: its own ``eval-path`` when it has one (whatever the run
+    says); else the run's only when that names no folder ("" or ``embedded:vader``). A run never
+    points a node at a folder of the node's machine that the node's operator did not configure."""
+    if spec.eval_path is not None:
+        return spec.eval_path
+    if run_eval_path in ("", "embedded:vader"):
+        return run_eval_path
+    raise NodeError(f"the run asks node {spec.client!r} to read test sets from {run_eval_path!r}; a node reads only "
+                    "the folders its own config names: start it with --eval-path (node-config eval-path)",
+                    where="deploy.eval-path")
+
+
 # ---------------------------------------------------------------------------- data
 
 
@@ -175,7 +188,7 @@ class NodeRun:
 
         spec = node_spec(node_config)
         cfg, deploy = unflatten(dict(run_config))
-        return cls(cfg, spec, spec.eval_path if spec.eval_path is not None else deploy.eval_path)
+        return cls(cfg, spec, confined_eval_path(spec, deploy.eval_path))
 
     def client(self) -> ClientData:
         return node_client(self.cfg, self.spec.client, self.spec.data_path, self.spec.vader_domain)
