@@ -38,6 +38,24 @@ def data_folder(tmp: Path, train=None, test=None) -> Path:
     return root
 
 
+def extra_task(root: Path, name: str) -> Path:
+    jsonl(root, f"{name}_train.jsonl", [record(f"x{i}") for i in range(4)])
+    jsonl(root, f"{name}_test.jsonl", [record(f"y{i}") for i in range(4)])
+    return root
+
+
+def hf_with_configs(tmp: Path) -> Path:
+    """A local Hugging Face dataset with two configurations (README front matter)."""
+    root = tmp / "hf"
+    for c in ("a", "b"):
+        for split in ("train", "test"):
+            jsonl(root, f"{split}.jsonl", [record(f"{c}{i}") for i in range(4)], category=c)
+    files = "".join(f"- config_name: {c}\n  data_files:\n  - split: train\n    path: {c}/train.jsonl\n"
+                    f"  - split: test\n    path: {c}/test.jsonl\n" for c in ("a", "b"))
+    (root / "README.md").write_text(f"---\nconfigs:\n{files}---\n")
+    return root
+
+
 def jsonl_run(tmp: Path, root: Path, *extra: str) -> list[str]:
     return ["run", "--out", str(tmp / "out"), *TINY, "--set", "data.source=jsonl", "--set", f"data.path={str(root)!r}", *extra]
 
@@ -61,6 +79,16 @@ SCENARIOS = {
     "bad-json-line": lambda t: jsonl_run(t, data_folder(t, train=[record("a"), "{not json"])),
     "missing-field": lambda t: jsonl_run(t, data_folder(t, train=[record("a"), json.dumps({"instruction": "x"})])),
     "answer-not-an-option": lambda t: jsonl_run(t, data_folder(t, train=[record("a", "maybe")])),
+    "unsafe-task-name": lambda t: jsonl_run(t, extra_task(data_folder(t), "bad name")),
+    "case-colliding-names": lambda t: jsonl_run(t, extra_task(data_folder(t), "T")),
+    "byte-order-mark": "special",
+    "answer-normalization": "special",
+    "degenerate-options": lambda t: jsonl_run(t, data_folder(t, train=[record("a"), json.dumps(
+        {"instruction": "Is it?\nOPTIONS:\n- yes\n- yes ", "output": "yes"})])),
+    "huge-data-file": "special",
+    "hf-several-configs": lambda t: ["run", "--out", str(t / "out"), *TINY, "--set", "data.source=hf",
+                                     "--set", f"data.path={str(hf_with_configs(t))!r}"],
+    "tokenizer-without-eos": "special",
     "model-missing": lambda t: ["run", "--out", str(t / "out"), "--set", "model.name='/no/such/model'"],
     "target-modules-absent": lambda t: ["run", "--out", str(t / "out"), *TINY, "--set", "lora.target_modules=['qkv']"],
     "device-absent": lambda t: ["run", "--out", str(t / "out"), *TINY, "--set", "model.device='cuda:3'"],
@@ -132,3 +160,59 @@ def test_a_hostile_upload_is_rejected_with_its_reason(tmp_path):
     assert main(["run", "--out", str(out), *TINY, "--set", "attack.kind='nan'", "--set", "attack.clients=['movie']"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert any("update rejected: tensor" in f and "non-finite" in f for f in results["failures"])
+
+
+def test_a_byte_order_mark_is_skipped_with_a_warning(tmp_path, capsys):
+    from fedoa.data.jsonl import load_jsonl_file
+
+    path = jsonl(tmp_path, "t_train.jsonl", b"\xef\xbb\xbf" + (record("a") + "\n" + record("b") + "\n").encode())
+    assert [r.output for r in load_jsonl_file(path, task="t")] == ["positive", "positive"]
+    assert "byte-order mark at the start of the file was skipped" in capsys.readouterr().err
+
+
+def test_answers_that_differ_from_their_option_only_by_whitespace_or_normalization_train_and_score_as_it(tmp_path):
+    import unicodedata
+
+    from fedoa.data.jsonl import load_jsonl_file
+
+    nfd = unicodedata.normalize("NFD", "café")
+    lines = [json.dumps({"instruction": f"Which?\nOPTIONS:\n- {nfd}\n- tea", "output": "café "}),
+             json.dumps({"instruction": "Is it?\nOPTIONS:\n- yes \n- no", "output": " yes"})]
+    recs = load_jsonl_file(jsonl(tmp_path, "t_train.jsonl", lines), task="t")
+    assert recs[0].output == "café" and recs[0].output in recs[0].options  # the same text for training and scoring
+    assert recs[1].output == "yes" and recs[1].options == ("yes", "no")
+    root = data_folder(tmp_path, train=lines * 2)
+    assert main(jsonl_run(tmp_path, root)) == 0
+
+
+def test_a_data_file_is_streamed_line_by_line(tmp_path, monkeypatch):
+    from fedoa.data.jsonl import load_jsonl_file
+
+    path = jsonl(tmp_path, "t_train.jsonl", [record(f"r{i}") for i in range(1000)])
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail("the whole file was read at once"))
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: pytest.fail("the whole file was read at once"))
+    assert len(load_jsonl_file(path, task="t")) == 1000
+
+
+def test_a_tokenizer_without_eos_is_one_line_and_one_without_pad_pads_with_eos():
+    from transformers import AutoTokenizer
+
+    from fedoa.errors import FedoaError
+    from fedoa.model.base import _prepare_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir()))
+    tok.pad_token = None
+    assert _prepare_tokenizer(tok).pad_token_id == tok.eos_token_id
+    tok.eos_token = None
+    with pytest.raises(FedoaError, match=r"has no end-of-sequence \(EOS\) token") as e:
+        _prepare_tokenizer(tok)
+    assert e.value.exit_code == 2 and "\n" not in str(e.value)
+
+
+def test_an_hf_dataset_configuration_is_chosen_with_data_hf_config(tmp_path):
+    from fedoa.data.hf import load_hf
+
+    root = hf_with_configs(tmp_path)
+    splits = load_hf(str(root), {"instruction": "instruction", "output": "output"}, config="b")
+    [(train, test)] = splits.values()
+    assert len(train) == 4 and train[0].instruction.startswith("Is 'b0'")

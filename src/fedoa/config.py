@@ -141,6 +141,8 @@ class DataConfig(Section):
     )
     hf_train_split: str = setting("train", "Split name for training (hf).")
     hf_test_split: str = setting("test", "Split name for testing (hf).")
+    hf_config: str = setting(
+        "", "Configuration of a dataset that has several (hf; required then, e.g. 'en'; '' for a dataset with one).")
     hf_columns: dict[str, str] = setting(
         {}, "Map of record field -> dataset column for hf (fields: instruction, output, options, task, category)."
     )

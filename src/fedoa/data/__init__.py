@@ -28,7 +28,7 @@ def load_tasks(cfg: DataConfig, seed: int) -> TaskSplits:
     if cfg.source == "hf":
         from fedoa.data.hf import load_hf
 
-        return load_hf(cfg.path, cfg.hf_columns, cfg.hf_train_split, cfg.hf_test_split, cfg.tasks)
+        return load_hf(cfg.path, cfg.hf_columns, cfg.hf_train_split, cfg.hf_test_split, cfg.tasks, cfg.hf_config)
     raise DataError(f"unknown data source {cfg.source!r}", where="data.source")
 
 

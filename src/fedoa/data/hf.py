@@ -23,15 +23,32 @@ def _is_saved_folder(path: str) -> bool:
     return (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()
 
 
-def _open(path: str) -> Any:
-    """The dataset's splits as a DatasetDict; any loading failure becomes one FedoaError."""
+def _configs(path: str) -> list[str]:
     import datasets
 
     try:
-        if _is_saved_folder(path):
+        return list(datasets.get_dataset_config_names(path))
+    except Exception:  # noqa: BLE001 - no list of configurations: loading says what is wrong
+        return []
+
+
+def _open(path: str, config: str = "") -> Any:
+    """The dataset's splits as a DatasetDict; any loading failure becomes one FedoaError. A dataset
+    with several configurations needs ``data.hf_config`` (datasets would quietly take the first)."""
+    import datasets
+
+    saved = _is_saved_folder(path)
+    if not saved:
+        names = _configs(path)
+        if config and names and config not in names:
+            raise DataError(f"dataset {path!r} has no configuration {config!r} (it has {names})", where="data.hf_config")
+        if not config and len(names) > 1:
+            raise DataError(f"dataset {path!r} has several configurations {names}: name one", where="data.hf_config")
+    try:
+        if saved:
             loaded = datasets.load_from_disk(path)
         else:
-            loaded = datasets.load_dataset(path)
+            loaded = datasets.load_dataset(path, config or None)
     except Exception as e:  # noqa: BLE001 - datasets raises many unrelated types
         raise FedoaError(f"cannot load dataset {path!r}: {type(e).__name__}: {e}") from None
     if not isinstance(loaded, datasets.DatasetDict):
@@ -135,13 +152,14 @@ def load_hf(
     train_split: str = "train",
     test_split: str = "test",
     tasks: tuple[str, ...] | list[str] = (),
+    config: str = "",
 ) -> TaskSplits:
     """task -> (train, test) records of a Hugging Face dataset, ordered by (category, task).
 
     ``columns`` maps record fields to dataset columns; without a task column every record gets
     the dataset's name as task. Options come from an options column or the instruction.
     """
-    dsd = _open(path)
+    dsd = _open(path, config)
     for key, split in (("data.hf_train_split", train_split), ("data.hf_test_split", test_split)):
         if split not in dsd:
             raise DataError(

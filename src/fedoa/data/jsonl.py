@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fedoa.data.records import Record, make_record
-from fedoa.errors import DataError
+from fedoa.data.records import Record, check_names, make_record
+from fedoa.errors import DataError, warn
 
 TaskSplits = dict[str, tuple[list[Record], list[Record]]]
 
@@ -59,20 +59,25 @@ def load_jsonl_file(path: str | Path, category: str = "", task: str = "") -> lis
     """
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        f = path.open("rb")
     except FileNotFoundError:
         raise DataError("file not found", where=str(path)) from None
     except OSError as e:
         raise DataError(f"cannot read file: {e.strerror}", where=str(path)) from None
     records = []
+    # streamed line by line (a file larger than memory is read in pieces, only its records are kept);
     # split on b"\n" rather than splitlines(): JSON strings may hold U+2028 etc. unescaped.
-    for lineno, line_bytes in enumerate(raw.split(b"\n"), start=1):
-        try:
-            line = line_bytes.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise DataError(f"not UTF-8 text (byte {e.start} of the line)", where=f"{path}:{lineno}") from None
-        if line.strip():
-            records.append(_parse_line(line, f"{path}:{lineno}", category, task))
+    with f:
+        for lineno, line_bytes in enumerate(f, start=1):
+            if lineno == 1 and line_bytes.startswith(b"\xef\xbb\xbf"):
+                line_bytes = line_bytes[3:]
+                warn(f"{path}: a UTF-8 byte-order mark at the start of the file was skipped")
+            try:
+                line = line_bytes.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"not UTF-8 text (byte {e.start} of the line)", where=f"{path}:{lineno}") from None
+            if line.strip():
+                records.append(_parse_line(line, f"{path}:{lineno}", category, task))
     if not records:
         raise DataError("the file is empty (no records)", where=str(path))
     return records
@@ -95,6 +100,8 @@ def _discover(root: Path) -> dict[str, tuple[str, Path, Path]]:
                         where=str(root),
                     )
                 found.setdefault(task, {})[split] = file
+    check_names(categories, "task", str(root))
+    check_names(sorted({c for c in categories.values()}), "category", str(root))
     out = {}
     for task, files in found.items():
         for split in ("train", "test"):

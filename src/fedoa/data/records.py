@@ -1,9 +1,35 @@
 """The one record type every loader produces, and the client split it lives in."""
 from __future__ import annotations
 
+import re
+import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fedoa.errors import DataError
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def canonical(text: str) -> str:
+    """An answer or option as fedoa trains and scores it: Unicode NFC, no surrounding whitespace (so an
+    answer that differs from its option only by those is the same text for training and scoring)."""
+    return unicodedata.normalize("NFC", text).strip()
+
+
+def check_names(names: Iterable[str], what: str, where: str) -> None:
+    """Names that become file and folder names (tasks, clients): safe path components (letters,
+    digits, ``.``, ``_``, ``-``; not ``.``/``..``) that stay distinct when case is ignored (they
+    would share one file on macOS and Windows)."""
+    seen: dict[str, str] = {}
+    for name in names:
+        if not SAFE_NAME.match(name) or name in (".", ".."):
+            raise DataError(f"{what} name {name!r} is not a safe file name (use letters, digits, '.', '_', '-')",
+                            where=where)
+        other = seen.setdefault(name.lower(), name)
+        if other != name:
+            raise DataError(f"{what} names {other!r} and {name!r} differ only by case (one file on "
+                            "case-insensitive file systems)", where=where)
 
 OPTIONS_MARKER = "OPTIONS:"
 
@@ -78,7 +104,12 @@ def make_record(
         raise DataError("field 'output' is empty or not a string", where=where)
     if options is None:
         options = parse_options(instruction)
-    options = tuple(options)
-    if options and output.strip() not in {o.strip() for o in options}:
-        raise DataError(f"output {output!r} is not among the options {list(options)}", where=where)
+    options = tuple(dict.fromkeys(canonical(o) for o in options))  # repeated options: one
+    if options and (len(options) < 2 or "" in options):
+        raise DataError(f"degenerate options {list(options)}: a record with options needs at least two distinct, "
+                        "non-empty ones", where=where)
+    if options:
+        output = canonical(output)
+        if output not in options:
+            raise DataError(f"output {output!r} is not among the options {list(options)}", where=where)
     return Record(instruction, output, options, task, category)

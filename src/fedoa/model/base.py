@@ -108,6 +108,11 @@ def ensure_embedded_model() -> Path:
 
 
 def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Every training answer ends with the EOS token and batches are padded: a tokenizer without EOS
+    is a one-line error; one without a pad token pads with EOS (masked out of the loss anyway)."""
+    if tokenizer.eos_token_id is None:
+        raise ModelError("the model's tokenizer has no end-of-sequence (EOS) token, which ends every training "
+                         "answer: use a model whose tokenizer defines eos_token", where="model.name")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -27,8 +27,9 @@ from typing import Any
 
 from fedoa.algorithms import make_algorithm
 from fedoa.algorithms.base import Algorithm, ClientState, ClientUpdate
-from fedoa.checkpoint import client_file_name, load_checkpoint, save_checkpoint
+from fedoa.checkpoint import load_checkpoint, save_checkpoint
 from fedoa.config import RunConfig, changed_keys, config_to_toml, flat_keys
+from fedoa.data.records import check_names
 from fedoa.errors import ConfigError, FedoaError
 from fedoa.evaluation.matrix import EvalPlan, SetScores, matrices, per_client, summarize
 from fedoa.io import FolderLock, fsync_dir, fsync_tree, read_jsonl, write_text
@@ -138,8 +139,7 @@ def run_federation(
     cfg = cfg.clone()  # validated again, cross-section checks included
     algo = make_algorithm(cfg)
     names = transport.open(algo)  # bad data, model or nodes fail here, before anything is written
-    for n in names:
-        client_file_name(n)  # names that cannot become file names fail before round 1
+    check_names(names, "client", "data")  # names that cannot become file names fail before round 1
     plan = transport.eval_plan()
     out_dir = Path(out_dir)
     work = out_dir / WORK
