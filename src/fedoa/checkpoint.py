@@ -129,6 +129,11 @@ def load_checkpoint(folder: Path) -> tuple[int, AdapterState, dict[str, ClientSt
         if problems:
             warn(f"the checkpoint in {folder.parent} is damaged ({problems[0]}); resuming from the previous "
                  f"one (after round {found[0]})")
+            if c != folder and folder.exists():  # kept aside, so the next save never rotates it into .prev
+                damaged = _sibling(folder, "damaged")
+                if damaged.exists():
+                    shutil.rmtree(damaged)
+                os.replace(folder, damaged)
         return found
     if problems:
         raise FedoaError(f"the checkpoint is damaged ({'; '.join(problems)}) and no good one is left: rerun with "

@@ -72,6 +72,12 @@ def test_the_previous_checkpoint_stays_and_a_damaged_one_falls_back_to_it(tmp_pa
     found = load_checkpoint(ck)
     assert found[0] == 1 and torch.equal(found[1]["w"], G1["w"]) and torch.equal(found[2]["a"]["p"]["x"], torch.zeros(2))
     assert "damaged" in capsys.readouterr().err
+    assert (tmp_path / ".run" / "checkpoint.damaged").is_dir()  # set aside: the good one stays the previous
+    save_checkpoint(ck, 2, G2, {"a": {"p": {"x": torch.ones(2)}}}, {"config": {}})
+    assert load_checkpoint(ck)[0] == 2
+    assert json.loads((tmp_path / ".run" / "checkpoint.prev" / "state.json").read_text())["round"] == 1
+    g = ck / "global.safetensors"
+    g.write_bytes(g.read_bytes()[:-7])
     c = tmp_path / ".run" / "checkpoint.prev" / "clients" / "a.safetensors"
     c.write_bytes(c.read_bytes().replace(b"\x00", b"\x01", 1))  # altered, same length
     with pytest.raises(FedoaError) as e:
