@@ -156,6 +156,8 @@ def main() -> int:
     p.add_argument("--tiny", action="store_true", help="the tiny random model and 4 records per client (seconds)")
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "deploy-bench.json"))
     args = p.parse_args()
+    # a SIGTERM (timeout, kill) still stops every process the bench started (the finally blocks)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     rows = []
     with tempfile.TemporaryDirectory(prefix="fedoa-deploy-bench-") as tmp:
