@@ -24,12 +24,22 @@ def test_default_config_loads_and_round_trips(tmp_path):
         assert load_config(path) == cfg
 
 
-def test_the_default_preset_only_overrides_code_defaults():
-    preset = tomllib.loads(default_config_path().read_text())
+def test_every_shipped_preset_only_overrides_code_defaults_and_loads_by_name():
+    from fedoa.config import presets
+
     code = RunConfig().to_dict()
-    for section, values in preset.items():
-        for key, value in values.items():
-            assert code[section][key] != value, f"{section}.{key} restates the code default {value!r}"
+    assert {"default", "reference"} <= set(presets())
+    for name, path in presets().items():
+        for section, values in tomllib.loads(path.read_text()).items():
+            for key, value in (values.items() if isinstance(values, dict) else [(None, values)]):
+                restated = code[section] == value if key is None else code[section][key] == value
+                assert not restated, f"{name}: {section}.{key} restates the code default {value!r}"
+        assert load_config(name) == load_config(path)
+    ref = load_config("reference")  # the FedOA reference's local schedule
+    assert (ref.train.epochs, ref.train.batch_size, ref.train.micro_batch_size, ref.train.lr) == (3, 128, 8, 3e-4)
+    assert (ref.model.max_length, ref.data.template, ref.train.schedule) == (512, "alpaca", "linear")
+    with pytest.raises(ConfigError, match="shipped presets, by name: default, reference"):
+        load_config("no-such-preset")
 
 
 def test_every_method_registers_its_settings_beside_its_code():

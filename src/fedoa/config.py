@@ -438,10 +438,19 @@ def parse_override(text: str) -> dict[str, Any]:
     return node
 
 
+def presets() -> dict[str, Path]:
+    """The named presets shipped with fedoa (``src/fedoa/configs/<name>.toml``): ``--config NAME``."""
+    return {p.stem: p for p in sorted((Path(__file__).parent / "configs").glob("*.toml"))}
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
+    """A config file's values; a bare name that is no file is a shipped preset (``--config reference``)."""
     path = Path(path)
+    if not path.is_file() and path.suffix == "" and len(path.parts) == 1 and str(path) in presets():
+        path = presets()[str(path)]
     if not path.is_file():
-        raise ConfigError("config file not found", where=str(path))
+        names = ", ".join(presets())
+        raise ConfigError(f"config file not found (shipped presets, by name: {names})", where=str(path))
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
