@@ -97,4 +97,4 @@ def tiny_run(tmp_path_factory):
     A high learning rate makes the mixed model answer unlike the global one."""
     from tests.support.runs import make_tiny_run
 
-    return make_tiny_run(tmp_path_factory.mktemp("runs") / "fedoa", train={"lr": 0.2})
+    return make_tiny_run(tmp_path_factory.mktemp("runs") / "fedoa", reports=True, train={"lr": 0.2})
