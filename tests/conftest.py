@@ -16,7 +16,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 torch.set_num_threads(1)
 
 #: session fixtures worth building once: the tests that use one run on one xdist worker
-SHARED_FIXTURES = ("tiny_run",)
+SHARED_FIXTURES = ("tiny_run", "smollm2_run")
 
 
 @pytest.hookimpl(trylast=True)
@@ -52,35 +52,6 @@ def all_threads():
     yield
     torch.set_num_threads(1)
 
-#: session fixtures worth building once: the tests that use one run on one xdist worker
-SHARED_FIXTURES = ("tiny_run",)
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        for name in SHARED_FIXTURES:
-            if name in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.xdist_group(name))
-    # the long units first, so that the short ones fill the other worker's time around them
-    # (xdist hands out units in this order with --no-loadscope-reorder)
-    items.sort(key=lambda item: (item.get_closest_marker("slow") is None,
-                                 item.get_closest_marker("xdist_group") is None))
-    if getattr(config.option, "loadgroup", False):  # an xdist worker under --dist loadgroup
-        _suffix_groups(items)
-
-
-def _suffix_groups(items) -> None:
-    """``--dist loadgroup`` sends tests whose node id ends in ``@group`` to one worker. xdist 3.8
-    appends it to ``item._nodeid``, which pytest 9 no longer reads (the id is ``item._id``): do it here."""
-    from _pytest.nodeid import NodeId
-
-    for item in items:
-        groups = sorted({m.args[0] if m.args else m.kwargs.get("name", "default")
-                         for m in item.iter_markers("xdist_group")})
-        if groups and "@" not in item.nodeid:
-            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")
-
 
 @pytest.fixture
 def clients():
@@ -106,3 +77,12 @@ def tiny_run(tmp_path_factory):
     from tests.support.runs import make_tiny_run
 
     return make_tiny_run(tmp_path_factory.mktemp("runs") / "fedoa", reports=True, train={"lr": 0.2})
+
+
+@pytest.fixture(scope="session")
+def smollm2_run(tmp_path_factory):
+    """One finished run on the real SmolLM2, shared by the slow tests that need one (CliRun: the
+    folder, the fresh model cache it converted the GGUF into, its stderr); read-only."""
+    from tests.support.runs import smollm2_cli_run
+
+    return smollm2_cli_run(tmp_path_factory.mktemp("smollm2"))

@@ -91,17 +91,11 @@ def test_export_refuses_what_is_not_one_adapter_or_would_overwrite(tiny_run, tmp
 
 
 @pytest.mark.slow
-def test_smollm2_export_names_the_hub_model_and_loads_in_stock_peft(tmp_path, monkeypatch, all_threads):
-    from fedoa.config import default_config_path, load_config
+def test_smollm2_export_names_the_hub_model_and_loads_in_stock_peft(smollm2_run, tmp_path, monkeypatch, all_threads):
     from fedoa.model.base import embedded_cache_dir
-    from fedoa.runtime.inprocess import run_simulation
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    cfg = load_config(default_config_path(), [
-        "data.tasks=['movie','tweets']", "data.train_per_client=8", "data.test_per_client=4", "fed.rounds=1",
-        "fed.personal_start_round=1", "train.batch_size=4", "train.micro_batch_size=4", "eval.zero_shot=false",
-    ])
-    run_simulation(cfg, tmp_path / "run", progress=False)
+    shutil.copytree(smollm2_run.folder, tmp_path / "run")  # the shared run stays as it was
     adapter, merged = tmp_path / "adapter", tmp_path / "merged"
     assert main(["export", str(tmp_path / "run"), "--client", "movie", "--out", str(adapter), "--quiet"]) == 0
     assert main(["export", str(tmp_path / "run"), "--client", "movie", "--merge", "--out", str(merged), "--quiet"]) == 0

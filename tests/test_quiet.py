@@ -6,7 +6,6 @@ import sys
 
 import pytest
 
-from fedoa.paths import cache_dir
 from tests.support.runs import tiny_cli_args
 
 #: what a tqdm bar leaves on a non-terminal stderr: carriage returns, blocks, "42%|", rates
@@ -35,14 +34,8 @@ def test_quiet_verbs_draw_no_progress_bar(tmp_path):
 
 
 @pytest.mark.slow
-def test_quiet_silences_the_gguf_conversion_too(tmp_path):
-    """A fresh cache: the embedded GGUF is de-quantized in this run (transformers' own tqdm bar)."""
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    (cache / "data").symlink_to(cache_dir() / "data")  # the VADER files; the model is converted afresh
-    done = fedoa("run", "--out", str(tmp_path / "run"), "--quiet", "--set", "data.tasks=['movie']",
-                 "--set", "data.train_per_client=4", "--set", "data.test_per_client=4", "--set", "fed.rounds=1",
-                 "--set", "fed.personal_start_round=1", "--set", "model.max_length=64", "--set", "eval.zero_shot=false",
-                 env={"FEDOA_CACHE": str(cache), "HF_HUB_OFFLINE": "1"})
-    assert (cache / "models" / "smollm2-135m-instruct" / "model.safetensors").is_file()  # it did convert
-    assert not BAR.search(done.stderr), done.stderr
+def test_quiet_silences_the_gguf_conversion_too(smollm2_run):
+    """The shared SmolLM2 run is `fedoa run --quiet` in a fresh cache: the embedded GGUF was
+    de-quantized in it (transformers' own tqdm bar)."""
+    assert (smollm2_run.cache / "models" / "smollm2-135m-instruct" / "model.safetensors").is_file()  # it did convert
+    assert not BAR.search(smollm2_run.stderr), smollm2_run.stderr

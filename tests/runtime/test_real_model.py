@@ -1,31 +1,29 @@
-"""The embedded SmolLM2 end to end on a few examples (slow: ~1 min on 2 cores)."""
+"""The embedded SmolLM2 end to end on a few examples (slow: the shared run takes ~1 min on 2 cores)."""
+import json
+
 import pytest
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from fedoa.config import default_config_path, load_config
+from fedoa.config import load_config
 from fedoa.model.adapters import PERSONAL, load_adapter_state
 from fedoa.model.base import embedded_cache_dir
-from fedoa.runtime.inprocess import run_simulation
 from fedoa.runtime.session import open_session
 
 
 @pytest.mark.slow
-def test_smollm2_fedoa_run_and_stock_peft_reproduces_personal_logits(tmp_path, monkeypatch, all_threads):
+def test_smollm2_fedoa_run_and_stock_peft_reproduces_personal_logits(smollm2_run, monkeypatch, all_threads):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    cfg = load_config(default_config_path(), [
-        "data.tasks=['movie','tweets']", "data.train_per_client=8", "data.test_per_client=8",
-        "fed.rounds=1", "fed.personal_start_round=1", "train.batch_size=4", "train.micro_batch_size=4", "eval.batch_size=8",
-    ])
-    session = open_session(cfg)
-    results = run_simulation(cfg, tmp_path / "run", progress=False, session=session).to_json()
+    run = smollm2_run.folder
+    results = json.loads((run / "results.json").read_text())
     for kind in ("personal", "global", "zero_shot"):
         assert 0.0 <= results["summary"][kind]["id_accuracy"] <= 1.0
-    folder = tmp_path / "run" / "adapters" / "personal" / "movie"
+    folder = run / "adapters" / "personal" / "movie"
     state = load_adapter_state(folder)
     assert any(v.abs().sum() > 0 for k, v in state.items() if ".lora_B." in k)  # it was trained
 
+    session = open_session(load_config(run / "config.toml"))  # the run's own config, model and data
     tok = session.tokenizer
     ids = torch.tensor([tok("Is the sentiment of this sentence positive or negative?\nA fine film.")["input_ids"]])
     am = session.am

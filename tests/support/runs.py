@@ -1,6 +1,7 @@
 """Finished runs on the tiny model, for the verbs that work on a run folder."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support import vader_tiny_config
@@ -26,3 +27,36 @@ def make_tiny_run(folder: Path, method: str = "fedoa", reports: bool = False, **
     cfg.method = method
     run_simulation(cfg, folder, progress=False, reports=reports)
     return folder
+
+
+#: the embedded SmolLM2 on two VADER domains, one round: about a minute on 2 cores
+SMOLLM2_SETS = ["data.tasks=['movie','tweets']", "data.train_per_client=8", "data.test_per_client=8", "fed.rounds=1",
+                "fed.personal_start_round=1", "train.batch_size=4", "train.micro_batch_size=4", "eval.batch_size=8"]
+
+
+@dataclass
+class CliRun:
+    folder: Path  # the run folder
+    cache: Path  # the FEDOA_CACHE it ran with
+    stderr: str
+
+
+def smollm2_cli_run(root: Path) -> CliRun:
+    """``fedoa run --quiet`` on the real SmolLM2 in a fresh model cache (the VADER files linked in):
+    the embedded GGUF is de-quantized in this run, as on a first use."""
+    import os
+    import subprocess
+    import sys
+
+    from fedoa.paths import cache_dir
+
+    cache = root / "cache"
+    cache.mkdir(parents=True)
+    (cache / "data").symlink_to(cache_dir() / "data")
+    folder = root / "run"
+    args = [a for s in SMOLLM2_SETS for a in ("--set", s)]
+    done = subprocess.run([sys.executable, "-m", "fedoa.cli", "run", "--out", str(folder), "--quiet", *args],
+                          capture_output=True, text=True,
+                          env={**os.environ, "FEDOA_CACHE": str(cache), "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return CliRun(folder, cache, done.stderr)
