@@ -70,6 +70,8 @@ def cmd_supernode(args) -> int:
     if args.eval_path is not None:
         values["eval-path"] = args.eval_path if args.eval_path in ("", "embedded:vader") else str(
             Path(args.eval_path).expanduser().resolve())
+    if args.lora_rank is not None:
+        values["lora-rank"] = args.lora_rank
     node_spec(values)  # the node's own checks, before Flower starts
     cmd = supernode_command(args.superlink, args.port, values, args.insecure, args.root_certificates, args.auth_private_key)
     home = _flwr_home(args)
@@ -263,6 +265,8 @@ def add_parser(sub) -> None:
     g.add_argument("--vader-domain", help="one embedded VADER domain (movie, tweets, amazon, nyt) instead")
     p.add_argument("--state-dir", help="where this client's personal adapters live (default: <fedoa cache>/node-state)")
     p.add_argument("--eval-path", default=None, help="shared test sets on this machine (overrides the run's)")
+    p.add_argument("--lora-rank", type=int, default=None, help="this client's LoRA rank (1..the run's lora.r; "
+                   "default: the run's lora.client_ranks, else lora.r): it receives the global adapter cut to it")
     p.add_argument("--insecure", action="store_true", help="no TLS (only for a SuperLink on 127.0.0.1)")
     p.add_argument("--root-certificates", help="CA certificate (PEM) that signed the SuperLink's certificate")
     p.add_argument("--auth-private-key", help="this node's private key (with --enable-supernode-auth on the SuperLink)")

@@ -23,10 +23,10 @@ from fedoa.evaluation.matrix import EvalPlan, evaluate_models
 from fedoa.model.adapters import AdapterState
 from fedoa.reports.publish import render_reports
 from fedoa.reports.results import Results
-from fedoa.runtime.common import activate_model, model_identity
+from fedoa.model.uploads import narrow
+from fedoa.runtime.common import activate_model, client_rank, client_round, model_identity
 from fedoa.runtime.driver import Schedule, Scores, Transport, run_federation
 from fedoa.runtime.session import Session, open_session
-from fedoa.runtime.trust import drill
 
 
 class InProcess(Transport):
@@ -56,12 +56,16 @@ class InProcess(Transport):
     def examples_of(self, client: str) -> int:
         return len(self.session.train[client])
 
+    def rank_of(self, client: str) -> int:
+        return client_rank(self.session.cfg, client)
+
     def train(self, round_: int, groups: dict[str, list[str]], global_state: AdapterState) -> dict[str, ClientUpdate]:
         out = {}
         for trainer, members in groups.items():
             self.bar.set_postfix_str(f"round {round_}/{self.session.cfg.fed.rounds} {trainer}")
-            update = self.algo.client_update(self._context(trainer, members), global_state, round_)
-            out[trainer] = drill(self.session.cfg.attack, trainer, update, global_state)
+            rank = self.rank_of(trainer)
+            out[trainer] = client_round(self.algo, self._context(trainer, members), narrow(global_state, rank), round_,
+                                        rank)
         if round_ == self.rounds:
             self.bar.close()
         return out
