@@ -116,3 +116,17 @@ def test_a_rank_above_lora_r_or_an_unknown_client_is_a_one_line_error(tmp_path):
         run_simulation(cfg, tmp_path / "run", progress=False, reports=False)
     assert "lora.client_ranks" in str(e.value) and "films" in str(e.value)
     assert not (tmp_path / "run" / ".run").exists()
+
+
+def test_dp_with_unequal_ranks_and_bfloat16_uploads_runs_and_leaves_unheld_components_alone(tmp_path):
+    """DP-FedAvg sums each decoded upload padded to the global rank: components nobody holds
+    receive only the noise."""
+    cfg = cheap(fed={"upload": "bfloat16", "rounds": 1}, dp={"noise_multiplier": 0.5, "clip_norm": 1.0},
+                lora={"client_ranks": {"movie": 1, "tweets": 2, "nyt": 2}})
+    res = run_simulation(cfg, tmp_path / "run", progress=False, reports=False).to_json()
+    assert res["failures"] == [] and res["dp"]["epsilon"] > 0
+    g = global_adapter(tmp_path / "run")
+    bs = [v for k, v in g.items() if ".lora_B." in k]
+    noise = torch.cat([v[:, 2:].flatten() for v in bs])
+    # B starts at zero: above rank 2 it is the noise alone, std z * C / (q n) = 0.5 / 3
+    assert noise.std().item() == pytest.approx(0.5 / 3, rel=0.1)
