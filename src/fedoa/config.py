@@ -134,6 +134,13 @@ class DataConfig(Section):
         "seed so that runs with different seeds meet the same test data.",
         ge=0,
     )
+    train_subset_seed: Literal["split", "run"] = setting(
+        "split",
+        "Which seed draws each client's training subset (the train_per_client cap): 'split' (split_seed: the "
+        "same subset in every run, so seeds vary only the training order and initialization) or 'run' (the run's "
+        "seed: seeds vary the training sample too). Test sets, the train/test split and the partition always "
+        "follow split_seed. `fedoa compare` uses 'run' unless the config or --set names this key.",
+    )
     template: Literal["alpaca", "plain", "chat"] = setting(
         "alpaca",
         "Prompt template: 'alpaca' (the reference), 'plain' (instruction + 'Answer:'), "
