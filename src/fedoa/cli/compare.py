@@ -36,7 +36,8 @@ def add_parser(sub) -> None:
     p.add_argument("--methods", required=True, help="comma-separated method names, e.g. fedit,ditto,fedoa; a "
                    "variant with its own settings and label: shipped=fedoa[fedoa.feature=answer;fed.personal_init=global]")
     p.add_argument("--seeds", default="3", help="number of seeds (from the config's seed on) or a list like "
-                   "0,1,2; each seed also draws its own training subsets (data.train_subset_seed = \"run\") unless the config names that key")
+                   "0,1,2; each seed also draws its own training subsets (data.train_subset_seed = \"run\") "
+                   "unless the config names that key")
     p.add_argument("--out", required=True, help="output folder (runs/, compare.md, compare.json, compare.png)")
     p.add_argument("--focus", default="fedoa", help="method whose personal models are compared with every other "
                    "row by paired differences (default: fedoa)")

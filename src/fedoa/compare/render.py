@@ -77,8 +77,8 @@ def variance_note(summary: dict[str, Any]) -> str:
         return (f"What varies between the {seeds} seeds: the training order, the adapters' initialization and "
                 "each client's training subset (`data.train_subset_seed = \"run\"`); the test sets are the same "
                 "in every seed.")
-    why = ("every client trains on all its records" if not data.get("train_per_client")
-           else "every seed trains on the same subset, drawn with `data.split_seed` (`data.train_subset_seed = \"split\"`)")
+    why = ("every client trains on all its records" if not data.get("train_per_client") else
+           "every seed trains on the same subset, drawn with `data.split_seed` (`data.train_subset_seed = \"split\"`)")
     return (f"What varies between the {seeds} seeds: the training order and the adapters' initialization only; "
             f"{why}, so neither the intervals nor the standard deviations include training-sample variance.")
 

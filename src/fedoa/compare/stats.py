@@ -111,7 +111,8 @@ def paired_difference(
         "difference": point, "per_seed": per_seed, "records": len(keys), "observations": n,
         "seeds": int(diff.shape[0]), "confidence": CONFIDENCE,
     }
-    samples = [per_record[[i for i, st in enumerate(record_strata) if st == name]] for name in dict.fromkeys(record_strata)]
+    samples = [per_record[[i for i, st in enumerate(record_strata) if st == name]]
+               for name in dict.fromkeys(record_strata)]  # one sample per category
     low = high = point
     varying = [x for x in samples if np.ptp(x) > 0]
     if varying:  # a stratum without variation (or with one record) adds a constant: leave it out of the draw
@@ -318,7 +319,9 @@ def record_of(obs: tuple) -> tuple:
     return tuple(obs[-2:])
 
 
-def _aligned(a: dict[int, dict], b: dict[int, dict], group: str, cat: str) -> tuple[np.ndarray, np.ndarray, list] | None:
+def _aligned(
+    a: dict[int, dict], b: dict[int, dict], group: str, cat: str
+) -> tuple[np.ndarray, np.ndarray, list] | None:
     """``[seeds, observations]`` outcomes of two rows on the observations both have under every common
     seed, and those observations."""
     seeds = sorted(s for s in a if s in b)
