@@ -56,3 +56,30 @@ def test_gpu_bench_tiny_writes_its_three_tables_on_cpu(tmp_path):
     assert all(h in md for h in ("## LoRA step", "## FedOA / FedIT client round", "## Peak memory by clients"))
     profile = (tmp_path / "gpu_bench_profile.txt").read_text()
     assert "## by total host time" in profile and "aten::mm" in profile  # the step's matmuls were recorded
+
+
+def test_regularizer_tabulates_and_plots_every_traced_personal_step(tmp_path):
+    from tests.support.runs import make_tiny_run
+
+    run = make_tiny_run(tmp_path / "cmp" / "runs" / "fedoa" / "seed0", fedoa={"trace_reg": True, "mixed_eval": False})
+    make_tiny_run(tmp_path / "cmp" / "runs" / "fedit" / "seed0", method="fedit")  # no trace: left out
+    steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [x for x in steps if x["phase"] == "personal"]
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "regularizer.py"), str(tmp_path / "cmp")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    md = (tmp_path / "cmp" / "regularizer.md").read_text()
+    assert (tmp_path / "cmp" / "regularizer.png").stat().st_size > 0
+    clients = md.split("## Every client")[1]
+    assert clients.count("| fedoa | 0 |") == len(steps) == 6 and "fedit" not in md
+    for x in steps:  # each client's row carries its own before/after from metrics.jsonl
+        change = f"{(x['reg_after'] - x['reg_before']) / x['reg_before']:+.1%}" if x["reg_before"] else "n/a"
+        assert (f"| {x['client']} | fedoa | 0 | {x['round']} | {x['reg_before']:.2f} | {x['reg_first']:.2f} | "
+                f"{x['reg_last']:.2f} | {x['reg_after']:.2f} | {change} |") in clients
+
+
+def test_regularizer_without_a_trace_is_a_one_line_error(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "regularizer.py"), str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "trace_reg" in proc.stderr
+    assert not (tmp_path / "regularizer.md").exists()
