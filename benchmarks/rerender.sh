@@ -10,10 +10,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 FEDOA="${FEDOA:-.venv/bin/fedoa}"
 
-# the Flan-8 evidence (benchmarks/evidence.sh): within-category, all eight methods, seeds 0-2
+# the Flan-8 evidence (benchmarks/evidence.sh, the same METHODS): within-category, seeds 0-2; a method
+# whose runs are not there yet (fedlora, perada while they run) shows as "not run"
 W0="fedoa.regular_weight=0;fedoa.mixed_eval=false"
 SHIPPED="fedoa.feature=answer;fed.personal_init=global"
-METHODS="fedit,local,ditto,feddpa,fedoa,fedoa-w0=fedoa[$W0],shipped=fedoa[$SHIPPED],shipped-w0=fedoa[$SHIPPED;$W0]"
+METHODS="fedit,local,ditto,feddpa,fedoa,fedoa-w0=fedoa[$W0],shipped=fedoa[$SHIPPED],shipped-w0=fedoa[$SHIPPED;$W0],fedlora,perada"
 "$FEDOA" compare --config benchmarks/flan8_evidence.toml --methods "$METHODS" --seeds 3 \
   --out benchmarks/evidence/within-category --report-only --quiet
 # leave-category-out, seed 0, every held-out category that ran
