@@ -169,6 +169,11 @@ class TrainConfig(Section):
     )
     warmup_steps: int = setting(0, "Linear warm-up steps.", ge=0)
     max_grad_norm: float = setting(0.0, "Clip gradients to this norm (0 = no clipping).", ge=0)
+    compile: bool = setting(
+        False,
+        "torch.compile the batched engine's micro-step (CUDA only; ignored on CPU). First steps are slower while "
+        "it compiles.",
+    )
 
 
 class FedConfig(Section):
@@ -296,6 +301,17 @@ class DPConfig(Section):
     delta: float = setting(1e-5, "delta of the reported (epsilon, delta).", gt=0, lt=1)
 
 
+class RuntimeConfig(Section):
+    """How the in-process runtime carries the clients' work (results agree within float rounding)."""
+
+    batch_clients: Literal["auto", "on", "off"] = setting(
+        "auto",
+        "Train every sampled client of a round at once (stacked LoRA slots, one forward and backward pass for "
+        "all; see docs/batched.md) or one after another. 'auto': on for CUDA, off on CPU (measured slower there: "
+        "benchmarks/RESULTS.md). Methods that cannot be batched run one client at a time whatever this says.",
+    )
+
+
 class AttackConfig(Section):
     """A poisoning drill (robustness tests and benchmarks): these clients send hostile uploads."""
 
@@ -307,7 +323,7 @@ class AttackConfig(Section):
 
 
 COMMON = ("method", "seed", "model", "lora", "data", "train", "fed", "eval", "protocol", "tracking", "trust", "dp",
-          "attack")
+          "attack", "runtime")
 
 
 class RunConfig(BaseModel):
@@ -329,6 +345,7 @@ class RunConfig(BaseModel):
     trust: TrustConfig = Field(default_factory=TrustConfig, description=TrustConfig.__doc__)
     dp: DPConfig = Field(default_factory=DPConfig, description=DPConfig.__doc__)
     attack: AttackConfig = Field(default_factory=AttackConfig, description=AttackConfig.__doc__)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description=RuntimeConfig.__doc__)
 
     @model_validator(mode="before")
     @classmethod

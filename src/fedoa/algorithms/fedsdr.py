@@ -45,6 +45,7 @@ from fedoa.config import Section, setting
 from fedoa.data.batching import Batch
 from fedoa.model.adapters import GLOBAL, AdapterModel, AdapterState
 from fedoa.registry import register
+from fedoa.training.joint import SlotJob, SlotReg, segment_sum
 from fedoa.training.loop import Objective
 from fedoa.training.losses import (
     example_features,
@@ -66,6 +67,14 @@ def fedsdr_regularizer(h_p: torch.Tensor, h_g: torch.Tensor) -> torch.Tensor:
     h_p, h_g = h_p.float(), h_g.float().detach()
     weight = (h_g - h_g.mean(dim=0, keepdim=True)).abs()
     return (h_p * weight).sum(dim=-1).abs().mean()
+
+
+def fedsdr_per_group(h_p, h_g, group, counts, groups: int) -> torch.Tensor:
+    """:func:`fedsdr_regularizer` of each group of rows (the batch mean ``c`` per group)."""
+    h_g = h_g.detach()
+    center = segment_sum(h_g, group, groups) / counts.unsqueeze(1)
+    weight = (h_g - center[group]).abs()
+    return segment_sum((h_p * weight).sum(-1).abs(), group, groups) / counts
 
 
 def sdr_regularized(target: torch.Tensor, weight: float, kind: str) -> Objective:
@@ -90,3 +99,10 @@ class FedSDR(PersonalThenGlobal):
             return task_objective
         target = example_features(ctx.am, GLOBAL, ctx.train, c.feature, self.cfg.train.micro_batch_size, ctx.pad_id)
         return sdr_regularized(target, c.regular_weight, c.feature)
+
+    def personal_job(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> SlotJob:
+        job = super().personal_job(ctx, global_state, round_)
+        c = self.settings
+        if c.regular_weight:
+            job.reg = SlotReg(c.feature, c.regular_weight, fedsdr_per_group)
+        return job

@@ -17,6 +17,7 @@ from fedoa.algorithms.base import (
     ClientState,
     ClientUpdate,
     ServerContext,
+    batched_updates,
 )
 from fedoa.config import RunConfig
 from fedoa.evaluation.matrix import EvalPlan, evaluate_models
@@ -57,14 +58,30 @@ class InProcess(Transport):
         return len(self.session.train[client])
 
     def train(self, round_: int, groups: dict[str, list[str]], global_state: AdapterState) -> dict[str, ClientUpdate]:
-        out = {}
-        for trainer, members in groups.items():
-            self.bar.set_postfix_str(f"round {round_}/{self.session.cfg.fed.rounds} {trainer}")
-            update = self.algo.client_update(self._context(trainer, members), global_state, round_)
-            out[trainer] = drill(self.session.cfg.attack, trainer, update, global_state)
+        updates = self._batched(round_, groups, global_state) if self.batching else None
+        if updates is None:
+            updates = {}
+            for trainer, members in groups.items():
+                self.bar.set_postfix_str(f"round {round_}/{self.session.cfg.fed.rounds} {trainer}")
+                updates[trainer] = self.algo.client_update(self._context(trainer, members), global_state, round_)
+        out = {t: drill(self.session.cfg.attack, t, u, global_state) for t, u in updates.items()}
         if round_ == self.rounds:
             self.bar.close()
         return out
+
+    @property
+    def batching(self) -> bool:
+        """``runtime.batch_clients``: 'auto' batches on CUDA only (on CPU it measured slower)."""
+        mode = self.session.cfg.runtime.batch_clients
+        return mode == "on" or (mode == "auto" and self.am.device.type == "cuda")
+
+    def _batched(self, round_: int, groups: dict[str, list[str]], global_state: AdapterState):
+        """Every trainer's update from one joint loop, or None (pooled trainers; a method that cannot)."""
+        if any(members != [trainer] for trainer, members in groups.items()):
+            return None
+        self.bar.set_postfix_str(f"round {round_}/{self.session.cfg.fed.rounds} {len(groups)} clients batched")
+        ctxs = [self._context(t, [t]) for t in groups]
+        return batched_updates(self.algo, ctxs, global_state, round_, self.bar.update)
 
     def _context(self, name: str, members: list[str]) -> ClientContext:
         """A client's own context, or one trainer over several clients' pooled data (``training_groups``)."""
