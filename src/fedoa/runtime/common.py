@@ -57,18 +57,23 @@ def client_rank(cfg: RunConfig, client: str) -> int:
 
 def client_round(algo: Algorithm, ctx: ClientContext, received: AdapterState, round_: int, rank: int) -> ClientUpdate:
     """What a client does with the global adapter it received (cut to its ``rank``): the method's
-    update in the model's rank-``lora.r`` slot (zero above ``rank``), the poisoning drill, the
-    upload cut to ``rank`` and, with ``fed.upload`` other than float32, compressed as the change
-    from ``received`` plus the residual kept from its last upload (error feedback)."""
-    cfg = ctx.cfg
+    update in the model's rank-``lora.r`` slot (zero above ``rank``), then :func:`client_upload`."""
+    start = widen(received, ctx.cfg.lora.r)
+    return client_upload(ctx.cfg, ctx.name, ctx.state, algo.client_update(ctx, start, round_), received, rank)
+
+
+def client_upload(cfg: RunConfig, client: str, private: dict, update: ClientUpdate, received: AdapterState,
+                  rank: int) -> ClientUpdate:
+    """What a client sends of its ``update``: the poisoning drill, the state cut to its ``rank`` and,
+    with ``fed.upload`` other than float32, compressed as the change from ``received`` plus the
+    residual kept in its ``private`` state from its last upload (error feedback)."""
     start = widen(received, cfg.lora.r)
-    update = drill(cfg.attack, ctx.name, algo.client_update(ctx, start, round_), start)
+    update = drill(cfg.attack, client, update, start)
     if update.state is None:
         return update
     update.state = narrow(update.state, rank)
     if cfg.fed.upload != "float32":
-        update.upload, ctx.state[RESIDUAL] = encode_change(update.state, received, ctx.state.get(RESIDUAL),
-                                                           cfg.fed.upload)
+        update.upload, private[RESIDUAL] = encode_change(update.state, received, private.get(RESIDUAL), cfg.fed.upload)
         update.state = None
     return update
 
