@@ -28,12 +28,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RANKS = {"movie": 4, "tweets": 8, "amazon": 16, "nyt": 16}
 R16 = "lora.r=16;lora.alpha=32"
-RUNS = {
+RUNS = {  # in the order they run: what both tables need first
     "float32": "fedit",
-    "bfloat16": "fedit[fed.upload=bfloat16]",
     "int8": "fedit[fed.upload=int8]",
-    "rank16": f"fedit[{R16}]",
     "mix-4-8-16": f"fedit[{R16};" + ";".join(f"lora.client_ranks.{c}={r}" for c, r in RANKS.items()) + "]",
+    "bfloat16": "fedit[fed.upload=bfloat16]",
+    "rank16": f"fedit[{R16}]",
 }
 UPLOADS = ("float32", "bfloat16", "int8")
 RANK_ROWS = {"float32": "all rank 8", "rank16": "all rank 16", "mix-4-8-16": "4 / 8 / 16 / 16 (movie, tweets, amazon, nyt)"}
