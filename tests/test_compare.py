@@ -333,3 +333,13 @@ def test_method_variants_parse_and_configure():
         variant_config(RunConfig(), "fedoa[fedoa.featur=x]")
     with pytest.raises(ConfigError, match="unknown method"):
         parse_methods("fedoa,nosuch[fedoa.feature=answer]")
+
+
+def test_runs_with_unequal_client_ranks_share_one_resident_model():
+    from fedoa.compare.runner import model_key
+    from fedoa.testing import tiny_config
+
+    cfg = tiny_config()
+    mixed = tiny_config(lora={"client_ranks": {"a": 2}})
+    wider = tiny_config(lora={"r": 8})
+    assert model_key(mixed) == model_key(cfg) != model_key(wider)
