@@ -104,7 +104,7 @@ def write(folder: Path, title: str, rows: list[dict], header: str, meta: dict) -
     lines = [f"# {title}", "", header, "", f"Command: `{meta['command']}`  ", f"Commit: {meta['commit']}; "
              f"wall time: {meta['wall_seconds']:.0f} s, the sum of the runs' own (column 'wall s'; the plain local "
              "steps the runs share were computed once and reused), on 2 CPU cores shared with other jobs "
-             f"(load average 9-17); settings: {meta['settings']}.", ""]
+             f"(load average 14-27 while it ran); settings: {meta['settings']}.", ""]
     against = sorted({b for r in rows for b in r["paired"]}, key=list(RUNS).index)
     head = ["run", "bytes up / client-round", "bytes down / client-round", "global ID %", "global OOD %", "wall s"]
     for b in against:
