@@ -103,6 +103,7 @@ def reference(federation):
     return results, load_file(str(federation.root / "sim" / "adapters" / "global" / "adapter_model.safetensors"))
 
 
+@pytest.mark.xdist_group("flower-federation")
 def test_three_supernodes_train_the_same_global_adapter_as_the_in_process_run(federation, reference):
     sim, a = reference
     t0 = time.monotonic()
@@ -130,6 +131,7 @@ def test_three_supernodes_train_the_same_global_adapter_as_the_in_process_run(fe
     assert not (federation.root / "dep" / "adapters" / "personal").exists()
 
 
+@pytest.mark.xdist_group("flower-federation")
 def test_the_server_killed_mid_round_resumes_to_the_same_adapters(federation, reference):
     """SIGKILL to the ServerApp while round 2's updates are out; `fedoa deploy run` again resumes
     from the checkpoint of round 1, and the nodes from their state of round 1."""
@@ -152,6 +154,7 @@ def test_the_server_killed_mid_round_resumes_to_the_same_adapters(federation, re
     assert dep["summary"] == sim["summary"]
 
 
+@pytest.mark.xdist_group("flower-federation")
 def test_int8_uploads_at_unequal_ranks_give_the_in_process_global_adapter(federation):
     """fed.upload = int8 and lora.client_ranks {a: 2, b: 1} (lora.r = 4) through the real daemons:
     compressed changes at each node's rank, decoded and padded by the server, the same global
@@ -175,6 +178,7 @@ def test_int8_uploads_at_unequal_ranks_give_the_in_process_global_adapter(federa
     assert dep["communication"]["client_ranks"] == {"a": 2, "b": 1, "c": 4}
 
 
+@pytest.mark.xdist_group("flower-federation")
 def test_a_supernode_killed_in_round_two_is_recorded_and_the_run_finishes(federation):
     """Last in this module: node b does not come back."""
     t0 = time.monotonic()
