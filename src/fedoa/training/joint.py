@@ -21,6 +21,7 @@ on the device, and finiteness is checked once at the end.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -118,15 +119,16 @@ class JointBatch:
     fixed_weight: torch.Tensor | None = None
     all_slots: bool = False
 
+    def _map(self, fn) -> "JointBatch":
+        return JointBatch(**{name: fn(v) if isinstance(v, torch.Tensor) else v
+                             for name, v in ((n, getattr(self, n)) for n in self.__dataclass_fields__)})
+
+    def pinned(self) -> "JointBatch":
+        """In page-locked host memory, so the copy to a GPU runs asynchronously."""
+        return self._map(torch.Tensor.pin_memory)
+
     def to(self, device: torch.device) -> "JointBatch":
-        pinned = device.type == "cuda"
-        moved = {}
-        for name in self.__dataclass_fields__:
-            v = getattr(self, name)
-            if isinstance(v, torch.Tensor):
-                v = (v.pin_memory() if pinned else v).to(device, non_blocking=pinned)
-            moved[name] = v
-        return JointBatch(**moved)
+        return self._map(lambda v: v.to(device, non_blocking=v.is_pinned()))
 
     def routing(self) -> Routing:
         return Routing(self.slots, self.rows, self.weight, self.fixed_weight, self.all_slots)
@@ -217,7 +219,7 @@ class Plan:
     job_steps: list[int] = field(default_factory=list)  # per job
 
 
-def plan_phase(jobs: list[SlotJob], cfg: TrainConfig, pad_id: int, bucket: int) -> Plan:
+def plan_phase(jobs: list[SlotJob], cfg: TrainConfig, pad_id: int, bucket: int, pin: bool = False) -> Plan:
     mbs = cfg.micro_batch_size
     schedules = [job_steps(j, cfg) for j in jobs]
     offsets = [0]
@@ -232,7 +234,8 @@ def plan_phase(jobs: list[SlotJob], cfg: TrainConfig, pad_id: int, bucket: int) 
         batches = []
         for m in range(max(micro)):
             parts = [(k, idx[m * mbs:(m + 1) * mbs], len(idx)) for k, idx in todo if m < micro[k]]
-            batches.append(build_batch(jobs, parts, mbs, pad_id, offsets, bucket))
+            batch = build_batch(jobs, parts, mbs, pad_id, offsets, bucket)
+            batches.append(batch.pinned() if pin else batch)
         plan.steps.append(batches)
         plan.active.append([m > 0 for m in micro])
         plan.micro.append(micro)
@@ -335,6 +338,12 @@ def micro_losses(am: AdapterModel, bank: SlotBank, batch: JointBatch, reg: SlotR
     return loss, torch.stack([task, reg_value, prox_value], dim=1).detach()
 
 
+@functools.cache
+def compiled_micro_losses():
+    """``micro_losses`` through ``torch.compile`` (``train.compile``), wrapped once per process."""
+    return torch.compile(micro_losses, dynamic=True)
+
+
 # ---------------------------------------------------------------------------- the loop
 
 
@@ -375,7 +384,8 @@ def train_jobs(
     if kinds:
         hidden_size = am.base.config.hidden_size
         capture = (kinds.pop(), torch.zeros(sum(len(j.examples) for j in jobs), hidden_size, device=device))
-    plan = plan_phase(jobs, cfg, pad_id, bucket=64 if device.type == "cuda" else 1)
+    cuda = device.type == "cuda"
+    plan = plan_phase(jobs, cfg, pad_id, bucket=64 if cuda else 1, pin=cuda)
     schedule = adam_schedule(plan, jobs, cfg, device)
     opt = StackedAdamW(bank.params(), cfg.weight_decay)
     micro = torch.tensor(plan.micro, dtype=torch.float32, device=device).clamp(min=1)
@@ -384,9 +394,7 @@ def train_jobs(
     sums = torch.zeros(K, M, device=device)
     first, last = torch.zeros(K, M, device=device), torch.zeros(K, M, device=device)
     bad = torch.zeros(K, device=device)
-    step_fn = micro_losses
-    if compile_step and device.type == "cuda":
-        step_fn = torch.compile(micro_losses, dynamic=True)
+    step_fn = compiled_micro_losses() if compile_step and device.type == "cuda" else micro_losses
     torch.manual_seed(derive_seed("joint", *(j.seed_text for j in jobs)))
     am.peft.train()
     try:
