@@ -250,6 +250,9 @@ def test_tiny_compare_end_to_end_is_resumable_and_leak_free(tmp_path, capsys):
     assert cell["low"] <= cell["difference"] <= cell["high"] and cell["seeds"] == 2
     assert any(a == ("fedoa", "mixed") and group == "id" for a, _, group in paired)
     assert "## Paired differences" in md
+    # fedoa compare draws each seed's training subsets (the config does not name the key) and says so
+    assert summary["config"]["data"]["train_subset_seed"] == "run"
+    assert "each client's training subset" in md
 
     # the global step is the same computation in FedIT, FedDPA and FedOA: run once, reused after
     lines = [json.loads(line) for line in (out / "runs" / "fedoa" / "seed0" / "metrics.jsonl").read_text().splitlines()]

@@ -8,6 +8,8 @@ from fedoa.reports.tracking import scalars
 from fedoa.runtime.inprocess import run_simulation
 from tests.support import vader_tiny_config
 
+pytestmark = pytest.mark.xdist_group("tracked-run")  # one worker builds the module's run
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):

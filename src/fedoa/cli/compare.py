@@ -15,11 +15,11 @@ EXAMPLE = """example:
 
 
 def compare(args: argparse.Namespace) -> int:
-    from fedoa.compare.runner import parse_methods, parse_seeds, run_compare
+    from fedoa.compare.runner import parse_methods, parse_seeds, run_compare, seeds_vary_training_data
     from fedoa.compare.render import print_compare
 
     methods = parse_methods(args.methods)  # unknown names exit 2 before anything runs
-    cfg = load(args)
+    cfg = seeds_vary_training_data(load(args))  # each seed its own training subset, unless the config says
     summary = run_compare(cfg, methods, parse_seeds(args.seeds, cfg.seed), Path(args.out), progress=not args.quiet,
                           focus=args.focus, report_only=args.report_only, budget=args.budget)
     print_compare(summary)
@@ -35,7 +35,9 @@ def add_parser(sub) -> None:
     add_config_args(p)
     p.add_argument("--methods", required=True, help="comma-separated method names, e.g. fedit,ditto,fedoa; a "
                    "variant with its own settings and label: shipped=fedoa[fedoa.feature=answer;fed.personal_init=global]")
-    p.add_argument("--seeds", default="3", help="number of seeds (from the config's seed on) or a list like 0,1,2")
+    p.add_argument("--seeds", default="3", help="number of seeds (from the config's seed on) or a list like "
+                   "0,1,2; each seed also draws its own training subsets (data.train_subset_seed = \"run\") "
+                   "unless the config names that key")
     p.add_argument("--out", required=True, help="output folder (runs/, compare.md, compare.json, compare.png)")
     p.add_argument("--focus", default="fedoa", help="method whose personal models are compared with every other "
                    "row by paired differences (default: fedoa)")

@@ -2,7 +2,10 @@
 
 Every run uses the same config (protocol, data, model, train/fed/eval budget) except ``method``,
 ``seed`` and, for ``leave-category-out`` without a fixed ``protocol.holdout``, the held-out
-category, which rotates over all categories. A method may be a *variant* with its own settings
+category, which rotates over all categories. Unless the config names ``data.train_subset_seed``,
+a comparison sets it to ``"run"`` (:func:`seeds_vary_training_data`): each seed trains on its own draw of
+every client's training subset while the test sets stay fixed, so the spread over seeds includes
+the training sample. A method may be a *variant* with its own settings
 and name: ``shipped=fedoa[fedoa.feature=answer;fed.personal_init=global]``. Runs go to
 ``DIR/runs/<label>/seed<k>[/holdout-<c>]`` with their own ``results.json``; a run whose
 ``results.json`` exists with the same config is not redone (also after keys were added to the
@@ -221,6 +224,19 @@ class SharedModel:
         return session
 
 
+def seeds_vary_training_data(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with ``data.train_subset_seed = "run"`` unless the config (file or ``--set``) named the key:
+    a comparison's seeds then vary what a repeat of the study would vary, the training sample too.
+    Configs of committed comparisons name ``"split"`` so their finished runs stay valid."""
+    if "train_subset_seed" in cfg.data.model_fields_set:
+        return cfg
+    values = cfg.to_dict()
+    values["data"]["train_subset_seed"] = "run"
+    from fedoa.config import build
+
+    return build(values)
+
+
 def focus_labels(methods: list[str], focus: str) -> list[str]:
     """Row labels of the methods whose personal models the paired differences are about."""
     return [display_label(m) for m in methods if split_method(m)[0] == focus]
@@ -249,7 +265,15 @@ def run_compare(
     specs = plan_runs(cfg, methods, seeds, holdouts, out_dir)
     for spec in specs:
         make_algorithm(spec.cfg)  # a method that rejects the config fails before anything runs
-    data = {h: load_protocol(cfg, holdout=h or None) for h in holdouts}  # bad data fails here too
+    data = {(h, cfg.seed): load_protocol(cfg, holdout=h or None) for h in holdouts}  # bad data fails here too
+
+    def data_of(spec: RunSpec):
+        """The run's clients and plan: one draw per held-out category, and per seed where the seed draws
+        the training subsets (``data.train_subset_seed = "run"``)."""
+        seed = spec.seed if cfg.data.train_subset_seed == "run" else cfg.seed
+        if (spec.holdout, seed) not in data:
+            data[(spec.holdout, seed)] = load_protocol(spec.cfg, holdout=spec.holdout or None)
+        return data[(spec.holdout, seed)]
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / "config.toml", config_to_toml(cfg))
@@ -265,7 +289,8 @@ def run_compare(
         summary["rouge"] = rouge_summary(done, labels, seeds)  # eval.rouge: the reference's metric, or None
         summary["focus"] = focus_labels(methods, focus)
         if final:  # the bootstrap takes a while: once at the end (or with --report-only)
-            summary["paired"] = paired_table(done, summary["focus"], summary["group_categories"])
+            summary["paired"] = paired_table(done, summary["focus"], summary["group_categories"],
+                                             summary["uninformative"])
         summary["runs"] = []
         for spec, results in runs:
             entry = {"method": spec.method, "seed": spec.seed, "holdout": spec.holdout or None,
@@ -310,7 +335,7 @@ def run_compare(
             bar.set_postfix_str(spec.key)
             if shared is None:
                 shared = SharedModel(cfg, out_dir / ".memo")
-            clients, plan = data[spec.holdout]
+            clients, plan = data_of(spec)
             t0 = time.perf_counter()
             try:
                 session = shared.session(spec.cfg, clients, plan)

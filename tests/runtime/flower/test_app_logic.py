@@ -188,6 +188,38 @@ def test_node_config_and_run_config_are_checked(tmp_path):
         node_spec({"client-name": "a", "data_path": "/x"})
     with pytest.raises(FedoaError, match="file name"):
         node_spec({"client-name": "../a", "vader-domain": "movie"})
+    for bad in ("4", 0, True, 2.5):
+        with pytest.raises(FedoaError, match="lora-rank must be a positive integer"):
+            node_spec({"client-name": "a", "vader-domain": "movie", "lora-rank": bad})
+    assert node_spec({"client-name": "a", "vader-domain": "movie", "lora-rank": 4}).rank == 4
+
+
+def test_int8_uploads_and_node_ranks_match_the_in_process_run(tmp_path, task_identity):
+    """fed.upload = int8 with heterogeneous ranks: node a declares lora-rank = 2 itself, b takes rank 1
+    from the run's lora.client_ranks, c has lora.r = 4; the same global adapter, bytes and metrics
+    as the in-process run with client_ranks {a: 2, b: 1}."""
+    cfg, paths, nodes = make_federation(tmp_path, fed={"upload": "int8"}, lora={"client_ranks": {"a": 2, "b": 1}})
+    sim = run_simulation(cfg, tmp_path / "sim", progress=False, reports=False).to_json()
+    nodes[100]["lora-rank"] = 2
+    deployed = cfg.clone()
+    deployed.lora.client_ranks = {"b": 1}
+    grid, rc = deploy(deployed, paths, nodes, "dep")
+    dep = quiet(grid, rc)
+    assert dep["failures"] == []
+    a, b = adapter(tmp_path / "sim"), adapter(tmp_path / "dep")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+    for key in ("bytes_up_per_round", "bytes_down_per_round", "bytes_up_per_client_round", "upload_format",
+                "client_ranks"):
+        assert dep["communication"][key] == sim["communication"][key], key
+    assert dep["communication"]["client_ranks"] == {"a": 2, "b": 1, "c": 4}
+    assert json.dumps(dep["summary"], sort_keys=True) == json.dumps(sim["summary"], sort_keys=True)
+
+
+def test_a_node_declaring_a_rank_above_lora_r_cannot_join(tmp_path, task_identity):
+    cfg, paths, nodes = make_federation(tmp_path)
+    nodes[101]["lora-rank"] = 8
+    with pytest.raises(FedoaError, match="lora-rank 8 exceeds the run's lora.r = 4"):
+        quiet(*deploy(cfg, paths, nodes, "dep"))
 
 
 @pytest.mark.parametrize("out", ["../elsewhere", "/etc/fedoa", "a/../../b"])
@@ -397,6 +429,29 @@ def test_one_run_cannot_touch_the_out_dir_another_run_is_writing(tmp_path, task_
         other.release()
 
 
+def test_a_malformed_int8_upload_is_that_clients_failure_never_a_server_exception(tmp_path, task_identity, monkeypatch):
+    """Node b sends its int8 change with a negative scale: b's recorded failure; the round goes on."""
+    from flwr.app import ConfigRecord
+
+    from fedoa.runtime.flower import client_app, wire
+
+    real = client_app.handle
+
+    def hostile(kind, node_config, run_config, content):
+        reply = real(kind, node_config, run_config, content)
+        if node_config["client-name"] == "b" and kind == wire.TRAIN:
+            values = wire.values_of(reply)
+            meta = json.loads(values[wire.UPLOAD])
+            meta["scales"] = {k: -1.0 for k in meta["scales"]}
+            reply[wire.VALUES] = ConfigRecord({**values, wire.UPLOAD: json.dumps(meta)})
+        return reply
+
+    monkeypatch.setattr(client_app, "handle", hostile)
+    cfg, paths, nodes = make_federation(tmp_path, fed={"rounds": 1, "personal_start_round": 1, "upload": "int8"})
+    dep = quiet(*deploy(cfg, paths, nodes, "dep", min_nodes=2))
+    assert dep["communication"]["updates_per_round"] == {"1": ["a", "c"]}
+    assert [f for f in dep["failures"] if "client b" in f] and all(
+        "malformed reply: upload.scales" in f for f in dep["failures"] if "client b" in f), dep["failures"]
 def test_a_later_run_cannot_replace_another_finished_runs_results_fresh_or_not(tmp_path, task_identity):
     cfg, paths, nodes = make_federation(tmp_path, fed={"rounds": 1, "personal_start_round": 1})
     quiet(*deploy(cfg, paths, nodes, "dep"))

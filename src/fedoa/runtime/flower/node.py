@@ -1,7 +1,7 @@
 """The node side of the Flower app: one SuperNode = one client with its own data and state.
 
 A node is configured by its SuperNode's ``--node-config`` (``client-name``, ``data-path`` or
-``vader-domain``, optional ``state-dir``, ``eval-path`` and ``model-path``; see docs/deployment.md). Its data is
+``vader-domain``, optional ``state-dir``, ``eval-path``, ``lora-rank`` and ``model-path``; see docs/deployment.md). Its data is
 one client (:func:`fedoa.data.scenario.node_client`); shared test sets come from the eval-path.
 State: ``state-dir/<client>/<run-key>/round-NNNN.safetensors`` is the client's private state after
 round NNNN; the server says which round's state a message continues from, so node and server
@@ -24,9 +24,9 @@ from fedoa.data.records import ClientData, Record
 from fedoa.data.scenario import node_client, shared_test_sets
 from fedoa.errors import FedoaError
 from fedoa.paths import cache_dir
-from fedoa.runtime.trust import drill
 
-NODE_KEYS = ("client-name", "data-path", "vader-domain", "state-dir", "eval-path", "model-path")
+NODE_KEYS = ("client-name", "data-path", "vader-domain", "state-dir", "eval-path", "lora-rank", "model-path")
+INT_KEYS = ("lora-rank",)
 # keys Flower itself may put into a node's config (simulation); accepted and ignored
 _FLOWER_KEYS = ("partition-id", "num-partitions")
 
@@ -45,6 +45,7 @@ class NodeSpec:
     vader_domain: str = ""
     state_dir: str = ""
     eval_path: str | None = None  # None: use the run's eval-path
+    rank: int = 0  # the node's LoRA rank (lora-rank); 0: the run's lora.client_ranks, else lora.r
     model_path: str = ""  # the folder base models may be loaded from ("": the node's fedoa cache)
 
     @property
@@ -62,7 +63,11 @@ def node_spec(node_config: Mapping[str, Any]) -> NodeSpec:
     if unknown:
         raise NodeError(f"unknown node-config key(s) {unknown}; known: {', '.join(NODE_KEYS)}", where="node-config")
     for k in NODE_KEYS:
-        if k in node_config and not isinstance(node_config[k], str):
+        if k in INT_KEYS:
+            v = node_config.get(k, 1)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise NodeError(f"{k} must be a positive integer, e.g. {k}=4", where="node-config")
+        elif k in node_config and not isinstance(node_config[k], str):
             raise NodeError(f"{k} must be a quoted string, e.g. {k}=\"...\"", where="node-config")
     client, data_path, vader = (node_config.get(k, "") for k in ("client-name", "data-path", "vader-domain"))
     if bool(data_path) == bool(vader):
@@ -74,7 +79,7 @@ def node_spec(node_config: Mapping[str, Any]) -> NodeSpec:
     except ValueError as e:
         raise NodeError(str(e), where="node-config client-name") from None
     return NodeSpec(client, data_path, vader, node_config.get("state-dir", ""), node_config.get("eval-path"),
-                    node_config.get("model-path", ""))
+                    node_config.get("lora-rank", 0), node_config.get("model-path", ""))
 
 
 def confined_eval_path(spec: NodeSpec, run_eval_path: str) -> str:
@@ -226,6 +231,15 @@ class NodeRun:
     def client(self) -> ClientData:
         return node_client(self.cfg, self.spec.client, self.spec.data_path, self.spec.vader_domain)
 
+    def rank(self) -> int:
+        """The LoRA rank this node trains at: its own lora-rank, else the run's table, else lora.r."""
+        from fedoa.runtime.common import client_rank
+
+        rank = self.spec.rank or client_rank(self.cfg, self.spec.client)
+        if rank > self.cfg.lora.r:
+            raise NodeError(f"lora-rank {rank} exceeds the run's lora.r = {self.cfg.lora.r}", where="node-config")
+        return rank
+
     def _client_state(self, session, store: StateStore, base_round: int):
         if base_round <= 0:
             return session.algorithm.init_client(session.am, self.spec.client)
@@ -242,11 +256,14 @@ class NodeRun:
             "train-pairs": _pairs(client.train),
             "test": describe_set(client.test),
             "sets": sets,
+            "rank": self.rank(),
         }
 
     # -------------------------------------------------------------- train
 
     def train(self, values: Mapping[str, Any], global_state) -> tuple[dict[str, Any], Any]:
+        """The reply's values and the client update (its state, or its compressed ``upload``)."""
+        from fedoa.runtime.common import client_round
         from fedoa.runtime.session import open_session
 
         start = time.perf_counter()
@@ -256,14 +273,13 @@ class NodeRun:
         session = open_session(self.cfg, clients=[client], model=resident_model(self.cfg))
         state = self._client_state(session, store, base)
         ctx = session.context(self.spec.client, state)
-        update = drill(self.cfg.attack, self.spec.client, session.algorithm.client_update(ctx, global_state, round_),
-                       global_state)
-        store.save(round_, ctx.state)
+        update = client_round(session.algorithm, ctx, global_state, round_, self.rank())
+        store.save(round_, ctx.state)  # with the residual of a compressed upload (error feedback)
         store.prune(base - 1)  # the server keeps its previous checkpoint: keep the state it points to
         store.write_info({"client": self.spec.client, "last_trained_round": round_, "method": self.cfg.method})
         phases = [dataclasses.asdict(p) for p in update.phases]
         return {"client": self.spec.client, "round": round_, "num-examples": update.num_examples, "phases": phases,
-                "seconds": time.perf_counter() - start}, update.state
+                "seconds": time.perf_counter() - start}, update
 
     # -------------------------------------------------------------- evaluate
 
