@@ -240,12 +240,12 @@ def dp_results(cfg: RunConfig, ledger: RunLedger) -> dict[str, Any]:
 def refuse_another_runs_results(out_dir: Path, cfg: RunConfig) -> None:
     """Stop (exit 2) when ``out_dir`` holds the finished results of a run made with another config:
     they are that run's, ``--fresh`` or not. Called under the folder's lock, before anything is written."""
-    if not (out_dir / "results.json").is_file():
-        return
+    if not ((out_dir / "results.json").is_file() and (out_dir / "config.toml").is_file()):
+        return  # no finished run here (a run publishes both)
     try:
         stored = tomllib.loads((out_dir / "config.toml").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        stored = None  # results without a readable config: whose they are is unknown, so not ours
+        stored = None  # an unreadable config: whose results they are is unknown, so not ours
     changed = changed_keys(stored, cfg.to_dict(), RunConfig().to_dict())
     if changed:
         shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
