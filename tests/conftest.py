@@ -48,32 +48,6 @@ def all_threads():
     yield
     torch.set_num_threads(1)
 
-#: session fixtures worth building once: the tests that use one run on one xdist worker
-SHARED_FIXTURES = ("tiny_run",)
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        for name in SHARED_FIXTURES:
-            if name in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.xdist_group(name))
-    if getattr(config.option, "loadgroup", False):  # an xdist worker under --dist loadgroup
-        _suffix_groups(items)
-
-
-def _suffix_groups(items) -> None:
-    """``--dist loadgroup`` sends tests whose node id ends in ``@group`` to one worker. xdist 3.8
-    appends it to ``item._nodeid``, which pytest 9 no longer reads (the id is ``item._id``): do it here."""
-    from _pytest.nodeid import NodeId
-
-    for item in items:
-        groups = sorted({m.args[0] if m.args else m.kwargs.get("name", "default")
-                         for m in item.iter_markers("xdist_group")})
-        if groups and "@" not in item.nodeid:
-            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")
-
-
 @pytest.fixture
 def clients():
     return synthetic_clients()
