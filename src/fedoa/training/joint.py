@@ -26,6 +26,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -305,9 +306,8 @@ def clip_per_slot(params: list[torch.Tensor], max_norm: float) -> None:
 
 
 def row_features(hidden: torch.Tensor, batch: JointBatch, kind: str, rows: torch.Tensor) -> torch.Tensor:
-    view = type("Rows", (), {})()
-    view.last, view.answer = batch.last[rows], batch.answer[rows]
-    view.attention_mask = batch.attention_mask[rows]
+    """``features`` of the given rows only (what it reads of a batch, restricted to them)."""
+    view = SimpleNamespace(last=batch.last[rows], answer=batch.answer[rows], attention_mask=batch.attention_mask[rows])
     return features(hidden[rows], view, kind)
 
 
@@ -456,6 +456,6 @@ def joint_features(am: AdapterModel, slot: str | None, example_lists: list[list[
     (sorted by length, so batches mix clients); per list, rows in example order (float32)."""
     flat = [e for examples in example_lists for e in examples]
     if not flat:
-        return [torch.zeros(0) for _ in example_lists]
+        return [torch.zeros(0, am.base.config.hidden_size, device=am.device) for _ in example_lists]
     rows = example_features(am, slot, flat, kind, batch_size, pad_id).float()
     return list(rows.split([len(x) for x in example_lists]))
