@@ -25,6 +25,10 @@ def pytest_collection_modifyitems(config, items):
         for name in SHARED_FIXTURES:
             if name in getattr(item, "fixturenames", ()):
                 item.add_marker(pytest.mark.xdist_group(name))
+    # the long units first, so that the short ones fill the other worker's time around them
+    # (xdist hands out units in this order with --no-loadscope-reorder)
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None,
+                                 item.get_closest_marker("xdist_group") is None))
     if getattr(config.option, "loadgroup", False):  # an xdist worker under --dist loadgroup
         _suffix_groups(items)
 
@@ -71,4 +75,4 @@ def tiny_run(tmp_path_factory):
     A high learning rate makes the mixed model answer unlike the global one."""
     from tests.support.runs import make_tiny_run
 
-    return make_tiny_run(tmp_path_factory.mktemp("runs") / "fedoa", train={"lr": 0.2})
+    return make_tiny_run(tmp_path_factory.mktemp("runs") / "fedoa", reports=True, train={"lr": 0.2})

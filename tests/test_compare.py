@@ -275,7 +275,7 @@ def test_tiny_compare_end_to_end_is_resumable_and_leak_free(tmp_path, capsys):
     from fedoa.runtime.inprocess import run_simulation
 
     alone_cfg = load_config(out / "runs" / "fedoa" / "seed1" / "config.toml")
-    alone = run_simulation(alone_cfg, tmp_path / "alone", progress=False).to_json()
+    alone = run_simulation(alone_cfg, tmp_path / "alone", progress=False, reports=False).to_json()
     assert alone["matrices"] == results[("fedoa", 1)]["matrices"]
 
     # a second invocation redoes nothing; a run whose results are gone is redone alone
