@@ -110,6 +110,7 @@ def test_aggregation_matches_a_hand_computation(tmp_path):
 
     md = render_compare(summary)
     assert "protocol: **within-category**" in md and "metric: **options**" in md
+    assert "| wall s | upload per client-round |" in md
     assert "| m1 | personal | 26.7 ± 11.5 | 66.7 ± 15.3 | 46.7 ± 12.6 |" in md
     assert "| m2 | personal |" not in md and "| m2 | global | 50.0 ± 0.0 |" in md  # no row for a kind a method lacks
     assert "| zero-shot | base model | 25.0 ± 0.0 | 25.0 ± 0.0 | 25.0 ± 0.0 |" in md
@@ -238,10 +239,14 @@ def test_tiny_compare_end_to_end_is_resumable_and_leak_free(tmp_path, capsys):
 
     summary = json.loads((out / "compare.json").read_text())
     assert [r["status"] for r in summary["runs"]] == ["ran"] * 6
+    # every run says what one client sent per round (fedit and fedoa upload the global adapter; local nothing)
+    assert {r["method"]: r["bytes_up_per_client_round"] for r in summary["runs"]} == {
+        r["method"]: results[(r["method"], r["seed"])]["communication"]["bytes_up_per_client_round"] for r in summary["runs"]}
     assert summary["protocol"]["name"] == "within-category" and summary["metric"]["headline"] == "options"
     assert summary["categories"] == ["paraphrase", "sentiment"] and summary["seeds"] == [0, 1]
     md = (out / "compare.md").read_text()
     assert "protocol: **within-category**" in md and "metric: **options**" in md
+    assert "| wall s | upload per client-round |" in md
     assert "| fedit | personal |" not in md and "| fedoa | mixed (P+G per input) |" in md
     assert (out / "compare.png").stat().st_size > 1000
     # paired differences: FedOA's personal and mixed models against every other row, with intervals
@@ -270,7 +275,7 @@ def test_tiny_compare_end_to_end_is_resumable_and_leak_free(tmp_path, capsys):
     from fedoa.runtime.inprocess import run_simulation
 
     alone_cfg = load_config(out / "runs" / "fedoa" / "seed1" / "config.toml")
-    alone = run_simulation(alone_cfg, tmp_path / "alone", progress=False).to_json()
+    alone = run_simulation(alone_cfg, tmp_path / "alone", progress=False, reports=False).to_json()
     assert alone["matrices"] == results[("fedoa", 1)]["matrices"]
 
     # a second invocation redoes nothing; a run whose results are gone is redone alone

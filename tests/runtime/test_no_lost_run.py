@@ -137,7 +137,8 @@ def test_publishing_fsyncs_every_file_and_the_folder_before_removing_work(tmp_pa
     monkeypatch.setattr(fio.os, "fsync", fsync)
     monkeypatch.setattr(drv.shutil, "rmtree", rmtree)
     out = tmp_path / "run"
-    run_simulation(vader_tiny_config(fed={"rounds": 1, "personal_start_round": 1}), out, progress=False, reports=False)
+    cfg = vader_tiny_config(fed={"rounds": 1, "personal_start_round": 1}, tracking={"tensorboard": True})
+    run_simulation(cfg, out, progress=False, reports=False)  # the event files are published files too
     assert events and events[-1] == ("rmtree", str(out / ".run"))
     published = [p for p in out.rglob("*") if p.is_file()]
     assert published and all(str(p.resolve()).replace(str(out.resolve()), str((out / ".run" / "final").resolve()), 1)

@@ -93,7 +93,7 @@ def test_a_hostile_client_is_rejected_every_round_and_audited(tmp_path, kind):
     cfg = vader_tiny_config(attack={"kind": kind, "clients": ["nyt"], "factor": 100.0})
     if kind == "signflip":  # a flipped sign keeps the norm: only a robust rule can tame it
         cfg.fed.aggregation = "median"
-    results = run_simulation(cfg, tmp_path / "run", progress=False)
+    results = run_simulation(cfg, tmp_path / "run", progress=False, reports=False)
     audit = [json.loads(line) for line in (tmp_path / "run" / "audit.jsonl").read_text().splitlines()]
     assert len(audit) == 2 * 3 and {a["round"] for a in audit} == {1, 2}
     nyt = [a for a in audit if a["client"] == "nyt"]
@@ -120,9 +120,9 @@ def test_too_few_valid_uploads_stop_the_run(tmp_path):
 
 
 def test_dp_with_zero_noise_is_the_plain_run_and_with_noise_reports_the_accountants_epsilon(tmp_path):
-    plain = run_simulation(vader_tiny_config(), tmp_path / "plain", progress=False)
+    plain = run_simulation(vader_tiny_config(), tmp_path / "plain", progress=False, reports=False)
     zero = run_simulation(vader_tiny_config(dp={"noise_multiplier": 0.0, "clip_norm": 0.01}), tmp_path / "zero",
-                          progress=False)
+                          progress=False, reports=False)
     a, b = _global(tmp_path / "plain"), _global(tmp_path / "zero")
     assert all(torch.equal(a[k], b[k]) for k in a) and "dp" not in zero.to_json() and "dp" not in plain.to_json()
 

@@ -130,3 +130,23 @@ def test_dp_with_unequal_ranks_and_bfloat16_uploads_runs_and_leaves_unheld_compo
     noise = torch.cat([v[:, 2:].flatten() for v in bs])
     # B starts at zero: above rank 2 it is the noise alone, std z * C / (q n) = 0.5 / 3
     assert noise.std().item() == pytest.approx(0.5 / 3, rel=0.1)
+
+
+def test_validation_checks_each_upload_against_the_rank_its_client_declared():
+    from fedoa.algorithms.base import ClientUpdate
+    from fedoa.config import TrustConfig
+    from fedoa.model.uploads import encode_change, narrow
+    from fedoa.runtime.trust import validate
+
+    g = {"m.lora_A.weight": torch.randn(4, 6), "m.lora_B.weight": torch.randn(5, 4)}
+    received = {"low": narrow(g, 2), "full": g}
+    full_rank = {k: v + 0.01 for k, v in g.items()}  # what a rank-2 client may not send
+    verdicts = validate([ClientUpdate("low", full_rank, 8), ClientUpdate("full", full_rank, 8)], g,
+                        {"low": 8, "full": 8}, TrustConfig(), references=received)
+    assert not verdicts[0].accepted and "shape (4, 6), expected (2, 6)" in verdicts[0].reason
+    assert verdicts[1].accepted
+    # compressed: the payload's shapes are checked against the declared rank before decoding
+    up, _ = encode_change(full_rank, g, None, "int8")
+    bad = ClientUpdate("low", None, 8, upload=up)
+    [v] = validate([bad], g, {"low": 8}, TrustConfig(), references=received, fmt="int8")
+    assert not v.accepted and "expected (2, 6)" in v.reason and bad.state is None

@@ -124,10 +124,11 @@ def render_compare(summary: dict[str, Any]) -> str:
     if runs:
         lines += ["## Runs", ""]
         rows = [
-            [r["path"], r.get("status", ""), "" if r.get("wall_seconds") is None else f"{r['wall_seconds']:.0f}"]
+            [r["path"], r.get("status", ""), "" if r.get("wall_seconds") is None else f"{r['wall_seconds']:.0f}",
+             upload_cell(r)]
             for r in runs
         ]
-        lines += [md_table(["run", "status", "wall s"], rows), ""]
+        lines += [md_table(["run", "status", "wall s", "upload per client-round"], rows), ""]
         failed = [r for r in runs if r.get("status") == "failed"]
         if failed:
             lines += ["Failed or missing runs are left out of the table: "
@@ -384,9 +385,9 @@ def render_compare_html(summary: dict[str, Any]) -> str:
         body += [f for _, f in forests if f]
     runs = summary.get("runs") or []
     if runs:
-        rows = [[r["path"], r.get("status", ""), "" if r.get("wall_seconds") is None else f"{r['wall_seconds']:.1f}"]
-                for r in runs]
-        body += ["<h2>Runs</h2>", html_table(["run", "status", "wall s"], rows)]
+        rows = [[r["path"], r.get("status", ""), "" if r.get("wall_seconds") is None else f"{r['wall_seconds']:.1f}",
+                 upload_cell(r)] for r in runs]
+        body += ["<h2>Runs</h2>", html_table(["run", "status", "wall s", "upload per client-round"], rows)]
     return page("fedoa compare", body)
 
 
@@ -406,3 +407,9 @@ def rouge_lines(summary: dict[str, Any]) -> list[str]:
     for group in rouge["groups"]:
         lines += [f"### {rouge['group_labels'][group]}", "", md_table(head, table_rows(rouge, group)), ""]
     return lines
+
+
+def upload_cell(run: dict) -> str:
+    """The bytes one client sent per round in a run ("" when unknown or nothing was sent)."""
+    n = run.get("bytes_up_per_client_round")
+    return f"{n:,.0f} B" if n else ""

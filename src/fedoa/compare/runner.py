@@ -305,6 +305,9 @@ def run_compare(
                 entry.setdefault("error", "no results.json")
                 entry["status"] = "failed"
             entry["wall_seconds"] = results.timing.get("wall_seconds") if results else None
+            # what one client sent per round, as it travelled (fed.upload, lora.client_ranks)
+            entry["bytes_up_per_client_round"] = results.communication.get("bytes_up_per_client_round") if results \
+                else None
             summary["runs"].append(entry)
         summary["config"] = _config_json(cfg)  # the shared config (method and seed vary per run)
         summary["holdouts"] = [h for h in holdouts if h]

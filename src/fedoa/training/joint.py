@@ -26,18 +26,19 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 
 from fedoa.config import TrainConfig
-from fedoa.data.batching import epoch_batches, iterate_batches
+from fedoa.data.batching import epoch_batches
 from fedoa.data.prompts import Encoded
 from fedoa.model.adapters import AdapterModel, AdapterState
 from fedoa.model.slots import Routing, SlotBank, routed
 from fedoa.seeding import derive_seed
 from fedoa.training.loop import NON_FINITE, LocalResult, NonFiniteLoss, lr_factor, planned_steps
-from fedoa.training.losses import features
+from fedoa.training.losses import example_features, features
 
 #: ``fn(h_p, h_g, group, counts, groups) -> [groups]``: a regularizer per group of rows
 SegmentRegularizer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -305,9 +306,8 @@ def clip_per_slot(params: list[torch.Tensor], max_norm: float) -> None:
 
 
 def row_features(hidden: torch.Tensor, batch: JointBatch, kind: str, rows: torch.Tensor) -> torch.Tensor:
-    view = type("Rows", (), {})()
-    view.last, view.answer = batch.last[rows], batch.answer[rows]
-    view.attention_mask = batch.attention_mask[rows]
+    """``features`` of the given rows only (what it reads of a batch, restricted to them)."""
+    view = SimpleNamespace(last=batch.last[rows], answer=batch.answer[rows], attention_mask=batch.attention_mask[rows])
     return features(hidden[rows], view, kind)
 
 
@@ -450,20 +450,12 @@ def train_jobs(
 # ---------------------------------------------------------------------------- target features
 
 
-@torch.no_grad()
 def joint_features(am: AdapterModel, slot: str | None, example_lists: list[list[Encoded]], kind: str,
                    batch_size: int, pad_id: int) -> list[torch.Tensor]:
-    """h(x) under ``slot`` of every example of every list, in one no-grad pass over all of them
+    """h(x) under ``slot`` of every example of every list in one no-grad pass over all of them
     (sorted by length, so batches mix clients); per list, rows in example order (float32)."""
     flat = [e for examples in example_lists for e in examples]
     if not flat:
-        return [torch.zeros(0) for _ in example_lists]
-    am.use(slot)
-    am.peft.eval()
-    order = sorted(range(len(flat)), key=lambda i: len(flat[i]))
-    out = []
-    for batch in iterate_batches(flat, order, batch_size, pad_id):
-        batch = batch.to(am.device)
-        out.append(features(am.hidden(batch.input_ids, batch.attention_mask), batch, kind).float())
-    rows = torch.cat(out)[torch.tensor(order, device=am.device).argsort()]
+        return [torch.zeros(0, am.base.config.hidden_size, device=am.device) for _ in example_lists]
+    rows = example_features(am, slot, flat, kind, batch_size, pad_id).float()
     return list(rows.split([len(x) for x in example_lists]))

@@ -36,7 +36,7 @@ def adapter(folder):
 
 def test_deployment_logic_matches_the_in_process_run(tmp_path, task_identity):
     cfg, paths, nodes = make_federation(tmp_path)
-    sim = run_simulation(cfg, tmp_path / "sim", progress=False).to_json()
+    sim = run_simulation(cfg, tmp_path / "sim", progress=False, reports=False).to_json()
     grid, rc = deploy(cfg, paths, nodes, "dep")
     dep = quiet(grid, rc)
 
@@ -120,7 +120,7 @@ def _same_results(sim, dep, sim_dir, dep_dir):
 def test_embedded_vader_nodes_and_shared_test_sets(tmp_path, task_identity):
     cfg = tiny_config(fed={"rounds": 1}, data={"source": "vader", "tasks": ["movie", "nyt"], "train_per_client": 8,
                                                "test_per_client": 6})
-    sim = run_simulation(cfg, tmp_path / "sim", progress=False).to_json()
+    sim = run_simulation(cfg, tmp_path / "sim", progress=False, reports=False).to_json()
     nodes = {7: {"client-name": "movie", "vader-domain": "movie", "state-dir": str(tmp_path / "s")},
              8: {"client-name": "nyt", "vader-domain": "nyt", "state-dir": str(tmp_path / "s")}}
     rc = run_config(cfg, "dep", num_nodes=2, eval_path="embedded:vader")
@@ -131,7 +131,7 @@ def test_embedded_vader_nodes_and_shared_test_sets(tmp_path, task_identity):
 def test_leave_category_out_held_out_sets_come_from_the_eval_path(tmp_path, task_identity):
     cfg, paths, nodes = make_federation(tmp_path, categories={"a": "x", "b": "x", "c": "y"}, fed={"rounds": 1})
     cfg.protocol.name, cfg.protocol.holdout = "leave-category-out", "y"
-    sim = run_simulation(cfg, tmp_path / "sim", progress=False).to_json()
+    sim = run_simulation(cfg, tmp_path / "sim", progress=False, reports=False).to_json()
     nodes = {n: v for n, v in nodes.items() if v["client-name"] != "c"}  # nobody holds the held-out category
     rc = run_config(cfg, "dep", num_nodes=2, eval_path=str(paths["shared"]))
     dep = quiet(FakeGrid(nodes, rc), rc)
@@ -169,7 +169,7 @@ def test_other_methods_match_the_in_process_run(tmp_path, task_identity, method)
         pytest.skip(f"no {method} method registered")
     cfg, paths, nodes = make_federation(tmp_path, fed={"rounds": 2})
     cfg.method = method
-    sim = run_simulation(cfg, tmp_path / "sim", progress=False).to_json()
+    sim = run_simulation(cfg, tmp_path / "sim", progress=False, reports=False).to_json()
     grid, rc = deploy(cfg, paths, nodes, "dep")
     dep = quiet(grid, rc)
     for key in ("summary", "matrices", "clients"):
@@ -250,7 +250,7 @@ def test_the_paper_table_methods_match_the_in_process_run(tmp_path, task_identit
     cfg, paths, nodes = make_federation(tmp_path, fed={"rounds": 2})
     cfg.method = method
     cfg.perada.pool = "none"  # PerAda's client side; its distillation is refused below
-    sim = run_simulation(cfg, tmp_path / "sim", progress=False).to_json()
+    sim = run_simulation(cfg, tmp_path / "sim", progress=False, reports=False).to_json()
     dep = quiet(*deploy(cfg, paths, nodes, "dep"))
     for key in ("summary", "matrices", "clients"):
         assert json.dumps(dep[key], sort_keys=True) == json.dumps(sim[key], sort_keys=True), key
@@ -270,7 +270,7 @@ def test_server_side_distillation_is_refused_before_round_1(tmp_path, task_ident
 def test_rouge_scores_travel_from_the_nodes(tmp_path, task_identity):
     cfg, paths, nodes = make_federation(tmp_path)
     cfg.eval.rouge, cfg.eval.rouge_max_new_tokens = True, 3
-    sim = run_simulation(cfg, tmp_path / "sim", progress=False).to_json()
+    sim = run_simulation(cfg, tmp_path / "sim", progress=False, reports=False).to_json()
     with pytest.raises(FedoaError, match="deploy.record-outcomes"):  # per-record ROUGE needs the opt-in
         quiet(*deploy(cfg, paths, nodes, "refused"))
     dep = quiet(*deploy(cfg, paths, nodes, "dep", record_outcomes=True))
