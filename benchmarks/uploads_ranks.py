@@ -27,14 +27,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RANKS = {"movie": 4, "tweets": 8, "amazon": 16, "nyt": 16}
-R16 = "lora.r=16;lora.alpha=32"
-RUNS = {  # in the order they run: what both tables need first
+RUNS = {
     "float32": "fedit",
     "int8": "fedit[fed.upload=int8]",
-    "mix-4-8-16": f"fedit[{R16};" + ";".join(f"lora.client_ranks.{c}={r}" for c, r in RANKS.items()) + "]",
     "bfloat16": "fedit[fed.upload=bfloat16]",
-    "rank16": f"fedit[{R16}]",
+    "rank16": "fedit",
+    "mix-4-8-16": "fedit[" + ";".join(f"lora.client_ranks.{c}={r}" for c, r in RANKS.items()) + "]",
 }
+#: one comparison per LoRA shape (the runs of a comparison share one resident model): folder suffix,
+#: its runs and its settings
+COMPARES = {"": (["float32", "int8", "bfloat16"], []),
+            "-r16": (["rank16", "mix-4-8-16"], ["lora.r=16", "lora.alpha=32"])}
 UPLOADS = ("float32", "bfloat16", "int8")
 RANK_ROWS = {"float32": "all rank 8", "rank16": "all rank 16", "mix-4-8-16": "4 / 8 / 16 / 16 (movie, tweets, amazon, nyt)"}
 # sized for a 2-core machine shared with other jobs (load average 15-24 when this was run): two local
@@ -42,11 +45,11 @@ RANK_ROWS = {"float32": "all rank 8", "rank16": "all rank 16", "mix-4-8-16": "4 
 SETTINGS = ["fed.rounds=2", "train.max_steps=2", "eval.every=0", "eval.zero_shot=false"]
 
 
-def run_compare(out: Path) -> None:
+def run_compare(out: Path, labels: list[str], settings: list[str]) -> None:
     fedoa = Path(sys.executable).parent / "fedoa"
-    methods = ",".join(f"{label}={spec}" for label, spec in RUNS.items())
+    methods = ",".join(f"{label}={RUNS[label]}" for label in labels)
     cmd = [str(fedoa), "compare", "--methods", methods, "--seeds", "1", "--out", str(out), "--focus", "none", "--quiet",
-           *[a for s in SETTINGS for a in ("--set", s)]]
+           *[a for s in SETTINGS + settings for a in ("--set", s)]]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=False)
 
@@ -54,7 +57,13 @@ def run_compare(out: Path) -> None:
 def finished(out: Path) -> dict:
     from fedoa.reports.results import Results
 
-    return {label: Results.load(p) for label in RUNS if (p := out / "runs" / label / "seed0" / "results.json").is_file()}
+    found = {}
+    for suffix, (labels, _) in COMPARES.items():
+        for label in labels:
+            p = Path(f"{out}{suffix}") / "runs" / label / "seed0" / "results.json"
+            if p.is_file():
+                found[label] = Results.load(p)
+    return found
 
 
 def paired(results: dict, a: str, b: str) -> dict:
@@ -116,12 +125,14 @@ def write(folder: Path, title: str, rows: list[dict], header: str, meta: dict) -
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=str(ROOT / "runs" / "uploads-ranks-small"), help="the comparison's run folder")
+    p.add_argument("--out", default=str(ROOT / "runs" / "uploads-ranks-small"), help="the comparisons' run folder "
+                   "(the rank-16 runs in the same name + '-r16')")
     p.add_argument("--report-only", action="store_true", help="run nothing; tabulate the finished runs")
     args = p.parse_args()
     out = Path(args.out)
     if not args.report_only:
-        run_compare(out)
+        for suffix, (labels, settings) in COMPARES.items():
+            run_compare(Path(f"{out}{suffix}"), labels, settings)
     results = finished(out)
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()

@@ -351,3 +351,13 @@ def test_a_budget_starts_no_run_that_the_longest_run_so_far_says_would_not_fit(t
     assert {r["method"]: r["status"] for r in summary["runs"]} == {"fedit": "reused", "local": "not started"}
     assert not summary["complete"] and not (out / "runs" / "local").exists()
     assert "not started" in (out / "compare.md").read_text()
+
+
+def test_runs_with_unequal_client_ranks_share_one_resident_model():
+    from fedoa.compare.runner import model_key
+    from fedoa.testing import tiny_config
+
+    cfg = tiny_config()
+    mixed = tiny_config(lora={"client_ranks": {"a": 2}})
+    wider = tiny_config(lora={"r": 8})
+    assert model_key(mixed) == model_key(cfg) != model_key(wider)

@@ -167,6 +167,13 @@ def plan_runs(cfg: RunConfig, methods: list[str], seeds: list[int], holdouts: li
     return specs
 
 
+def model_key(cfg: RunConfig) -> tuple:
+    """What the shared resident model depends on: the base model, the LoRA slots' shape and the
+    template (``lora.client_ranks`` is not: unequal ranks live inside the same rank-``lora.r`` slots)."""
+    lora = {k: v for k, v in _config_json(cfg)["lora"].items() if k != "client_ranks"}
+    return _config_json(cfg)["model"], lora, cfg.data.template
+
+
 def _config_json(cfg: RunConfig) -> Any:
     return json.loads(json.dumps(cfg.to_dict()))
 
@@ -196,7 +203,7 @@ class SharedModel:
         self.am, self.encoder = build_model(cfg)
         self.score_cache: dict = {}
         self.memo = DiskMemo(memo_dir)
-        self.model_key = (_config_json(cfg)["model"], _config_json(cfg)["lora"], cfg.data.template)
+        self.model_key = model_key(cfg)
 
     def reset(self) -> None:
         """Fresh, zero-effect adapters in every slot, nothing trainable, eval mode."""
@@ -213,8 +220,7 @@ class SharedModel:
         from fedoa.data.records import ClientData
         from fedoa.runtime.session import open_session
 
-        key = (_config_json(cfg)["model"], _config_json(cfg)["lora"], cfg.data.template)
-        if key != self.model_key:
+        if model_key(cfg) != self.model_key:
             raise ValueError("runs of one comparison must share model, lora and template")
         self.reset()
         clients = [ClientData(c.name, list(c.train), list(c.test)) for c in clients]
