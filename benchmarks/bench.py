@@ -286,6 +286,7 @@ def batched_rows(am: AdapterModel, cfg, counts=(2, 8, 32), records: int = 16, me
             flops = round_flops(am, ctxs, 2 if method == "fedoa" else 1)
             row.update(sequential_mfu=flops / seq / peak, batched_mfu=flops / bat / peak)
         rows.append(row)
+        print(f"  batched clients, N = {n}: {seq:.2f} s sequential, {bat:.2f} s batched", file=sys.stderr, flush=True)
     return rows
 
 

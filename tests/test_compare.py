@@ -275,7 +275,7 @@ def test_tiny_compare_end_to_end_is_resumable_and_leak_free(tmp_path, capsys):
     from fedoa.runtime.inprocess import run_simulation
 
     alone_cfg = load_config(out / "runs" / "fedoa" / "seed1" / "config.toml")
-    alone = run_simulation(alone_cfg, tmp_path / "alone", progress=False).to_json()
+    alone = run_simulation(alone_cfg, tmp_path / "alone", progress=False, reports=False).to_json()
     assert alone["matrices"] == results[("fedoa", 1)]["matrices"]
 
     # a second invocation redoes nothing; a run whose results are gone is redone alone
@@ -333,6 +333,24 @@ def test_method_variants_parse_and_configure():
         variant_config(RunConfig(), "fedoa[fedoa.featur=x]")
     with pytest.raises(ConfigError, match="unknown method"):
         parse_methods("fedoa,nosuch[fedoa.feature=answer]")
+
+
+def test_a_budget_starts_no_run_that_the_longest_run_so_far_says_would_not_fit(tmp_path):
+    from fedoa.compare.runner import run_compare
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_TOML.format(path=json.dumps(str(FLAN8)), model=json.dumps(str(tiny_model_dir()))))
+    cfg = load_config(config, ["data.tasks=['sst2','sentiment140']", "eval.zero_shot=false"])
+    out = tmp_path / "cmp"
+    run_compare(cfg, ["fedit"], [0], out, progress=False)
+    path = out / "runs" / "fedit" / "seed0" / "results.json"
+    recorded = json.loads(path.read_text())
+    recorded["timing"]["wall_seconds"] = 1e6  # as if that run had taken longer than the whole budget
+    path.write_text(json.dumps(recorded))
+    summary = run_compare(cfg, ["fedit", "local"], [0], out, progress=False, budget=3600)
+    assert {r["method"]: r["status"] for r in summary["runs"]} == {"fedit": "reused", "local": "not started"}
+    assert not summary["complete"] and not (out / "runs" / "local").exists()
+    assert "not started" in (out / "compare.md").read_text()
 
 
 def test_runs_with_unequal_client_ranks_share_one_resident_model():

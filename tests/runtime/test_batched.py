@@ -148,3 +148,17 @@ def test_one_regularized_phase_matches_train_slot(model, clients):
     for (state, result), expected in zip(train_jobs(am, jobs, cfg.train, pad), alone):
         assert "reg" in result.metrics
         assert max(relative(state[k], expected[k]) for k in expected) < 1e-6
+
+
+def test_gradient_checkpointing_recomputes_through_the_slots(model, clients):
+    """The backward pass recomputes the forward under checkpointing: the slots must still be routed then."""
+    cfg = config("fedit", "on", {})
+    cfg.model.gradient_checkpointing = True
+    checkpointed, encoder = build_model(cfg)
+    pad = encoder.tokenizer.pad_token_id
+    data = [[encoder.encode_train(r) for r in c.train] for c in clients[:2]]
+    start = model[0].fresh_state(2)
+    got = train_jobs(checkpointed, [SlotJob("g", start, d, str(i)) for i, d in enumerate(data)], cfg.train, pad)
+    want = train_jobs(model[0], [SlotJob("g", start, d, str(i)) for i, d in enumerate(data)], cfg.train, pad)
+    for (a, _), (b, _) in zip(got, want):
+        assert max(relative(a[k], b[k]) for k in b) < 1e-6

@@ -21,7 +21,7 @@ def compare(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods)  # unknown names exit 2 before anything runs
     cfg = seeds_vary_training_data(load(args))  # each seed its own training subset, unless the config says
     summary = run_compare(cfg, methods, parse_seeds(args.seeds, cfg.seed), Path(args.out), progress=not args.quiet,
-                          focus=args.focus, report_only=args.report_only)
+                          focus=args.focus, report_only=args.report_only, budget=args.budget)
     print_compare(summary)
     failed = [r["path"] for r in summary["runs"] if r["status"] == "failed"]
     print(f"comparison in {args.out}/compare.md (+ compare.json, compare.png); "
@@ -42,5 +42,8 @@ def add_parser(sub) -> None:
     p.add_argument("--focus", default="fedoa", help="method whose personal models are compared with every other "
                    "row by paired differences (default: fedoa)")
     p.add_argument("--report-only", action="store_true", help="run nothing; tabulate the runs that have finished")
+    p.add_argument("--budget", type=float, default=0.0, metavar="SECONDS", help="a wall-time budget: start no run "
+                   "once the time left is shorter than the longest run so far (reused runs' recorded times count); "
+                   "the rest are 'not started' and a later call with the same --out does them (default 0: none)")
     add_quiet_arg(p)
     p.set_defaults(func=compare)

@@ -250,11 +250,14 @@ def focus_labels(methods: list[str], focus: str) -> list[str]:
 
 def run_compare(
     cfg: RunConfig, methods: list[str], seeds: list[int], out_dir: str | Path, progress: bool = True,
-    focus: str = "fedoa", report_only: bool = False,
+    focus: str = "fedoa", report_only: bool = False, budget: float = 0.0,
 ) -> dict[str, Any]:
     """Run (or reuse) every run, then write compare.md / compare.json / compare.png.
 
-    ``report_only``: run nothing, only tabulate the runs that have finished.
+    ``report_only``: run nothing, only tabulate the runs that have finished. ``budget`` (seconds,
+    0: none): start no run once the time left is shorter than the longest run seen so far (this
+    command's, or a reused run's recorded wall time); those runs are "not started" and a later
+    call with the same folder does them.
     """
     from tqdm.auto import tqdm
 
@@ -302,6 +305,8 @@ def run_compare(
             entry.update(status.get(spec.key, {}))
             if results is None and report_only:
                 entry["status"] = "not run"
+            elif results is None and entry["status"] == "not started":
+                pass
             elif results is None and (final or spec.key in status):
                 entry.setdefault("error", "no results.json")
                 entry["status"] = "failed"
@@ -320,11 +325,20 @@ def run_compare(
     if report_only:
         return table(final=True)
 
+    longest = 0.0  # the longest run so far: what the next one is expected to take at most
     bar = tqdm(total=len(specs), desc="runs", unit="run", disable=not progress, dynamic_ncols=True, position=0)
     with bar:
         for spec in specs:
-            if finished(spec) is not None:
+            reused = finished(spec)
+            if reused is not None:
                 status[spec.key] = {"status": "reused"}
+                longest = max(longest, reused.timing.get("wall_seconds") or 0.0)
+                bar.update(1)
+                continue
+            left = budget - (time.perf_counter() - start)
+            if budget and (left <= 0 or left < longest):
+                status[spec.key] = {"status": "not started", "error": f"time budget: {max(left, 0):.0f} s left, "
+                                    f"the longest run took {longest:.0f} s"}
                 bar.update(1)
                 continue
             bar.set_postfix_str(spec.key)
@@ -335,7 +349,7 @@ def run_compare(
             try:
                 session = shared.session(spec.cfg, clients, plan)
                 results = run_simulation(spec.cfg, spec.out, progress=progress, session=session,
-                                         restart_on_change=True)
+                                         restart_on_change=True, replace=True)  # the comparison's own folders
             except KeyboardInterrupt:
                 raise
             except Exception as e:  # one broken run must not lose the others' hours (bad input still stops all)
@@ -347,6 +361,7 @@ def run_compare(
                     tqdm.write(f"{spec.key}: FAILED ({type(e).__name__}: {e}); see {spec.out / 'error.txt'}")
             else:
                 status[spec.key] = {"status": "ran", "seconds": round(time.perf_counter() - t0, 1)}
+                longest = max(longest, results.timing.get("wall_seconds") or 0.0)
                 if progress:
                     tqdm.write(f"{spec.key}: {_one_line(results)} ({status[spec.key]['seconds']:.0f} s)")
             bar.update(1)

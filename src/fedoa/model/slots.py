@@ -5,7 +5,7 @@ per LoRA layer, keyed like PEFT's saved files). While a :class:`Routing` is enga
 (:func:`routed`), every LoRA layer of the model adds, to its frozen base output, each row's own
 slot's LoRA output computed with two batched matmuls (``torch.bmm``) over the rows grouped by
 slot, so one forward and one backward pass train every slot at once. PEFT's own slots are switched
-off meanwhile (the caller runs the model with ``AdapterModel.use(None)``).
+off meanwhile (``AdapterModel.peft_slots_off``, for the backward pass too).
 
 Rows come grouped: the batch is ``S`` groups of ``rows`` rows each, group ``i`` on slot
 ``slots[i]``. A row may also carry a weight on its slot's output and a weight on one *fixed*
@@ -119,12 +119,9 @@ def slot_layers(am: AdapterModel) -> SlotLayers:
 def routed(am: AdapterModel, bank: SlotBank, routing: Routing):
     """Forward passes of ``am`` go through ``bank``'s slots as ``routing`` says (PEFT's slots off)."""
     layers = slot_layers(am)
-    before = am.active
-    am.use(None)
-    layers.bank, layers.routing = bank, routing
-    try:
-        yield
-    finally:
-        layers.bank = layers.routing = None
-        if before is not None:
-            am.use(before)
+    with am.peft_slots_off():
+        layers.bank, layers.routing = bank, routing
+        try:
+            yield
+        finally:
+            layers.bank = layers.routing = None

@@ -12,13 +12,16 @@ Work in progress lives in ``OUT/.run/`` (metrics and a checkpoint per round); th
 artifacts are moved into ``OUT`` only at the end, so a failed or interrupted run never
 overwrites earlier results, and running the same command again resumes from the last finished
 round. A config that differs from the checkpoint's stops the run (exit 2, naming the keys)
-unless the caller asks to start afresh.
+unless the caller asks to start afresh. A folder that holds another run's finished results
+(made with another config) is that run's: a new run stops there (exit 2, naming the keys) unless
+the caller asks to replace them; the same config again reruns it (``make run`` twice).
 """
 from __future__ import annotations
 
 import json
 import shutil
 import time
+import tomllib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -137,10 +140,11 @@ class Transport(ABC):
 
 def run_federation(
     cfg: RunConfig, transport: Transport, out_dir: str | Path, fresh: bool = False, restart_on_change: bool = False,
-    render: Renderer | None = None,
+    render: Renderer | None = None, replace: bool = False,
 ) -> Results:
     """Train and evaluate ``cfg`` through ``transport``; publish into ``out_dir`` (the human reports
-    only with ``render``); return the results."""
+    only with ``render``); return the results. ``replace``: another run's finished results in
+    ``out_dir`` may be replaced (else that stops the run before anything is written)."""
     start = time.perf_counter()
     cfg = cfg.clone()  # validated again, cross-section checks included
     algo = make_algorithm(cfg)
@@ -159,6 +163,8 @@ def run_federation(
         raise FedoaError(f"another run is writing into this folder ({lock.holder()}); wait for it, stop it, or use "
                          "another --out", where=str(out_dir))
     try:
+        if not replace:
+            refuse_another_runs_results(out_dir, cfg)
         return _run_locked(cfg, algo, transport, names, plan, out_dir, work, fresh, restart_on_change, render, start)
     finally:
         lock.release()
@@ -229,6 +235,22 @@ def dp_results(cfg: RunConfig, ledger: RunLedger) -> dict[str, Any]:
                    "accountant": "dp-accounting RDP, add-or-remove-one client: Poisson-sampled Gaussian "
                    "mechanism, composed over rounds",
                    "protects": "the global adapter and everything computed from it, per client (user-level)"}}
+
+
+def refuse_another_runs_results(out_dir: Path, cfg: RunConfig) -> None:
+    """Stop (exit 2) when ``out_dir`` holds the finished results of a run made with another config:
+    they are that run's, ``--fresh`` or not. Called under the folder's lock, before anything is written."""
+    if not ((out_dir / "results.json").is_file() and (out_dir / "config.toml").is_file()):
+        return  # no finished run here (a run publishes both)
+    try:
+        stored = tomllib.loads((out_dir / "config.toml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        stored = None  # an unreadable config: whose results they are is unknown, so not ours
+    changed = changed_keys(stored, cfg.to_dict(), RunConfig().to_dict())
+    if changed:
+        shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+        raise FedoaError(f"holds the finished results of another run (other values of {shown}); use another "
+                         "--out, or pass --replace to replace them", where=str(out_dir))
 
 
 def writable(folder: Path) -> None:

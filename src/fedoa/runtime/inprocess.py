@@ -138,11 +138,11 @@ class InProcess(Transport):
 
 def run_simulation(
     cfg: RunConfig, out_dir: str | Path, progress: bool = True, fresh: bool = False, session: Session | None = None,
-    restart_on_change: bool = False, reports: bool = True,
+    restart_on_change: bool = False, reports: bool = True, replace: bool = False,
 ) -> Results:
     """``fedoa run``: the federation in this process. Bad input fails before anything is written.
     ``reports = False`` publishes the numbers (results, metrics, adapters) without the human
     reports (report.md, report.html, accuracy.png)."""
     session = session or open_session(cfg)
     return run_federation(session.cfg, InProcess(session, progress), out_dir, fresh, restart_on_change,
-                          render=render_reports if reports else None)
+                          render=render_reports if reports else None, replace=replace)

@@ -21,22 +21,24 @@ on the device, and finiteness is checked once at the end.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 
 from fedoa.config import TrainConfig
-from fedoa.data.batching import epoch_batches, iterate_batches
+from fedoa.data.batching import epoch_batches
 from fedoa.data.prompts import Encoded
 from fedoa.model.adapters import AdapterModel, AdapterState
 from fedoa.model.slots import Routing, SlotBank, routed
 from fedoa.seeding import derive_seed
 from fedoa.training.loop import NON_FINITE, LocalResult, NonFiniteLoss, lr_factor, planned_steps
-from fedoa.training.losses import features
+from fedoa.training.losses import example_features, features
 
 #: ``fn(h_p, h_g, group, counts, groups) -> [groups]``: a regularizer per group of rows
 SegmentRegularizer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -118,15 +120,16 @@ class JointBatch:
     fixed_weight: torch.Tensor | None = None
     all_slots: bool = False
 
+    def _map(self, fn) -> "JointBatch":
+        return JointBatch(**{name: fn(v) if isinstance(v, torch.Tensor) else v
+                             for name, v in ((n, getattr(self, n)) for n in self.__dataclass_fields__)})
+
+    def pinned(self) -> "JointBatch":
+        """In page-locked host memory, so the copy to a GPU runs asynchronously."""
+        return self._map(torch.Tensor.pin_memory)
+
     def to(self, device: torch.device) -> "JointBatch":
-        pinned = device.type == "cuda"
-        moved = {}
-        for name in self.__dataclass_fields__:
-            v = getattr(self, name)
-            if isinstance(v, torch.Tensor):
-                v = (v.pin_memory() if pinned else v).to(device, non_blocking=pinned)
-            moved[name] = v
-        return JointBatch(**moved)
+        return self._map(lambda v: v.to(device, non_blocking=v.is_pinned()))
 
     def routing(self) -> Routing:
         return Routing(self.slots, self.rows, self.weight, self.fixed_weight, self.all_slots)
@@ -217,7 +220,7 @@ class Plan:
     job_steps: list[int] = field(default_factory=list)  # per job
 
 
-def plan_phase(jobs: list[SlotJob], cfg: TrainConfig, pad_id: int, bucket: int) -> Plan:
+def plan_phase(jobs: list[SlotJob], cfg: TrainConfig, pad_id: int, bucket: int, pin: bool = False) -> Plan:
     mbs = cfg.micro_batch_size
     schedules = [job_steps(j, cfg) for j in jobs]
     offsets = [0]
@@ -232,7 +235,8 @@ def plan_phase(jobs: list[SlotJob], cfg: TrainConfig, pad_id: int, bucket: int) 
         batches = []
         for m in range(max(micro)):
             parts = [(k, idx[m * mbs:(m + 1) * mbs], len(idx)) for k, idx in todo if m < micro[k]]
-            batches.append(build_batch(jobs, parts, mbs, pad_id, offsets, bucket))
+            batch = build_batch(jobs, parts, mbs, pad_id, offsets, bucket)
+            batches.append(batch.pinned() if pin else batch)
         plan.steps.append(batches)
         plan.active.append([m > 0 for m in micro])
         plan.micro.append(micro)
@@ -302,9 +306,8 @@ def clip_per_slot(params: list[torch.Tensor], max_norm: float) -> None:
 
 
 def row_features(hidden: torch.Tensor, batch: JointBatch, kind: str, rows: torch.Tensor) -> torch.Tensor:
-    view = type("Rows", (), {})()
-    view.last, view.answer = batch.last[rows], batch.answer[rows]
-    view.attention_mask = batch.attention_mask[rows]
+    """``features`` of the given rows only (what it reads of a batch, restricted to them)."""
+    view = SimpleNamespace(last=batch.last[rows], answer=batch.answer[rows], attention_mask=batch.attention_mask[rows])
     return features(hidden[rows], view, kind)
 
 
@@ -333,6 +336,12 @@ def micro_losses(am: AdapterModel, bank: SlotBank, batch: JointBatch, reg: SlotR
         )
         loss = loss + 0.5 * prox_weight[batch.slots] * prox_value
     return loss, torch.stack([task, reg_value, prox_value], dim=1).detach()
+
+
+@functools.cache
+def compiled_micro_losses():
+    """``micro_losses`` through ``torch.compile`` (``train.compile``), wrapped once per process."""
+    return torch.compile(micro_losses, dynamic=True)
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -375,7 +384,8 @@ def train_jobs(
     if kinds:
         hidden_size = am.base.config.hidden_size
         capture = (kinds.pop(), torch.zeros(sum(len(j.examples) for j in jobs), hidden_size, device=device))
-    plan = plan_phase(jobs, cfg, pad_id, bucket=64 if device.type == "cuda" else 1)
+    cuda = device.type == "cuda"
+    plan = plan_phase(jobs, cfg, pad_id, bucket=64 if cuda else 1, pin=cuda)
     schedule = adam_schedule(plan, jobs, cfg, device)
     opt = StackedAdamW(bank.params(), cfg.weight_decay)
     micro = torch.tensor(plan.micro, dtype=torch.float32, device=device).clamp(min=1)
@@ -384,9 +394,7 @@ def train_jobs(
     sums = torch.zeros(K, M, device=device)
     first, last = torch.zeros(K, M, device=device), torch.zeros(K, M, device=device)
     bad = torch.zeros(K, device=device)
-    step_fn = micro_losses
-    if compile_step and device.type == "cuda":
-        step_fn = torch.compile(micro_losses, dynamic=True)
+    step_fn = compiled_micro_losses() if compile_step and device.type == "cuda" else micro_losses
     torch.manual_seed(derive_seed("joint", *(j.seed_text for j in jobs)))
     am.peft.train()
     try:
@@ -442,20 +450,12 @@ def train_jobs(
 # ---------------------------------------------------------------------------- target features
 
 
-@torch.no_grad()
 def joint_features(am: AdapterModel, slot: str | None, example_lists: list[list[Encoded]], kind: str,
                    batch_size: int, pad_id: int) -> list[torch.Tensor]:
-    """h(x) under ``slot`` of every example of every list, in one no-grad pass over all of them
+    """h(x) under ``slot`` of every example of every list in one no-grad pass over all of them
     (sorted by length, so batches mix clients); per list, rows in example order (float32)."""
     flat = [e for examples in example_lists for e in examples]
     if not flat:
-        return [torch.zeros(0) for _ in example_lists]
-    am.use(slot)
-    am.peft.eval()
-    order = sorted(range(len(flat)), key=lambda i: len(flat[i]))
-    out = []
-    for batch in iterate_batches(flat, order, batch_size, pad_id):
-        batch = batch.to(am.device)
-        out.append(features(am.hidden(batch.input_ids, batch.attention_mask), batch, kind).float())
-    rows = torch.cat(out)[torch.tensor(order, device=am.device).argsort()]
+        return [torch.zeros(0, am.base.config.hidden_size, device=am.device) for _ in example_lists]
+    rows = example_features(am, slot, flat, kind, batch_size, pad_id).float()
     return list(rows.split([len(x) for x in example_lists]))

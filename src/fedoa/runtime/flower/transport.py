@@ -190,8 +190,12 @@ class FlowerTransport(Transport):
     def discover(self, expected: set[str] | None = None) -> None:
         """Ask nodes not seen before who they are; map them to client names.
 
-        At the start (``expected`` None) two nodes with one client name are an error; during the
-        run a new node of a known client is taken to be its restart and replaces the old node.
+        With ``deploy.node-auth`` a node id is its registered key and a client name stays bound to
+        the first node that claimed it (the first to answer when two join in the same poll): any
+        other node claiming it is refused and recorded, at the start or later, and the first node
+        goes on. Without node authentication two nodes with one name at the start are an error
+        (a misconfiguration), and during the run a new node of a known client is taken to be its
+        restart and replaces the old node.
         """
         online = set(self.grid.get_node_ids())
         for c, n in self.fed.node_of.items():
@@ -222,12 +226,12 @@ class FlowerTransport(Transport):
                 continue
             old = self.fed.node_of.get(c)
             if old is not None and old != n:
-                if expected is None and old not in self.fed.lost:
-                    raise DeployError(f"two nodes ({old} and {n}) say they are client {c!r}: client-name must be unique")
                 if self.st.node_auth:  # a node id is its registered key: the name stays with the first one
                     self.refused.append({"node": n, "client": c, "bound_to": old})
                     self.log(f"[fedoa] node {n} claims client {c!r}, bound to node {old} (its key): refused")
                     continue
+                if expected is None and old not in self.fed.lost:
+                    raise DeployError(f"two nodes ({old} and {n}) say they are client {c!r}: client-name must be unique")
                 self.log(f"[fedoa] client {c!r} is back on node {n} (was node {old})")
                 self.fed.lost.add(old)
             self.fed.node_of[c] = n
