@@ -239,7 +239,7 @@ def round_flops(am: AdapterModel, contexts: list, phases: int) -> float:
 
 
 def batched_rows(am: AdapterModel, cfg, counts=(2, 8, 32), records: int = 16, method: str = "fedoa",
-                 sync=lambda: None, repeats: int = 2, peak: float = 0.0) -> list[dict]:
+                 sync=lambda: None, repeats: int = 2, peak: float = 0.0, lengths=(40, 126)) -> list[dict]:
     """Clients per second, batched / sequential, of one round of ``method`` over N clients (one
     resident model), measured side by side; with ``peak``, the MFU of both (real tokens only)."""
     c = cfg.clone()
@@ -250,8 +250,8 @@ def batched_rows(am: AdapterModel, cfg, counts=(2, 8, 32), records: int = 16, me
     g = algo.init_global(am)
 
     def contexts(n):
-        return [ClientContext(f"c{i}", am, varied_examples(vocab, records, seed=i), algo.init_client(am, f"c{i}"), c, 0)
-                for i in range(n)]
+        return [ClientContext(f"c{i}", am, varied_examples(vocab, records, i, *lengths), algo.init_client(am, f"c{i}"),
+                              c, 0) for i in range(n)]
 
     def sequential(ctxs):
         for ctx in ctxs:
