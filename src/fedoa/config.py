@@ -74,6 +74,17 @@ class LoraConfig(Section):
     alpha: float = setting(16, "LoRA alpha (scaling = alpha / r).", gt=0)
     dropout: float = setting(0.05, "Dropout on the LoRA input during training.", ge=0, lt=1)
     target_modules: list[str] = setting(["q_proj", "v_proj"], "Module names that get LoRA.", min_length=1)
+    client_ranks: dict[str, int] = setting(
+        {}, "Heterogeneous ranks: client name -> its LoRA rank (1..lora.r; clients not named have lora.r; on Flower "
+        "a node's lora-rank setting wins). The global adapter has rank lora.r; a client receives it cut to its rank "
+        "and uploads at its rank; the server pads each upload's change with zeros above the client's rank (HetLoRA, "
+        "docs/privacy-and-trust.md). Every adapter's scaling stays alpha / lora.r.")
+
+    @model_validator(mode="after")
+    def _ranks_within_r(self) -> "LoraConfig":
+        for name, rank in self.client_ranks.items():
+            need(1 <= rank <= self.r, f"lora.client_ranks.{name}", f"is {rank}; a client's rank must be in 1..lora.r = {self.r}")
+        return self
 
 
 class DataConfig(Section):
@@ -134,6 +145,13 @@ class DataConfig(Section):
         "seed so that runs with different seeds meet the same test data.",
         ge=0,
     )
+    train_subset_seed: Literal["split", "run"] = setting(
+        "split",
+        "Which seed draws each client's training subset (the train_per_client cap): 'split' (split_seed: the "
+        "same subset in every run, so seeds vary only the training order and initialization) or 'run' (the run's "
+        "seed: seeds vary the training sample too). Test sets, the train/test split and the partition always "
+        "follow split_seed. `fedoa compare` uses 'run' unless the config or --set names this key.",
+    )
     template: Literal["alpaca", "plain", "chat"] = setting(
         "alpaca",
         "Prompt template: 'alpaca' (the reference), 'plain' (instruction + 'Answer:'), "
@@ -192,6 +210,12 @@ class FedConfig(Section):
     )
     personal_start_round: int = setting(
         2, "First round (1-based) with a personal step (the reference: 2). At most fed.rounds.", ge=1
+    )
+    upload: Literal["float32", "bfloat16", "int8"] = setting(
+        "float32",
+        "What a client sends up: 'float32' its global adapter as it is; 'bfloat16' the change from the adapter it "
+        "received in bfloat16 (half the bytes); 'int8' the change quantized per tensor, symmetrically (a quarter "
+        "of the bytes). The rounding error is kept by the client and added to its next change (error feedback).",
     )
     personal_init: Literal["fresh", "global"] = setting(
         "fresh",

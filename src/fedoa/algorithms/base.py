@@ -24,6 +24,7 @@ from fedoa.model.adapters import (
     state_digest,
 )
 from fedoa.model.mixing import mixer_off
+from fedoa.model.uploads import Upload
 from fedoa.seeding import derive_seed, seed_text
 from fedoa.training.joint import SlotJob, joint_features, train_jobs
 from fedoa.training.loop import LocalResult, Objective, planned_steps, train_slot
@@ -140,12 +141,15 @@ class ServerContext:
 
 @dataclass
 class ClientUpdate:
-    """What a client sends back: its global-adapter state (or None) and its metrics."""
+    """What a client sends back: its global-adapter state (or None) and its metrics. With
+    ``fed.upload`` other than float32 the state travels as ``upload`` (a compressed change) and
+    the server's validation decodes it into ``state``."""
 
     client: str
     state: AdapterState | None
     num_examples: int
     phases: list[Phase] = field(default_factory=list)
+    upload: Upload | None = None
 
 
 class Algorithm(ABC):

@@ -3,7 +3,10 @@
 FedSDR is one of the baselines of the FedOA paper (Yang et al., arXiv 2505.01075, 2025); its
 regularizer is taken from the project's method spec (the FedOA paper's description of its baselines):
 ``mean_i |h_P,i . |h_G,i - mean_j h_G,j||``. We have no primary FedSDR publication in our
-material; this module implements that formula and nothing more.
+material. The FedOA reference code has it (Lydia-yang/FedOA ``code/peft/peft_model.py``,
+``regular_term == 'fedsdr'``, read 2026-12-07): the same formula on the last position's final hidden
+state, added to the personal ("local") adapter's loss with ``regular_weight`` (0.5) in FedOA's
+two-adapter schedule, which is what this module does; it was not run side by side with fedoa's.
 
 The formula, as implemented (:func:`fedsdr_regularizer`), for a micro-batch of n examples with
 personal features ``h_P,i`` and global features ``h_G,i`` (vectors of the hidden size d):

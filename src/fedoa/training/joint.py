@@ -32,13 +32,13 @@ import torch
 import torch.nn.functional as F
 
 from fedoa.config import TrainConfig
-from fedoa.data.batching import epoch_batches, iterate_batches
+from fedoa.data.batching import epoch_batches
 from fedoa.data.prompts import Encoded
 from fedoa.model.adapters import AdapterModel, AdapterState
 from fedoa.model.slots import Routing, SlotBank, routed
 from fedoa.seeding import derive_seed
 from fedoa.training.loop import NON_FINITE, LocalResult, NonFiniteLoss, lr_factor, planned_steps
-from fedoa.training.losses import features
+from fedoa.training.losses import example_features, features
 
 #: ``fn(h_p, h_g, group, counts, groups) -> [groups]``: a regularizer per group of rows
 SegmentRegularizer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -450,20 +450,12 @@ def train_jobs(
 # ---------------------------------------------------------------------------- target features
 
 
-@torch.no_grad()
 def joint_features(am: AdapterModel, slot: str | None, example_lists: list[list[Encoded]], kind: str,
                    batch_size: int, pad_id: int) -> list[torch.Tensor]:
-    """h(x) under ``slot`` of every example of every list, in one no-grad pass over all of them
+    """h(x) under ``slot`` of every example of every list in one no-grad pass over all of them
     (sorted by length, so batches mix clients); per list, rows in example order (float32)."""
     flat = [e for examples in example_lists for e in examples]
     if not flat:
         return [torch.zeros(0, am.base.config.hidden_size, device=am.device) for _ in example_lists]
-    am.use(slot)
-    am.peft.eval()
-    order = sorted(range(len(flat)), key=lambda i: len(flat[i]))
-    out = []
-    for batch in iterate_batches(flat, order, batch_size, pad_id):
-        batch = batch.to(am.device)
-        out.append(features(am.hidden(batch.input_ids, batch.attention_mask), batch, kind).float())
-    rows = torch.cat(out)[torch.tensor(order, device=am.device).argsort()]
+    rows = example_features(am, slot, flat, kind, batch_size, pad_id).float()
     return list(rows.split([len(x) for x in example_lists]))
