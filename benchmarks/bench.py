@@ -290,13 +290,16 @@ def batched_rows(am: AdapterModel, cfg, counts=(2, 8, 32), records: int = 16, me
     return rows
 
 
-def tiny_batched_rows(repeats: int) -> list[dict]:
-    """Section 8 on the tests' tiny model (float32, CPU threads as set)."""
+def tiny_batched_rows(repeats: int, small: bool = False) -> list[dict]:
+    """Section 8 on the tests' tiny model (float32, CPU threads as set); ``small``: 4 records of
+    8-24 tokens per client (``--tiny``: seconds)."""
     from fedoa.testing import tiny_config
 
     cfg = tiny_config()
     base, _ = load_base(cfg.model)
     am = AdapterModel(base, cfg.lora)
+    if small:
+        return batched_rows(am, cfg, repeats=repeats, records=4, lengths=(8, 24))
     return batched_rows(am, cfg, repeats=repeats)
 
 
@@ -503,7 +506,7 @@ def run(args) -> dict:
     clock("client_round")
     details["trainer"] = trainer_comparison(session, cfg, model_path)
     clock("trainer")
-    details["batched"] = tiny_batched_rows(repeats=1 if args.tiny else 2)
+    details["batched"] = tiny_batched_rows(repeats=1 if args.tiny else 2, small=args.tiny)
     clock("batched")
 
     step, scored = details["lora_step"], details["scoring"]
