@@ -239,7 +239,7 @@ def round_flops(am: AdapterModel, contexts: list, phases: int) -> float:
 
 
 def batched_rows(am: AdapterModel, cfg, counts=(2, 8, 32), records: int = 16, method: str = "fedoa",
-                 sync=lambda: None, repeats: int = 2, peak: float = 0.0) -> list[dict]:
+                 sync=lambda: None, repeats: int = 2, peak: float = 0.0, lengths=(40, 126)) -> list[dict]:
     """Clients per second, batched / sequential, of one round of ``method`` over N clients (one
     resident model), measured side by side; with ``peak``, the MFU of both (real tokens only)."""
     c = cfg.clone()
@@ -250,8 +250,8 @@ def batched_rows(am: AdapterModel, cfg, counts=(2, 8, 32), records: int = 16, me
     g = algo.init_global(am)
 
     def contexts(n):
-        return [ClientContext(f"c{i}", am, varied_examples(vocab, records, seed=i), algo.init_client(am, f"c{i}"), c, 0)
-                for i in range(n)]
+        return [ClientContext(f"c{i}", am, varied_examples(vocab, records, i, *lengths), algo.init_client(am, f"c{i}"),
+                              c, 0) for i in range(n)]
 
     def sequential(ctxs):
         for ctx in ctxs:
@@ -290,13 +290,16 @@ def batched_rows(am: AdapterModel, cfg, counts=(2, 8, 32), records: int = 16, me
     return rows
 
 
-def tiny_batched_rows(repeats: int) -> list[dict]:
-    """Section 8 on the tests' tiny model (float32, CPU threads as set)."""
+def tiny_batched_rows(repeats: int, small: bool = False) -> list[dict]:
+    """Section 8 on the tests' tiny model (float32, CPU threads as set); ``small``: 4 records of
+    8-24 tokens per client (``--tiny``: seconds)."""
     from fedoa.testing import tiny_config
 
     cfg = tiny_config()
     base, _ = load_base(cfg.model)
     am = AdapterModel(base, cfg.lora)
+    if small:
+        return batched_rows(am, cfg, repeats=repeats, records=4, lengths=(8, 24))
     return batched_rows(am, cfg, repeats=repeats)
 
 
@@ -503,7 +506,7 @@ def run(args) -> dict:
     clock("client_round")
     details["trainer"] = trainer_comparison(session, cfg, model_path)
     clock("trainer")
-    details["batched"] = tiny_batched_rows(repeats=1 if args.tiny else 2)
+    details["batched"] = tiny_batched_rows(repeats=1 if args.tiny else 2, small=args.tiny)
     clock("batched")
 
     step, scored = details["lora_step"], details["scoring"]

@@ -201,7 +201,8 @@ def bench_arch(name: str, arch: dict, device, peak: float, sizes: dict, budget: 
                             **step_row(am, device, peak, 8, sizes["seq"], sizes["steps"])})
         save()
         if budget.left():
-            rows = batched_rows(am, cfg, sizes["batched"], sizes["records"], sync=lambda: sync(device), peak=peak)
+            rows = batched_rows(am, cfg, sizes["batched"], sizes["records"], sync=lambda: sync(device), peak=peak,
+                                repeats=sizes["repeats"], lengths=sizes["lengths"])
         else:
             rows = [{"clients": "-", "skipped": "budget"}]
         out["batched"] += [{"arch": name, "mode": mode, **row} for row in rows]
@@ -295,11 +296,14 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     start = time.perf_counter()
     if args.tiny:
-        device, archs, peak_n, sizes = torch.device("cpu"), TINY_ARCHS, 512, {"seq": 64, "steps": 2, "clients": (2, 8)}
+        device, archs, peak_n = torch.device("cpu"), TINY_ARCHS, 512
+        sizes = {"seq": 64, "steps": 2, "clients": (2, 8), "batched": (2, 8), "records": 4,
+                 "repeats": 1, "lengths": (8, 24)}
     else:
         if not torch.cuda.is_available():
             sys.exit("gpu_bench: no CUDA device (use --tiny for the CPU check)")
-        sizes = {"seq": 512, "steps": 10, "clients": (2, 8, 32), "batched": (2, 8, 32), "records": 16}
+        sizes = {"seq": 512, "steps": 10, "clients": (2, 8, 32), "batched": (2, 8, 32), "records": 16,
+                 "repeats": 2, "lengths": (40, 126)}
         device, archs, peak_n = torch.device("cuda"), ARCHS, 8192
     budget = Budget(args.budget)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
