@@ -15,6 +15,35 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 # (Flower nodes) share the cores: one thread each avoids oversubscription.
 torch.set_num_threads(1)
 
+#: session fixtures worth building once: the tests that use one run on one xdist worker
+SHARED_FIXTURES = ("tiny_run",)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for name in SHARED_FIXTURES:
+            if name in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(name))
+    # the long units first, so that the short ones fill the other worker's time around them
+    # (xdist hands out units in this order with --no-loadscope-reorder)
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None,
+                                 item.get_closest_marker("xdist_group") is None))
+    if getattr(config.option, "loadgroup", False):  # an xdist worker under --dist loadgroup
+        _suffix_groups(items)
+
+
+def _suffix_groups(items) -> None:
+    """``--dist loadgroup`` sends tests whose node id ends in ``@group`` to one worker. xdist 3.8
+    appends it to ``item._nodeid``, which pytest 9 no longer reads (the id is ``item._id``): do it here."""
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        groups = sorted({m.args[0] if m.args else m.kwargs.get("name", "default")
+                         for m in item.iter_markers("xdist_group")})
+        if groups and "@" not in item.nodeid:
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")
+
 
 @pytest.fixture
 def all_threads():
@@ -22,7 +51,6 @@ def all_threads():
     torch.set_num_threads(os.cpu_count() or 1)
     yield
     torch.set_num_threads(1)
-
 
 @pytest.fixture
 def clients():
@@ -47,4 +75,4 @@ def tiny_run(tmp_path_factory):
     A high learning rate makes the mixed model answer unlike the global one."""
     from tests.support.runs import make_tiny_run
 
-    return make_tiny_run(tmp_path_factory.mktemp("runs") / "fedoa", train={"lr": 0.2})
+    return make_tiny_run(tmp_path_factory.mktemp("runs") / "fedoa", reports=True, train={"lr": 0.2})

@@ -17,6 +17,8 @@ RATIOS = {
     "memory_32_over_2_clients_tiny", "memory_32_over_2_clients_model",
     "bytes_per_client_round_over_base", "bytes_whole_run_over_base",
     "trainer_round_over_fedoa_round", "per_option_over_cached_scoring",
+    "batched_over_sequential_clients_per_s_2", "batched_over_sequential_clients_per_s_8",
+    "batched_over_sequential_clients_per_s_32",
 }
 
 
@@ -48,13 +50,16 @@ def test_gpu_bench_tiny_writes_its_three_tables_on_cpu(tmp_path):
     assert out["device"] == "cpu" and out["bf16_peak_flop_per_s"] > 0
     modes = {row["mode"]: row for row in out["step"]}
     assert set(modes) == {"bf16", "4bit"}
+    batched = [r for r in out["batched"] if r["mode"] == "bf16"]
+    assert [r["clients"] for r in batched] == [2, 8] and all(r["ratio"] > 0 and r["batched_mfu"] > 0 for r in batched)
     assert "mfu" in modes["bf16"] and modes["bf16"]["mfu"] > 0 and modes["bf16"]["tokens_per_s"] > 0
     assert "mfu" in modes["4bit"] or modes["4bit"]["skipped"] == "bitsandbytes not installed"
     assert [r["epochs"] for r in out["client_round"]] == [1, 3]
     assert all(math.isfinite(r["ratio"]) and r["ratio"] > 0 for r in out["client_round"])
     assert [r["clients"] for r in out["memory"]] == [2, 8] and all(r["peak_bytes"] > 0 for r in out["memory"])
     md = (tmp_path / "gpu_bench.md").read_text()
-    assert all(h in md for h in ("## LoRA step", "## FedOA / FedIT client round", "## Peak memory by clients"))
+    assert all(h in md for h in ("## LoRA step", "## FedOA / FedIT client round", "## Peak memory by clients",
+                                 "## Batched / sequential clients per second"))
     profile = (tmp_path / "gpu_bench_profile.txt").read_text()
     assert "## by total host time" in profile and "aten::mm" in profile  # the step's matmuls were recorded
 

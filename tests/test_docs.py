@@ -54,7 +54,7 @@ def global_adapter(tmp_path, method: str, **settings) -> dict[str, torch.Tensor]
     for key, value in settings.items():
         setattr(cfg.settings_of(method), key, value)
     out = tmp_path / f"{method}-{settings}"
-    run_simulation(cfg, out, progress=False)
+    run_simulation(cfg, out, progress=False, reports=False)
     return load_file(str(out / "adapters" / "global" / "adapter_model.safetensors"))
 
 

@@ -85,6 +85,7 @@ def tiny_config(**sections) -> RunConfig:
     cfg.fed.rounds = 2
     cfg.fed.personal_start_round = 1
     cfg.eval.batch_size = 4
+    cfg.tracking.tensorboard = False  # seconds per run; the tests that read the event files turn it on
     for section, values in sections.items():
         for k, v in values.items():
             setattr(getattr(cfg, section), k, v)

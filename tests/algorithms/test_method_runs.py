@@ -33,7 +33,7 @@ def test_two_round_run(tmp_path, method):
         cfg.eval.metric = "both"  # the instance mix through option scoring and generation
         cfg.eval.max_new_tokens = 3
     out = tmp_path / method
-    run_simulation(cfg, out, progress=False)
+    run_simulation(cfg, out, progress=False, reports=False)
     results = json.loads((out / "results.json").read_text())
     algo = ALGORITHMS[method](cfg)
     assert set(results["summary"]) == set(algo.evaluated) | {"zero_shot"}

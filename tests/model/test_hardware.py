@@ -98,7 +98,7 @@ def test_quantized_base_runs_a_federation_and_its_adapters_load_in_stock_peft(tm
     """On CPU with bitsandbytes >= 0.49 both modes run: train, FedAvg, export, reload."""
     cfg = vader_tiny_config(model={"quantization": mode}, fed={"rounds": 1})
     cfg.eval.ood = False
-    run_simulation(cfg, tmp_path / "run", progress=False)
+    run_simulation(cfg, tmp_path / "run", progress=False, reports=False)
     folder = tmp_path / "run" / "adapters" / "global"
     saved = load_adapter_state(folder)
     assert all(v.dtype == torch.float32 for v in saved.values())

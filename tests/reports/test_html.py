@@ -21,6 +21,8 @@ from fedoa.reports.findings import run_findings
 from fedoa.reports.html import render_run_html, write_html
 from fedoa.reports.results import Results
 
+pytestmark = pytest.mark.xdist_group("html-pages")  # one worker writes the pages (module fixture)
+
 FIXTURES = Path(__file__).parent / "fixtures"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]

@@ -8,11 +8,13 @@ from fedoa.reports.tracking import scalars
 from fedoa.runtime.inprocess import run_simulation
 from tests.support import vader_tiny_config
 
+pytestmark = pytest.mark.xdist_group("tracked-run")  # one worker builds the module's run
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("tracked") / "run"
-    cfg = vader_tiny_config(fed={"rounds": 3}, eval={"every": 1, "round_records": 4}, tracking={"mlflow": True})
+    cfg = vader_tiny_config(fed={"rounds": 3}, eval={"every": 1, "round_records": 4}, tracking={"mlflow": True, "tensorboard": True})
     results = run_simulation(cfg, out, progress=False)
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return out, results, lines

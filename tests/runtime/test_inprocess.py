@@ -49,9 +49,9 @@ def test_two_round_fedoa_run_writes_every_artifact(tmp_path):
 def test_same_seed_same_result_and_resume_after_a_crash_is_exact(tmp_path, monkeypatch):
     cfg = vader_tiny_config(lora={"dropout": 0.1})
     full = tmp_path / "full"
-    run_simulation(cfg, full, progress=False)
+    run_simulation(cfg, full, progress=False, reports=False)
     again = tmp_path / "again"
-    run_simulation(cfg, again, progress=False)
+    run_simulation(cfg, again, progress=False, reports=False)
     a = load_file(str(full / "adapters" / "global" / "adapter_model.safetensors"))
     b = load_file(str(again / "adapters" / "global" / "adapter_model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -67,11 +67,11 @@ def test_same_seed_same_result_and_resume_after_a_crash_is_exact(tmp_path, monke
     crashed = tmp_path / "crashed"
     monkeypatch.setattr(driver, "save_checkpoint", crash_after_round_one)
     with pytest.raises(KeyboardInterrupt):
-        run_simulation(cfg, crashed, progress=False)
+        run_simulation(cfg, crashed, progress=False, reports=False)
     assert not (crashed / "results.json").exists()
     assert (crashed / ".run" / "checkpoint" / "state.json").is_file()
     monkeypatch.setattr(driver, "save_checkpoint", real)
-    run_simulation(cfg, crashed, progress=False)
+    run_simulation(cfg, crashed, progress=False, reports=False)
     c = load_file(str(crashed / "adapters" / "global" / "adapter_model.safetensors"))
     assert all(torch.equal(a[k], c[k]) for k in a)
     for client in ("movie", "nyt"):
@@ -93,7 +93,7 @@ def test_client_sampling_is_seeded_and_sized():
 
 def test_partial_participation_keeps_personal_adapters(tmp_path):
     cfg = vader_tiny_config(fed={"client_fraction": 0.34, "rounds": 3})
-    results = run_simulation(cfg, tmp_path / "r", progress=False).to_json()
+    results = run_simulation(cfg, tmp_path / "r", progress=False, reports=False).to_json()
     rounds = results["communication"]["updates_per_round"]
     assert len(rounds) == 3 and all(len(v) == 1 for v in rounds.values())
     assert results["communication"]["bytes_up_per_round"] == results["communication"]["adapter_bytes"]

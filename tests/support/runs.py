@@ -17,11 +17,12 @@ def tiny_cli_args() -> list[str]:
     return [a for s in sets for a in ("--set", s)]
 
 
-def make_tiny_run(folder: Path, method: str = "fedoa", **sections) -> Path:
-    """A finished two-round run of ``method`` on three VADER domains (seconds)."""
+def make_tiny_run(folder: Path, method: str = "fedoa", reports: bool = False, **sections) -> Path:
+    """A finished two-round run of ``method`` on three VADER domains (seconds); ``reports``: publish
+    report.md, report.html and accuracy.png too (a second or more: only for tests that read them)."""
     from fedoa.runtime.inprocess import run_simulation
 
     cfg = vader_tiny_config(**sections)
     cfg.method = method
-    run_simulation(cfg, folder, progress=False)
+    run_simulation(cfg, folder, progress=False, reports=reports)
     return folder

@@ -1,9 +1,11 @@
 """Real Flower daemons on loopback: one SuperLink and three SuperNodes as separate processes.
 
-The insecure tests share one federation (SuperLink + three SuperNodes, each with its resident
-worker) and one in-process reference run, and each submits its own run; the test that kills a
-SuperNode comes last. Every process is started in its own process group and stopped by its id
-when the module ends; FLWR_HOME is the module's own folder; ports are free ports.
+Two insecure tests share one federation (SuperLink + three SuperNodes, each with its resident
+worker) and one in-process reference run, each submitting its own run (one xdist worker runs
+both); the test that kills a SuperNode and the TLS test start federations of their own, so that
+the other worker can run them meanwhile. Every process is started in its own process group and
+stopped by its id when its federation ends; FLWR_HOME is the federation's own folder; ports are
+free ports.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import os
 import signal
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,8 +61,8 @@ class Federation:
     port: int
     home: Path
 
-    def launch(self, out: str, *extra) -> subprocess.Popen:
-        (self.root / f"{out}.toml").write_text(config_to_toml(self.cfg))
+    def launch(self, out: str, *extra, cfg=None) -> subprocess.Popen:
+        (self.root / f"{out}.toml").write_text(config_to_toml(cfg or self.cfg))
         return self.procs.start(f"run-{out}", [
             "deploy", "run", "--config", str(self.root / f"{out}.toml"), "--out", out, "--nodes", "3",
             "--output-root", str(self.root), "--eval-path", str(self.paths["shared"]),
@@ -83,9 +86,8 @@ class Federation:
             time.sleep(0.2)
 
 
-@pytest.fixture(scope="module")
-def federation(tmp_path_factory):
-    root = tmp_path_factory.mktemp("federation")
+@contextmanager
+def running_federation(root: Path):
     home = root / "flwr"
     cfg, paths, _ = make_federation(root)
     procs = Processes(root / "logs", node_env(home))
@@ -97,12 +99,19 @@ def federation(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    with running_federation(tmp_path_factory.mktemp("federation")) as f:
+        yield f
+
+
+@pytest.fixture(scope="module")
 def reference(federation):
     """The in-process run of the same config: what every deployed run must reproduce."""
     results = run_simulation(federation.cfg, federation.root / "sim", progress=False, reports=False).to_json()
     return results, load_file(str(federation.root / "sim" / "adapters" / "global" / "adapter_model.safetensors"))
 
 
+@pytest.mark.xdist_group("flower-federation")
 def test_three_supernodes_train_the_same_global_adapter_as_the_in_process_run(federation, reference):
     sim, a = reference
     t0 = time.monotonic()
@@ -130,6 +139,7 @@ def test_three_supernodes_train_the_same_global_adapter_as_the_in_process_run(fe
     assert not (federation.root / "dep" / "adapters" / "personal").exists()
 
 
+@pytest.mark.xdist_group("flower-federation")
 def test_the_server_killed_mid_round_resumes_to_the_same_adapters(federation, reference):
     """SIGKILL to the ServerApp while round 2's updates are out; `fedoa deploy run` again resumes
     from the checkpoint of round 1, and the nodes from their state of round 1."""
@@ -152,16 +162,41 @@ def test_the_server_killed_mid_round_resumes_to_the_same_adapters(federation, re
     assert dep["summary"] == sim["summary"]
 
 
-def test_a_supernode_killed_in_round_two_is_recorded_and_the_run_finishes(federation):
-    """Last in this module: node b does not come back."""
-    t0 = time.monotonic()
-    proc = federation.launch("lost", "--min-nodes", "2")
-    federation.until_round_one_is_aggregated(proc, "lost")
-    federation.procs.kill("node-b")  # SIGKILL to the SuperNode's whole process group (its worker too)
-    killed = time.monotonic()
-    rc = federation.wait(proc, "lost", 420)
-    print(f"deployment run: {time.monotonic() - t0:.0f} s, {time.monotonic() - killed:.0f} s after the kill")
-    assert rc == 0, federation.procs.log_tail("run-lost")
+@pytest.mark.xdist_group("flower-federation")
+def test_int8_uploads_at_unequal_ranks_give_the_in_process_global_adapter(federation):
+    """fed.upload = int8 and lora.client_ranks {a: 2, b: 1} (lora.r = 4) through the real daemons:
+    compressed changes at each node's rank, decoded and padded by the server, the same global
+    adapter and bytes as in-process."""
+    cfg = federation.cfg.clone()
+    cfg.fed.upload, cfg.lora.client_ranks = "int8", {"a": 2, "b": 1}
+    cfg.eval.every, cfg.eval.zero_shot = 0, False
+    sim = run_simulation(cfg, federation.root / "sim-int8", progress=False, reports=False).to_json()
+    rc = federation.wait(federation.launch("int8", cfg=cfg), "int8", 480)
+    assert rc == 0, federation.procs.log_tail("run-int8")
+    a = load_file(str(federation.root / "sim-int8" / "adapters" / "global" / "adapter_model.safetensors"))
+    b = load_file(str(federation.root / "int8" / "adapters" / "global" / "adapter_model.safetensors"))
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    print(f"max abs difference deployed vs in-process global adapter (int8, ranks 2/1/4): {diff:.3g}")
+    assert diff <= 1e-5
+    dep = json.loads((federation.root / "int8" / "results.json").read_text())
+    assert dep["failures"] == []
+    for key in ("bytes_up_per_round", "bytes_down_per_round", "bytes_up_per_client_round", "upload_format",
+                "client_ranks"):
+        assert dep["communication"][key] == sim["communication"][key], key
+    assert dep["communication"]["client_ranks"] == {"a": 2, "b": 1, "c": 4}
+
+
+def test_a_supernode_killed_in_round_two_is_recorded_and_the_run_finishes(tmp_path):
+    """A federation of its own: node b does not come back."""
+    with running_federation(tmp_path) as federation:
+        t0 = time.monotonic()
+        proc = federation.launch("lost", "--min-nodes", "2")
+        federation.until_round_one_is_aggregated(proc, "lost")
+        federation.procs.kill("node-b")  # SIGKILL to the SuperNode's whole process group (its worker too)
+        killed = time.monotonic()
+        rc = federation.wait(proc, "lost", 420)
+        print(f"deployment run: {time.monotonic() - t0:.0f} s, {time.monotonic() - killed:.0f} s after the kill")
+        assert rc == 0, federation.procs.log_tail("run-lost")
     out = federation.root / "lost"
     dep = json.loads((out / "results.json").read_text())
     assert dep["communication"]["updates_per_round"] == {"1": ["a", "b", "c"], "2": ["a", "c"]}
