@@ -110,7 +110,6 @@ def test_aggregation_matches_a_hand_computation(tmp_path):
 
     md = render_compare(summary)
     assert "protocol: **within-category**" in md and "metric: **options**" in md
-    assert "| wall s | upload per client-round |" in md
     assert "| m1 | personal | 26.7 ± 11.5 | 66.7 ± 15.3 | 46.7 ± 12.6 |" in md
     assert "| m2 | personal |" not in md and "| m2 | global | 50.0 ± 0.0 |" in md  # no row for a kind a method lacks
     assert "| zero-shot | base model | 25.0 ± 0.0 | 25.0 ± 0.0 | 25.0 ± 0.0 |" in md
