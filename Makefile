@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/fedoa run --out $(OUT)
+	$(BIN)/fedoa run --out $(OUT) $(RUN_ARGS)
 
 # The HTML report tests open the pages in a real headless browser: Debian's chromium, not a download.
 chromium:

@@ -35,6 +35,11 @@ number), ``details`` (what each ratio was made of) and ``scaling`` (rows of the 
 6. Growth of round time and peak memory with clients (2, 8, 32), sequence length (64, 128, 256) and
    LoRA rank (4, 8, 16) on the tiny model, one setting changed at a time from (2, 64, 8).
 7. Option scoring with the shared KV cache / one forward per (prompt, option) pair.
+8. Batched clients: clients per second of a FedOA round (round 2: personal and global step) with
+   every client in one joint loop (``runtime.batch_clients = "on"``, docs/batched.md) / one client
+   after another, at N = 2, 8 and 32 clients (16 records each, 40-126 tokens, batch 8), on the tiny
+   model (``--batched-only`` runs just this section). Both timed side by side in one run, fastest
+   of the repeats, alternating which goes first.
 """
 from __future__ import annotations
 
@@ -58,6 +63,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # the checkout's fedoa and its tests' tiny model
 
 from fedoa.algorithms import make_algorithm  # noqa: E402
+from fedoa.algorithms.base import ClientContext, batched_updates  # noqa: E402
 from fedoa.config import LoraConfig, TrainConfig, default_config_path, load_config  # noqa: E402
 from fedoa.data.prompts import Encoded  # noqa: E402
 from fedoa.evaluation.scoring import option_scores  # noqa: E402
@@ -213,6 +219,101 @@ def session_context(session):
         return session.context(name, algo.init_client(session.am, name))
 
     return make
+
+
+# ----------------------------------------------------------------------------- batched clients
+
+
+def varied_examples(vocab: int, n: int, seed: int, low: int = 40, high: int = 126) -> list[Encoded]:
+    """Records of varied length, as real prompts are (the default preset cuts them at 128 tokens)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(low, high + 1, (n,), generator=g).tolist()
+    return [Encoded(tuple(torch.randint(10, vocab, (k,), generator=g).tolist()), (11, 2)) for k in lengths]
+
+
+def round_flops(am: AdapterModel, contexts: list, phases: int) -> float:
+    """Arithmetic of a round's training: every real token of every client, ``phases`` times."""
+    tokens = sum(len(e) for ctx in contexts for e in ctx.train)
+    heads = sum(len(e.response) for ctx in contexts for e in ctx.train)
+    return phases * lora_step_flops(am, tokens, heads)
+
+
+def batched_rows(am: AdapterModel, cfg, counts=(2, 8, 32), records: int = 16, method: str = "fedoa",
+                 sync=lambda: None, repeats: int = 2, peak: float = 0.0, lengths=(40, 126)) -> list[dict]:
+    """Clients per second, batched / sequential, of one round of ``method`` over N clients (one
+    resident model), measured side by side; with ``peak``, the MFU of both (real tokens only)."""
+    c = cfg.clone()
+    c.method, c.fed.personal_start_round, c.train.batch_size, c.train.micro_batch_size = method, 1, 8, 8
+    c.lora.dropout = 0.0
+    algo = make_algorithm(c)
+    vocab = am.base.config.vocab_size
+    g = algo.init_global(am)
+
+    def contexts(n):
+        return [ClientContext(f"c{i}", am, varied_examples(vocab, records, i, *lengths), algo.init_client(am, f"c{i}"),
+                              c, 0) for i in range(n)]
+
+    def sequential(ctxs):
+        for ctx in ctxs:
+            algo.client_update(ctx, g, 1)
+
+    def batched(ctxs):
+        batched_updates(algo, ctxs, g, 1)
+
+    def seconds(fn, ctxs):
+        sync()
+        t = time.perf_counter()
+        fn(ctxs)
+        sync()
+        return time.perf_counter() - t
+
+    warm = contexts(2)
+    sequential(warm), batched(warm)  # first-call costs land on neither
+    rows = []
+    for n in counts:
+        ctxs = contexts(n)
+        times = {"sequential": [], "batched": []}
+        for rep in range(repeats):
+            order = ("sequential", "batched") if rep % 2 == 0 else ("batched", "sequential")
+            for name in order:
+                times[name].append(seconds(sequential if name == "sequential" else batched, ctxs))
+        seq, bat = min(times["sequential"]), min(times["batched"])
+        row = {"clients": n, "method": method, "sequential_seconds": seq, "batched_seconds": bat,
+               "sequential_clients_per_s": n / seq, "batched_clients_per_s": n / bat, "ratio": seq / bat,
+               "tokens_per_joint_step": round(c.train.micro_batch_size * n * (2 if method == "fedoa" else 1)
+                                              * statistics.mean(len(e) for ctx in ctxs for e in ctx.train))}
+        if peak:
+            flops = round_flops(am, ctxs, 2 if method == "fedoa" else 1)
+            row.update(sequential_mfu=flops / seq / peak, batched_mfu=flops / bat / peak)
+        rows.append(row)
+        print(f"  batched clients, N = {n}: {seq:.2f} s sequential, {bat:.2f} s batched", file=sys.stderr, flush=True)
+    return rows
+
+
+def tiny_batched_rows(repeats: int, small: bool = False) -> list[dict]:
+    """Section 8 on the tests' tiny model (float32, CPU threads as set); ``small``: 4 records of
+    8-24 tokens per client (``--tiny``: seconds)."""
+    from fedoa.testing import tiny_config
+
+    cfg = tiny_config()
+    base, _ = load_base(cfg.model)
+    am = AdapterModel(base, cfg.lora)
+    if small:
+        return batched_rows(am, cfg, repeats=repeats, records=4, lengths=(8, 24))
+    return batched_rows(am, cfg, repeats=repeats)
+
+
+def print_batched(rows: list[dict]) -> None:
+    print(f"\n{'batched clients (tiny model, FedOA round)':42}")
+    print(f"{'clients':>7} {'sequential s':>12} {'batched s':>9} {'clients/s seq':>13} {'clients/s bat':>13} "
+          f"{'batched/seq':>11}")
+    for r in rows:
+        print(f"{r['clients']:7} {r['sequential_seconds']:12.2f} {r['batched_seconds']:9.2f} "
+              f"{r['sequential_clients_per_s']:13.2f} {r['batched_clients_per_s']:13.2f} {r['ratio']:11.2f}")
+    slower = [r["clients"] for r in rows if r["ratio"] < 1]
+    if slower:
+        print(f"batching is SLOWER here at N = {', '.join(map(str, slower))} "
+              "(runtime.batch_clients = 'auto' keeps CPU runs sequential)")
 
 
 # ----------------------------------------------------------------------------- vs a Trainer pipeline
@@ -405,6 +506,8 @@ def run(args) -> dict:
     clock("client_round")
     details["trainer"] = trainer_comparison(session, cfg, model_path)
     clock("trainer")
+    details["batched"] = tiny_batched_rows(repeats=1 if args.tiny else 2, small=args.tiny)
+    clock("batched")
 
     step, scored = details["lora_step"], details["scoring"]
     ratios = {
@@ -421,6 +524,7 @@ def run(args) -> dict:
         "bytes_whole_run_over_base": (comm["bytes_up_total"] + comm["bytes_down_total"]) / model_32["base_bytes"],
         "trainer_round_over_fedoa_round": details["trainer"]["ratio"],
         "per_option_over_cached_scoring": scored["per_option_seconds"] / scored["cached_seconds"],
+        **{f"batched_over_sequential_clients_per_s_{r['clients']}": r["ratio"] for r in details["batched"]},
     }
     return {"ratios": ratios, "details": details, "scaling": rows}
 
@@ -466,10 +570,14 @@ def print_table(out: dict) -> None:
         "trainer_round_over_fedoa_round": "Trainer {trainer_seconds:.1f} s vs fedoa {fedoa_seconds:.1f} s".format(
             **d["trainer"]),
         "per_option_over_cached_scoring": "{per_option_seconds:.2f} s vs {cached_seconds:.2f} s".format(**d["scoring"]),
+        **{f"batched_over_sequential_clients_per_s_{r['clients']}":
+           f"tiny model, FedOA round: {r['batched_seconds']:.2f} s vs {r['sequential_seconds']:.2f} s"
+           for r in d["batched"]},
     }
     for name, value in r.items():
         target = " ".join(map(str, TARGETS[name])) if name in TARGETS else ""
         print(f"{name:42} {value:9.4g}  {target:8} {parts[name]}")
+    print_batched(d["batched"])
     print(f"\n{'clients':>7} {'tokens':>6} {'rank':>4} {'round s':>8} {'x':>5} {'peak MB':>8} {'x':>5}")
     for row in out["scaling"]:
         print(f"{row['clients']:7} {row['seq']:6} {row['r']:4} {row['round_seconds']:8.2f} {row['time_vs_base']:5.2f} "
@@ -480,6 +588,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="the tests' tiny random model, tiny sizes (< 1 minute)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "bench.json"), help="where the JSON goes")
+    ap.add_argument("--batched-only", action="store_true",
+                    help="only section 8: batched / sequential clients per second at N = 2, 8, 32 (tiny model)")
+    ap.add_argument("--repeats", type=int, default=2, help="timings per side in --batched-only (fastest kept)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     import warnings
@@ -493,6 +604,16 @@ def main() -> None:
         print(json.dumps(simulate(json.loads(args.child))))
         return
     start = time.perf_counter()
+    if args.batched_only:
+        rows = tiny_batched_rows(args.repeats)
+        print(f"fedoa bench --batched-only: {torch.get_num_threads()} threads")
+        print_batched(rows)
+        from fedoa.io import write_json
+
+        write_json(Path(args.out), {"batched": rows, "seconds": time.perf_counter() - start,
+                                    "threads": torch.get_num_threads()})
+        print(f"\n{time.perf_counter() - start:.0f} s; written to {args.out}")
+        return
     out = run(args)
     out["seconds"] = time.perf_counter() - start
     print_table(out)

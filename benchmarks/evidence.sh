@@ -21,7 +21,7 @@ OUT=benchmarks/evidence
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"  # threads sleep instead of spinning when the CPU is shared
 W0="fedoa.regular_weight=0;fedoa.mixed_eval=false"
 SHIPPED="fedoa.feature=answer;fed.personal_init=global"
-METHODS="fedit,local,ditto,feddpa,fedoa,fedoa-w0=fedoa[$W0],shipped=fedoa[$SHIPPED],shipped-w0=fedoa[$SHIPPED;$W0]"
+METHODS="fedit,local,ditto,feddpa,fedoa,fedoa-w0=fedoa[$W0],shipped=fedoa[$SHIPPED],shipped-w0=fedoa[$SHIPPED;$W0],fedlora,perada"
 LCO_METHODS="${LCO_METHODS:-fedit,fedoa,shipped=fedoa[$SHIPPED],local}"
 HOLDOUT="${HOLDOUT:-paraphrase}"
 HOLDOUT_SET=()

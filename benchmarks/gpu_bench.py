@@ -4,7 +4,7 @@
     python benchmarks/gpu_bench.py --tiny --out DIR     # CPU, a tiny architecture, < 1 minute (tested)
     python benchmarks/gpu_bench.py --profile --out DIR  # also where the embedded architecture's step spends its time
 
-Writes ``DIR/gpu_bench.json`` and ``DIR/gpu_bench.md`` with three tables, measured in one run:
+Writes ``DIR/gpu_bench.json`` and ``DIR/gpu_bench.md`` with four tables, measured in one run:
 
 - ``step``: fedoa's LoRA training step (``train_slot``, batch 8 x 512 tokens, LoRA r=8 on q/v)
   in tokens/s and MFU = arithmetic / time / the bf16 matmul peak measured first (an 8192^3 bf16
@@ -15,6 +15,10 @@ Writes ``DIR/gpu_bench.json`` and ``DIR/gpu_bench.md`` with three tables, measur
 - ``client_round``: FedOA client round / FedIT client round (``fedoa.algorithms``, the default
   preset's settings: 64 records of 40-126 tokens, batch 8), 1 and 3 local epochs, after a whole
   warm-up epoch of each, fastest of 3 timings;
+- ``batched``: clients per second of a FedOA round (personal and global step, 16 records of 40-126
+  tokens per client, batch 8) with every client in one joint loop (docs/batched.md) / one client
+  after another, at N = 2, 8, 32, side by side, and the MFU of both (real tokens only), per
+  architecture and mode (bf16, 4-bit);
 - ``memory``: peak GPU memory (``torch.cuda.max_memory_allocated``) of a FedOA round over 2, 8
   and 32 clients (8 records each) on one resident model; on CPU (--tiny) the process's peak RSS.
 
@@ -36,7 +40,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import client_round_ratios, lora_step_flops, random_examples  # noqa: E402  (puts ../src first)
+from bench import batched_rows, client_round_ratios, lora_step_flops, random_examples  # noqa: E402  (puts ../src first)
 
 from fedoa.algorithms import make_algorithm  # noqa: E402
 from fedoa.algorithms.base import ClientContext  # noqa: E402
@@ -196,6 +200,13 @@ def bench_arch(name: str, arch: dict, device, peak: float, sizes: dict, budget: 
         out["step"].append({"arch": name, "mode": mode,
                             **step_row(am, device, peak, 8, sizes["seq"], sizes["steps"])})
         save()
+        if budget.left():
+            rows = batched_rows(am, cfg, sizes["batched"], sizes["records"], sync=lambda: sync(device), peak=peak,
+                                repeats=sizes["repeats"], lengths=sizes["lengths"])
+        else:
+            rows = [{"clients": "-", "skipped": "budget"}]
+        out["batched"] += [{"arch": name, "mode": mode, **row} for row in rows]
+        save()
         if quant == "none":
             rows = client_rounds(am, cfg, device) if budget.left() else [{"epochs": "-", "skipped": "budget"}]
             out["client_round"] += [{"arch": name, **row} for row in rows]
@@ -261,6 +272,9 @@ def markdown(out: dict) -> str:
         "## FedOA / FedIT client round\n\n" + table(out["client_round"],
                                                      ["arch", "epochs", "fedit_seconds", "fedoa_seconds", "ratio",
                                                       "fedoa_global_step_seconds", "ratio_global_step"]),
+        "## Batched / sequential clients per second (FedOA round)\n\n" + table(
+            out["batched"], ["arch", "mode", "clients", "sequential_seconds", "batched_seconds", "ratio",
+                             "tokens_per_joint_step", "sequential_mfu", "batched_mfu"]),
         "## Peak memory by clients\n\n" + table(out["memory"], ["arch", "clients", "memory_kind", "peak_bytes"]),
     ]) + "\n"
 
@@ -282,15 +296,18 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     start = time.perf_counter()
     if args.tiny:
-        device, archs, peak_n, sizes = torch.device("cpu"), TINY_ARCHS, 512, {"seq": 64, "steps": 2, "clients": (2, 8)}
+        device, archs, peak_n = torch.device("cpu"), TINY_ARCHS, 512
+        sizes = {"seq": 64, "steps": 2, "clients": (2, 8), "batched": (2, 8), "records": 4,
+                 "repeats": 1, "lengths": (8, 24)}
     else:
         if not torch.cuda.is_available():
             sys.exit("gpu_bench: no CUDA device (use --tiny for the CPU check)")
-        sizes = {"seq": 512, "steps": 10, "clients": (2, 8, 32)}
+        sizes = {"seq": 512, "steps": 10, "clients": (2, 8, 32), "batched": (2, 8, 32), "records": 16,
+                 "repeats": 2, "lengths": (40, 126)}
         device, archs, peak_n = torch.device("cuda"), ARCHS, 8192
     budget = Budget(args.budget)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    out: dict = {"device": name, "step": [], "client_round": [], "memory": []}
+    out: dict = {"device": name, "step": [], "client_round": [], "batched": [], "memory": []}
     out["bf16_peak_flop_per_s"] = bf16_peak(device, peak_n, 50 if device.type == "cuda" else 3)
     from fedoa.io import write_json, write_text
 

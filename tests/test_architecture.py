@@ -103,7 +103,8 @@ def test_no_import_circle():
 
 
 def test_the_registry_is_full_without_importing_upward():
-    from fedoa.registry import ALGORITHMS, SETTINGS
+    from fedoa.registry import ALGORITHMS, SETTINGS, discover
 
+    discover()  # what config does on its first method lookup (alone on an xdist worker, nothing did it yet)
     assert {"fedoa", "fedit", "ditto", "feddpa"} <= set(ALGORITHMS) and "fedoa" in SETTINGS
     assert "fedoa.algorithms" not in imports()["fedoa.config"] | imports()["fedoa.registry"]

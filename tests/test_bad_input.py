@@ -94,6 +94,7 @@ SCENARIOS = {
     "device-absent": lambda t: ["run", "--out", str(t / "out"), *TINY, "--set", "model.device='cuda:3'"],
     "unwritable-output": lambda t: (t / "file").write_text("x") and ["run", "--out", str(t / "file" / "out"), *TINY],
     "changed-config": "special",
+    "another-runs-results": "special",  # tests/runtime/test_no_lost_run.py (needs a finished run first)
     "duplicates-and-overlap": "special",
     "too-long": "special",
     "hostile-upload": "special",

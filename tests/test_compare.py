@@ -238,10 +238,14 @@ def test_tiny_compare_end_to_end_is_resumable_and_leak_free(tmp_path, capsys):
 
     summary = json.loads((out / "compare.json").read_text())
     assert [r["status"] for r in summary["runs"]] == ["ran"] * 6
+    # every run says what one client sent per round (fedit and fedoa upload the global adapter; local nothing)
+    assert {r["method"]: r["bytes_up_per_client_round"] for r in summary["runs"]} == {
+        r["method"]: results[(r["method"], r["seed"])]["communication"]["bytes_up_per_client_round"] for r in summary["runs"]}
     assert summary["protocol"]["name"] == "within-category" and summary["metric"]["headline"] == "options"
     assert summary["categories"] == ["paraphrase", "sentiment"] and summary["seeds"] == [0, 1]
     md = (out / "compare.md").read_text()
     assert "protocol: **within-category**" in md and "metric: **options**" in md
+    assert "| wall s | upload per client-round |" in md
     assert "| fedit | personal |" not in md and "| fedoa | mixed (P+G per input) |" in md
     assert (out / "compare.png").stat().st_size > 1000
     # paired differences: FedOA's personal and mixed models against every other row, with intervals
@@ -250,6 +254,9 @@ def test_tiny_compare_end_to_end_is_resumable_and_leak_free(tmp_path, capsys):
     assert cell["low"] <= cell["difference"] <= cell["high"] and cell["seeds"] == 2
     assert any(a == ("fedoa", "mixed") and group == "id" for a, _, group in paired)
     assert "## Paired differences" in md
+    # fedoa compare draws each seed's training subsets (the config does not name the key) and says so
+    assert summary["config"]["data"]["train_subset_seed"] == "run"
+    assert "each client's training subset" in md
 
     # the global step is the same computation in FedIT, FedDPA and FedOA: run once, reused after
     lines = [json.loads(line) for line in (out / "runs" / "fedoa" / "seed0" / "metrics.jsonl").read_text().splitlines()]
@@ -325,3 +332,31 @@ def test_method_variants_parse_and_configure():
         variant_config(RunConfig(), "fedoa[fedoa.featur=x]")
     with pytest.raises(ConfigError, match="unknown method"):
         parse_methods("fedoa,nosuch[fedoa.feature=answer]")
+
+
+def test_a_budget_starts_no_run_that_the_longest_run_so_far_says_would_not_fit(tmp_path):
+    from fedoa.compare.runner import run_compare
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_TOML.format(path=json.dumps(str(FLAN8)), model=json.dumps(str(tiny_model_dir()))))
+    cfg = load_config(config, ["data.tasks=['sst2','sentiment140']", "eval.zero_shot=false"])
+    out = tmp_path / "cmp"
+    run_compare(cfg, ["fedit"], [0], out, progress=False)
+    path = out / "runs" / "fedit" / "seed0" / "results.json"
+    recorded = json.loads(path.read_text())
+    recorded["timing"]["wall_seconds"] = 1e6  # as if that run had taken longer than the whole budget
+    path.write_text(json.dumps(recorded))
+    summary = run_compare(cfg, ["fedit", "local"], [0], out, progress=False, budget=3600)
+    assert {r["method"]: r["status"] for r in summary["runs"]} == {"fedit": "reused", "local": "not started"}
+    assert not summary["complete"] and not (out / "runs" / "local").exists()
+    assert "not started" in (out / "compare.md").read_text()
+
+
+def test_runs_with_unequal_client_ranks_share_one_resident_model():
+    from fedoa.compare.runner import model_key
+    from fedoa.testing import tiny_config
+
+    cfg = tiny_config()
+    mixed = tiny_config(lora={"client_ranks": {"a": 2}})
+    wider = tiny_config(lora={"r": 8})
+    assert model_key(mixed) == model_key(cfg) != model_key(wider)

@@ -1,4 +1,4 @@
-"""fedoa: federated fine-tuning of foundation models with adapters, built for OOD robustness."""
+"""fedoa: federated fine-tuning of foundation models with adapters, aimed at OOD robustness."""
 import logging
 
 __version__ = "0.1.0"

@@ -74,6 +74,17 @@ class LoraConfig(Section):
     alpha: float = setting(16, "LoRA alpha (scaling = alpha / r).", gt=0)
     dropout: float = setting(0.05, "Dropout on the LoRA input during training.", ge=0, lt=1)
     target_modules: list[str] = setting(["q_proj", "v_proj"], "Module names that get LoRA.", min_length=1)
+    client_ranks: dict[str, int] = setting(
+        {}, "Heterogeneous ranks: client name -> its LoRA rank (1..lora.r; clients not named have lora.r; on Flower "
+        "a node's lora-rank setting wins). The global adapter has rank lora.r; a client receives it cut to its rank "
+        "and uploads at its rank; the server pads each upload's change with zeros above the client's rank (HetLoRA, "
+        "docs/privacy-and-trust.md). Every adapter's scaling stays alpha / lora.r.")
+
+    @model_validator(mode="after")
+    def _ranks_within_r(self) -> "LoraConfig":
+        for name, rank in self.client_ranks.items():
+            need(1 <= rank <= self.r, f"lora.client_ranks.{name}", f"is {rank}; a client's rank must be in 1..lora.r = {self.r}")
+        return self
 
 
 class DataConfig(Section):
@@ -134,6 +145,13 @@ class DataConfig(Section):
         "seed so that runs with different seeds meet the same test data.",
         ge=0,
     )
+    train_subset_seed: Literal["split", "run"] = setting(
+        "split",
+        "Which seed draws each client's training subset (the train_per_client cap): 'split' (split_seed: the "
+        "same subset in every run, so seeds vary only the training order and initialization) or 'run' (the run's "
+        "seed: seeds vary the training sample too). Test sets, the train/test split and the partition always "
+        "follow split_seed. `fedoa compare` uses 'run' unless the config or --set names this key.",
+    )
     template: Literal["alpaca", "plain", "chat"] = setting(
         "alpaca",
         "Prompt template: 'alpaca' (the reference), 'plain' (instruction + 'Answer:'), "
@@ -162,6 +180,11 @@ class TrainConfig(Section):
     )
     warmup_steps: int = setting(0, "Linear warm-up steps.", ge=0)
     max_grad_norm: float = setting(0.0, "Clip gradients to this norm (0 = no clipping).", ge=0)
+    compile: bool = setting(
+        False,
+        "torch.compile the batched engine's micro-step (CUDA only; ignored on CPU). First steps are slower while "
+        "it compiles.",
+    )
 
 
 class FedConfig(Section):
@@ -187,6 +210,12 @@ class FedConfig(Section):
     )
     personal_start_round: int = setting(
         2, "First round (1-based) with a personal step (the reference: 2). At most fed.rounds.", ge=1
+    )
+    upload: Literal["float32", "bfloat16", "int8"] = setting(
+        "float32",
+        "What a client sends up: 'float32' its global adapter as it is; 'bfloat16' the change from the adapter it "
+        "received in bfloat16 (half the bytes); 'int8' the change quantized per tensor, symmetrically (a quarter "
+        "of the bytes). The rounding error is kept by the client and added to its next change (error feedback).",
     )
     personal_init: Literal["fresh", "global"] = setting(
         "fresh",
@@ -289,6 +318,17 @@ class DPConfig(Section):
     delta: float = setting(1e-5, "delta of the reported (epsilon, delta).", gt=0, lt=1)
 
 
+class RuntimeConfig(Section):
+    """How the in-process runtime carries the clients' work (results agree within float rounding)."""
+
+    batch_clients: Literal["auto", "on", "off"] = setting(
+        "auto",
+        "Train every sampled client of a round at once (stacked LoRA slots, one forward and backward pass for "
+        "all; see docs/batched.md) or one after another. 'auto': on for CUDA, off on CPU (measured slower there: "
+        "benchmarks/RESULTS.md). Methods that cannot be batched run one client at a time whatever this says.",
+    )
+
+
 class AttackConfig(Section):
     """A poisoning drill (robustness tests and benchmarks): these clients send hostile uploads."""
 
@@ -300,7 +340,7 @@ class AttackConfig(Section):
 
 
 COMMON = ("method", "seed", "model", "lora", "data", "train", "fed", "eval", "protocol", "tracking", "trust", "dp",
-          "attack")
+          "attack", "runtime")
 
 
 class RunConfig(BaseModel):
@@ -322,6 +362,7 @@ class RunConfig(BaseModel):
     trust: TrustConfig = Field(default_factory=TrustConfig, description=TrustConfig.__doc__)
     dp: DPConfig = Field(default_factory=DPConfig, description=DPConfig.__doc__)
     attack: AttackConfig = Field(default_factory=AttackConfig, description=AttackConfig.__doc__)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description=RuntimeConfig.__doc__)
 
     @model_validator(mode="before")
     @classmethod

@@ -32,8 +32,9 @@ def same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[f][k], b[f][k]) for f in a for k in a[f])
 
 
-def test_sigkill_mid_round_then_the_same_command_ends_bit_identical(tmp_path):
-    cfg = vader_tiny_config(fed={"rounds": 4}, lora={"dropout": 0.1})
+@pytest.mark.parametrize("batch", ["off", "on"])  # clients one by one; all at once (docs/batched.md)
+def test_sigkill_mid_round_then_the_same_command_ends_bit_identical(tmp_path, batch):
+    cfg = vader_tiny_config(fed={"rounds": 4}, lora={"dropout": 0.1}, runtime={"batch_clients": batch})
     config = tmp_path / "run.toml"
     config.write_text(config_to_toml(cfg))
     whole = fedoa_run(config, tmp_path / "whole")

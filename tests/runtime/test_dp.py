@@ -178,3 +178,14 @@ def test_a_dp_run_with_an_empty_round_releases_noise_over_the_expected_count(tmp
     assert results["communication"]["updates_per_round"] == {"1": [], "2": ["movie"]}
     audit = [json.loads(x) for x in (tmp_path / "run" / "audit.jsonl").read_text().splitlines()]
     assert [a["client"] for a in audit] == ["movie"] and audit[0]["dp_noise_std"] == pytest.approx(1.0 * 0.5 / 1.5)
+
+
+def test_the_epsilons_in_docs_privacy_and_trust_are_the_accountants():
+    """The table "Measured epsilon for the documented settings": each figure, recomputed (delta 1e-5)."""
+    rows = [  # (z, q, rounds) -> the figure the doc states
+        ((1.0, 1.0, 3), 9.01), ((0.5, 1.0, 3), 21.4),  # z = 1, all 4 clients, 3 rounds; the old z/2
+        ((1.0, 0.1, 100), 7.9), ((0.5, 0.25, 100), 103.1), ((1.0, 0.25, 100), 20.2),  # q = 0.1; old rate 0.25
+        ((2.0, 0.1, 100), 2.6),  # z = 2, q = 0.1
+    ]
+    for (z, q, rounds), figure in rows:
+        assert round(epsilon(z, q, rounds, 1e-5), 2 if figure == 9.01 else 1) == figure, (z, q, rounds)

@@ -144,3 +144,29 @@ def test_publishing_fsyncs_every_file_and_the_folder_before_removing_work(tmp_pa
     assert published and all(str(p.resolve()).replace(str(out.resolve()), str((out / ".run" / "final").resolve()), 1)
                              in synced for p in published)
     assert str(out.resolve()) in synced  # the folder itself, after the moves
+
+
+# ----------------------------------------------------------------------------- one run per folder, in turn too
+
+
+def _run_cli(out, *extra) -> int:
+    from fedoa.testing import tiny_model_dir
+
+    return main(["run", "--out", str(out), "--set", f"model.name={str(tiny_model_dir())!r}", "--set",
+                 "data.train_per_client=4", "--set", "data.test_per_client=4", "--set", "fed.rounds=1",
+                 "--set", "fed.personal_start_round=1", "--set", "eval.zero_shot=false", "--quiet", *extra])
+
+
+def test_a_later_run_with_another_config_cannot_replace_a_finished_runs_results_unless_asked(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _run_cli(out) == 0
+    first = (out / "results.json").read_bytes()
+    capsys.readouterr()
+    for extra in ([], ["--fresh"]):  # --fresh ignores an unfinished checkpoint, never another run's results
+        assert _run_cli(out, "--set", "train.lr=0.01", *extra) == 2
+        errors = [x for x in capsys.readouterr().err.splitlines() if x.startswith("fedoa: error:")]
+        assert len(errors) == 1 and "holds the finished results of another run (other values of train.lr)" in errors[0]
+        assert (out / "results.json").read_bytes() == first and not (out / ".run").exists()
+    assert _run_cli(out) == 0  # the same config again (`make run` twice): reruns into its own folder
+    assert _run_cli(out, "--set", "train.lr=0.01", "--replace") == 0  # asked for: replaced
+    assert json.loads((out / "results.json").read_text())["config"]["train"]["lr"] == 0.01

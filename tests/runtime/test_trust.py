@@ -166,6 +166,34 @@ def test_a_colluding_minority_is_rejected_and_the_honest_majority_kept():
     assert verdicts == {"h1": True, "h2": True, "h3": True, "x1": False, "x2": False}
 
 
+def test_a_colluding_minority_is_bounded_by_the_honest_norms_whatever_its_scale():
+    """2 colluders of 5, scaled together: whatever passes is at most norm_factor x the largest honest norm."""
+    honest = [up("h1", 0.1), up("h2", 0.12), up("h3", 0.09)]
+    largest = max(change_norm(u.state, G) for u in honest)
+    accepted_scales = []
+    for scale in (0.5, 0.9, 1.0, 1.15, 2.0, 500.0, 1e6):
+        ups = honest + [up("x1", scale), up("x2", scale)]
+        verdicts = validate(ups, G, {u.client: 8 for u in ups}, TrustConfig())
+        assert all(v.accepted for v in verdicts if v.client.startswith("h"))
+        for v in verdicts:
+            if v.client.startswith("x") and v.accepted:
+                assert v.norm <= TrustConfig().norm_factor * largest
+                accepted_scales.append(scale)
+    assert 1.0 in accepted_scales and 1.15 not in accepted_scales  # the bar: 10 x the median of the others (0.11)
+
+
+def test_a_colluding_majority_is_not_stopped_by_the_bounds_in_its_first_round():
+    """The documented limit: 3 colluders of 5 make the median; nothing relative can tell them apart."""
+    ups = [up("h1", 0.1), up("h2", 0.12), up("x1", 500.0), up("x2", 500.0), up("x3", 500.0)]
+    verdicts = validate(ups, G, {u.client: 8 for u in ups}, TrustConfig())
+    assert all(v.accepted for v in verdicts)  # no history yet: the majority's huge update is aggregated
+    later = validate(ups, G, {u.client: 8 for u in ups}, TrustConfig(), history=[0.4, 0.35, 0.42])
+    assert [v.client for v in later if not v.accepted] == ["x1", "x2", "x3"]  # a jump far beyond earlier rounds
+    creeping = [up("h1", 0.1), up("h2", 0.12)] + [up(f"x{i}", 1.0) for i in range(3)]  # within 10 x history
+    assert all(v.accepted for v in validate(creeping, G, {u.client: 8 for u in creeping}, TrustConfig(),
+                                            history=[0.4, 0.35, 0.42]))
+
+
 def test_the_derived_absolute_bound_comes_from_earlier_rounds_and_catches_a_coordinated_round():
     ups = [up(f"x{i}", 50.0) for i in range(3)]  # every upload of the round equally huge: no relative check fires
     declared = {u.client: 8 for u in ups}
@@ -184,3 +212,15 @@ def test_client_metrics_cannot_overwrite_the_servers_keys():
                                                               "client.round": 5.0}))
     assert line["round"] == 3 and line["client"] == "movie" and line["phase"] == "global"
     assert line["client.round"] in (99.0, 5.0) and line["client.client"] == 1.0 and line["task_loss"] == 0.4
+
+
+def test_every_test_that_docs_privacy_and_trust_cites_exists():
+    """The doc states only what tests show: each test it names for a promise is a test of the suite."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    cited = set(re.findall(r"\b(test_[a-z0-9_]+)\b", (root / "docs" / "privacy-and-trust.md").read_text()))
+    defined = {m for p in (root / "tests").rglob("test_*.py")
+               for m in [p.stem, *re.findall(r"^def (test_[a-z0-9_]+)", p.read_text(), flags=re.M)]}
+    assert len(cited) >= 30 and not cited - defined, sorted(cited - defined)

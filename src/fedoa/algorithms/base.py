@@ -24,7 +24,9 @@ from fedoa.model.adapters import (
     state_digest,
 )
 from fedoa.model.mixing import mixer_off
+from fedoa.model.uploads import Upload
 from fedoa.seeding import derive_seed, seed_text
+from fedoa.training.joint import SlotJob, joint_features, train_jobs
 from fedoa.training.loop import LocalResult, Objective, planned_steps, train_slot
 from fedoa.training.losses import task_objective
 
@@ -139,12 +141,15 @@ class ServerContext:
 
 @dataclass
 class ClientUpdate:
-    """What a client sends back: its global-adapter state (or None) and its metrics."""
+    """What a client sends back: its global-adapter state (or None) and its metrics. With
+    ``fed.upload`` other than float32 the state travels as ``upload`` (a compressed change) and
+    the server's validation decodes it into ``state``."""
 
     client: str
     state: AdapterState | None
     num_examples: int
     phases: list[Phase] = field(default_factory=list)
+    upload: Upload | None = None
 
 
 class Algorithm(ABC):
@@ -199,6 +204,19 @@ class Algorithm(ABC):
     @abstractmethod
     def client_update(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> ClientUpdate:
         """Train locally from the received ``global_state``; update ``ctx.state`` in place."""
+
+    # ---------------------------------------------------------------- batched clients
+
+    def client_jobs(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> list[SlotJob] | None:
+        """The same client update as :meth:`client_update`, stated as slot jobs that the batched
+        engine trains together with every other sampled client's (:func:`batched_updates`).
+        None: this method (or this configuration of it) trains its clients one at a time."""
+        return None
+
+    def finish_jobs(self, ctx: ClientContext, global_state: AdapterState, round_: int,
+                    done: dict[str, tuple[AdapterState, Phase]]) -> ClientUpdate:
+        """The client update from its trained jobs (``done``: phase -> (state, Phase)); updates ``ctx.state``."""
+        raise NotImplementedError(f"{self.name} states no slot jobs")
 
     def aggregate(
         self, updates: list[ClientUpdate], global_state: AdapterState, round_: int
@@ -269,3 +287,84 @@ class Algorithm(ABC):
         if "personal" in self.evaluated and PERSONAL in client_state:
             out["personal"] = client_state[PERSONAL]
         return out
+
+
+def restates(algo: Algorithm, owner: type, jobs_method: str, *methods: str) -> bool:
+    """True unless ``algo`` overrides one of ``methods`` of ``owner`` without also overriding
+    ``jobs_method``: a subclass that changes the update's objective or shape (PerAda's personal
+    objective, FedLoRA's update) is not batched by the jobs its parent states."""
+    cls = type(algo)
+    if getattr(cls, jobs_method) is not getattr(owner, jobs_method):
+        return True
+    return all(getattr(cls, m) is getattr(owner, m) for m in methods)
+
+
+def global_job(ctx: ClientContext, global_state: AdapterState, round_: int, **kw) -> SlotJob:
+    """The received global adapter trained on the client's data ("global" phase); a plain task-loss
+    step (memoizable) unless ``kw`` adds a term."""
+    return SlotJob("global", global_state, ctx.train, ctx.seed_text(round_, "global"), memoize=not kw, **kw)
+
+
+def batched_updates(algo: Algorithm, ctxs: list[ClientContext], global_state: AdapterState, round_: int,
+                    progress: Callable[[int], None] | None = None) -> dict[str, ClientUpdate] | None:
+    """Every client's update of a round from one joint loop (None when the method cannot batch it).
+
+    Memoized plain steps are reused per client (keys apart from the sequential ones: the results
+    agree within float rounding, not bit for bit); the regularizers' target features (the received
+    global adapter's) are computed for every client in one no-grad pass, or captured by a first
+    joint loop (FedOA's ``target_features = "global_step"``: every global step, then every personal one).
+    """
+    planned = [(ctx, algo.client_jobs(ctx, global_state, round_)) for ctx in ctxs]
+    if not ctxs or any(jobs is None for _, jobs in planned):
+        return None
+    done: dict[str, dict[str, tuple[AdapterState, Phase]]] = {ctx.name: {} for ctx in ctxs}
+    todo: list[tuple[ClientContext, SlotJob, str | None]] = []
+    for ctx, jobs in planned:
+        for job in jobs:
+            key = ctx.step_key(f"{job.phase}@batched", round_, job.start) if job.memoize and ctx.memo is not None else None
+            hit = ctx.memo.get(key) if key is not None else None
+            if hit is not None:
+                done[ctx.name][job.phase] = hit
+            else:
+                todo.append((ctx, job, key))
+    # jobs whose regularizer targets another job's captured features train after it (a second loop)
+    later = [t for t in todo if t[1].reg is not None and t[1].reg.target_from]
+    first = [t for t in todo if not any(t is x for x in later)]
+    for stage in (first, later):
+        for ctx, job, _ in stage:
+            if job.reg is not None and job.reg.target_from:
+                job.reg.target = next(j.captured for c, j, _ in first if c is ctx and j.phase == job.reg.target_from)
+        train_stage(stage, global_state, done, progress)
+    return {ctx.name: algo.finish_jobs(ctx, global_state, round_, done[ctx.name]) for ctx in ctxs}
+
+
+def train_stage(todo: list[tuple[ClientContext, SlotJob, str | None]], global_state: AdapterState,
+                done: dict[str, dict[str, tuple[AdapterState, Phase]]], progress: Callable[[int], None] | None) -> None:
+    """Train ``todo`` in one joint loop; results into ``done`` (and the memo)."""
+    if not todo:
+        return
+    ctx0 = todo[0][0]
+    am, cfg = ctx0.am, ctx0.cfg
+    jobs = [job for _, job, _ in todo]
+    fill_targets(am, jobs, global_state, cfg.train.micro_batch_size, ctx0.pad_id)
+    fixed = global_state if any(job.fixed_weight for job in jobs) else None
+    trained = train_jobs(am, jobs, cfg.train, ctx0.pad_id, fixed, progress, compile_step=cfg.train.compile)
+    for (ctx, job, key), (state, result) in zip(todo, trained):
+        phase = Phase.of(job.phase, result)
+        done[ctx.name][job.phase] = (state, phase)
+        if key is not None:
+            ctx.memo.put(key, state, phase)
+
+
+def fill_targets(am: AdapterModel, jobs: list[SlotJob], global_state: AdapterState, micro_batch_size: int,
+                 pad_id: int) -> None:
+    """The received global adapter's features of every regularized job's examples, in one pass."""
+    needy = [j for j in jobs if j.reg is not None and j.reg.target is None]
+    if not needy:
+        return
+    am.set(GLOBAL, global_state)
+    for kind in sorted({j.reg.feature for j in needy}):
+        group = [j for j in needy if j.reg.feature == kind]
+        feats = joint_features(am, GLOBAL, [j.examples for j in group], kind, micro_batch_size * len(group), pad_id)
+        for job, f in zip(group, feats):
+            job.reg.target = f

@@ -31,6 +31,7 @@ from fedoa.algorithms.personalized import PersonalThenGlobal
 from fedoa.config import Section, setting
 from fedoa.model.adapters import PERSONAL, AdapterState
 from fedoa.registry import register
+from fedoa.training.joint import SlotJob
 from fedoa.training.loop import Objective
 from fedoa.training.losses import task_objective
 
@@ -55,3 +56,8 @@ class Ditto(PersonalThenGlobal):
         if lam == 0:
             return task_objective
         return with_proximal(task_objective, PERSONAL, device_copy(global_state, ctx.am, PERSONAL), lam)
+
+    def personal_job(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> SlotJob:
+        job = super().personal_job(ctx, global_state, round_)
+        job.prox, job.anchor = self.settings.lam, global_state
+        return job

@@ -40,6 +40,7 @@ from fedoa.data.batching import Batch
 from fedoa.model.adapters import GLOBAL, PERSONAL, AdapterModel, AdapterState
 from fedoa.model.mixing import activate_both, mixer_of
 from fedoa.registry import register
+from fedoa.training.joint import SlotJob
 from fedoa.training.loop import Objective
 from fedoa.training.losses import task_objective
 
@@ -99,6 +100,13 @@ class FedDPA(PersonalThenGlobal):
             return super().personal_step(ctx, global_state, round_)
         finally:
             mixer_of(ctx.am).disarm()
+
+    def personal_job(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> SlotJob:
+        """P's rows run under ``a P(x) + (1 - a) detach(G(x))`` with G the received adapter (the fixed one)."""
+        job = super().personal_job(ctx, global_state, round_)
+        a = self.settings.local_weight
+        job.own_weight, job.fixed_weight = a, 1.0 - a
+        return job
 
     def eval_uses_training_data(self, kind: str) -> bool:
         return kind == "personal" and self.settings.mix == "instance"

@@ -23,10 +23,14 @@ from fedoa.algorithms.base import (
     ClientContext,
     ClientState,
     ClientUpdate,
+    Phase,
+    global_job,
+    restates,
     train_on_task,
 )
 from fedoa.model.adapters import GLOBAL, AdapterModel, AdapterState
 from fedoa.registry import register
+from fedoa.training.joint import SlotJob
 from fedoa.training.loop import Objective
 from fedoa.training.losses import task_objective
 
@@ -47,4 +51,14 @@ class FedIT(Algorithm):
         objective = self.global_objective(ctx, global_state)
         state, phase = train_on_task(ctx, GLOBAL, global_state, round_, "global", objective,
                                      memoize=objective is task_objective)
+        return ClientUpdate(ctx.name, state, len(ctx.train), [phase])
+
+    def client_jobs(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> list[SlotJob] | None:
+        if not restates(self, FedIT, "client_jobs", "client_update", "global_objective"):
+            return None
+        return [global_job(ctx, global_state, round_)]
+
+    def finish_jobs(self, ctx: ClientContext, global_state: AdapterState, round_: int,
+                    done: dict[str, tuple[AdapterState, Phase]]) -> ClientUpdate:
+        state, phase = done["global"]
         return ClientUpdate(ctx.name, state, len(ctx.train), [phase])

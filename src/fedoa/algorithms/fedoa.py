@@ -32,11 +32,12 @@ import torch
 
 from fedoa.algorithms.base import ClientContext, ClientUpdate, Phase, train_on_task
 from fedoa.algorithms.personalized import PersonalThenGlobal, arm_personal_mix
-from fedoa.algorithms.regularizers import distance
+from fedoa.algorithms.regularizers import PER_GROUP, distance
 from fedoa.config import Section, setting
 from fedoa.data.batching import Batch
 from fedoa.model.adapters import GLOBAL, PERSONAL, AdapterModel, AdapterState
 from fedoa.registry import register
+from fedoa.training.joint import SlotJob, SlotReg
 from fedoa.training.loop import Objective
 from fedoa.training.losses import (
     example_features,
@@ -141,6 +142,27 @@ class FedOA(PersonalThenGlobal):
         # G is fixed during the personal step: its features are computed once, not per step.
         target = example_features(ctx.am, GLOBAL, ctx.train, c.feature, self.cfg.train.micro_batch_size, ctx.pad_id)
         return feature_regularized(target, c.regular_weight, c.distance, c.feature)
+
+    def personal_job(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> SlotJob | None:
+        """The regularized personal step for the batched engine: its targets come from one no-grad
+        pass over every client's data, or (``target_features = "global_step"``) from the global
+        jobs' own passes, which then train first. Not batched: ``trace_reg`` (its whole-data passes
+        before and after the step)."""
+        c = self.settings
+        job = super().personal_job(ctx, global_state, round_)
+        if c.trace_reg:
+            return None
+        if c.regular_weight:
+            from_global = "global" if c.target_features == "global_step" else None
+            job.reg = SlotReg(c.feature, c.regular_weight, PER_GROUP[c.distance], target_from=from_global)
+        return job
+
+    def client_jobs(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> list[SlotJob] | None:
+        jobs = super().client_jobs(ctx, global_state, round_)
+        for job in jobs or []:
+            if job.phase == "global" and any(j.reg is not None and j.reg.target_from == "global" for j in jobs):
+                job.capture, job.memoize = self.settings.feature, False
+        return jobs
 
     def personal_step(self, ctx: ClientContext, global_state: AdapterState, round_: int,
                       objective: Objective | None = None) -> Phase:

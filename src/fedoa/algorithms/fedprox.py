@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import torch
 
-from fedoa.algorithms.base import ClientContext
+from fedoa.algorithms.base import ClientContext, global_job
 from fedoa.algorithms.fedit import FedIT
 from fedoa.config import Section, setting
 from fedoa.data.batching import Batch
 from fedoa.model.adapters import GLOBAL, AdapterModel, AdapterState
 from fedoa.registry import register
+from fedoa.training.joint import SlotJob
 from fedoa.training.loop import Objective
 from fedoa.training.losses import task_objective
 
@@ -75,3 +76,8 @@ class FedProx(FedIT):
         if mu == 0:
             return task_objective
         return with_proximal(task_objective, GLOBAL, device_copy(global_state, ctx.am, GLOBAL), mu)
+
+    def client_jobs(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> list[SlotJob]:
+        mu = self.settings.mu
+        return [global_job(ctx, global_state, round_, prox=mu, anchor=global_state) if mu else
+                global_job(ctx, global_state, round_)]

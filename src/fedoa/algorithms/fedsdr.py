@@ -3,7 +3,10 @@
 FedSDR is one of the baselines of the FedOA paper (Yang et al., arXiv 2505.01075, 2025); its
 regularizer is taken from the project's method spec (the FedOA paper's description of its baselines):
 ``mean_i |h_P,i . |h_G,i - mean_j h_G,j||``. We have no primary FedSDR publication in our
-material; this module implements that formula and nothing more.
+material. The FedOA reference code has it (Lydia-yang/FedOA ``code/peft/peft_model.py``,
+``regular_term == 'fedsdr'``, read 2026-12-07): the same formula on the last position's final hidden
+state, added to the personal ("local") adapter's loss with ``regular_weight`` (0.5) in FedOA's
+two-adapter schedule, which is what this module does; it was not run side by side with fedoa's.
 
 The formula, as implemented (:func:`fedsdr_regularizer`), for a micro-batch of n examples with
 personal features ``h_P,i`` and global features ``h_G,i`` (vectors of the hidden size d):
@@ -42,6 +45,7 @@ from fedoa.config import Section, setting
 from fedoa.data.batching import Batch
 from fedoa.model.adapters import GLOBAL, AdapterModel, AdapterState
 from fedoa.registry import register
+from fedoa.training.joint import SlotJob, SlotReg, segment_sum
 from fedoa.training.loop import Objective
 from fedoa.training.losses import (
     example_features,
@@ -63,6 +67,14 @@ def fedsdr_regularizer(h_p: torch.Tensor, h_g: torch.Tensor) -> torch.Tensor:
     h_p, h_g = h_p.float(), h_g.float().detach()
     weight = (h_g - h_g.mean(dim=0, keepdim=True)).abs()
     return (h_p * weight).sum(dim=-1).abs().mean()
+
+
+def fedsdr_per_group(h_p, h_g, group, counts, groups: int) -> torch.Tensor:
+    """:func:`fedsdr_regularizer` of each group of rows (the batch mean ``c`` per group)."""
+    h_g = h_g.detach()
+    center = segment_sum(h_g, group, groups) / counts.unsqueeze(1)
+    weight = (h_g - center[group]).abs()
+    return segment_sum((h_p * weight).sum(-1).abs(), group, groups) / counts
 
 
 def sdr_regularized(target: torch.Tensor, weight: float, kind: str) -> Objective:
@@ -87,3 +99,10 @@ class FedSDR(PersonalThenGlobal):
             return task_objective
         target = example_features(ctx.am, GLOBAL, ctx.train, c.feature, self.cfg.train.micro_batch_size, ctx.pad_id)
         return sdr_regularized(target, c.regular_weight, c.feature)
+
+    def personal_job(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> SlotJob:
+        job = super().personal_job(ctx, global_state, round_)
+        c = self.settings
+        if c.regular_weight:
+            job.reg = SlotReg(c.feature, c.regular_weight, fedsdr_per_group)
+        return job

@@ -21,6 +21,7 @@ from __future__ import annotations
 from fedoa.algorithms.base import Algorithm, ClientContext, ClientUpdate, Phase
 from fedoa.model.adapters import PERSONAL, AdapterState
 from fedoa.registry import register
+from fedoa.training.joint import SlotJob
 from fedoa.training.loop import train_slot
 from fedoa.training.losses import task_objective
 
@@ -40,6 +41,14 @@ class Local(Algorithm):
         )
         ctx.state[PERSONAL] = am.get(PERSONAL)
         return ClientUpdate(ctx.name, None, len(ctx.train), [Phase.of("personal", result)])
+
+    def client_jobs(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> list[SlotJob]:
+        return [SlotJob("personal", ctx.state[PERSONAL], ctx.train, ctx.seed_text(round_, "personal"))]
+
+    def finish_jobs(self, ctx: ClientContext, global_state: AdapterState, round_: int,
+                    done: dict[str, tuple[AdapterState, Phase]]) -> ClientUpdate:
+        ctx.state[PERSONAL], phase = done["personal"]
+        return ClientUpdate(ctx.name, None, len(ctx.train), [phase])
 
     def setup_eval(self, ctx: ClientContext, kind: str, global_state: AdapterState) -> None:
         if kind != "personal":

@@ -62,6 +62,7 @@ from fedoa.model.adapters import GLOBAL, PERSONAL, AdapterModel, AdapterState
 from fedoa.model.mixing import mixer_off
 from fedoa.registry import register
 from fedoa.seeding import seed_text
+from fedoa.training.joint import SlotJob
 from fedoa.training.loop import Objective, train_slot
 from fedoa.training.losses import task_objective
 
@@ -152,6 +153,11 @@ class PerAda(PersonalThenGlobal):
             return task_objective
         # with_proximal adds weight/2 * ||.||^2; PerAda's term is lam * ||.||^2
         return with_proximal(task_objective, PERSONAL, device_copy(global_state, ctx.am, PERSONAL), 2 * lam)
+
+    def personal_job(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> SlotJob:
+        job = super().personal_job(ctx, global_state, round_)
+        job.prox, job.anchor = 2 * self.settings.lam, global_state  # lam * ||.||^2, as personal_objective
+        return job
 
     # ------------------------------------------------------------------ server
 

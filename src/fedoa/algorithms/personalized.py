@@ -12,10 +12,13 @@ from fedoa.algorithms.base import (
     ClientContext,
     ClientUpdate,
     Phase,
+    global_job,
+    restates,
     train_on_task,
 )
 from fedoa.model.adapters import GLOBAL, PERSONAL, AdapterState
 from fedoa.model.mixing import activate_both, arm_instance_mix, mixer_of
+from fedoa.training.joint import SlotJob
 from fedoa.training.loop import Objective, planned_steps, train_slot
 from fedoa.training.losses import task_objective
 
@@ -68,6 +71,35 @@ class PersonalThenGlobal(Algorithm):
         if self.personal_round(round_):
             phases.append(self.personal_step(ctx, global_state, round_))
         state, phase = train_on_task(ctx, GLOBAL, global_state, round_, "global")
+        return ClientUpdate(ctx.name, state, len(ctx.train), phases + [phase])
+
+    def personal_job(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> SlotJob | None:
+        """The personal step as a slot job (None: it cannot be batched); a method adds its term."""
+        if not restates(self, PersonalThenGlobal, "personal_job", "personal_objective", "personal_step"):
+            return None
+        return SlotJob("personal", self.starting_personal(ctx.state, global_state), ctx.train,
+                       ctx.seed_text(round_, "personal"))
+
+    def client_jobs(self, ctx: ClientContext, global_state: AdapterState, round_: int) -> list[SlotJob] | None:
+        """Both steps in the same joint loop: the global step starts from the received G, not from the
+        personal step's result, so the two are independent and train side by side."""
+        if not restates(self, PersonalThenGlobal, "client_jobs", "client_update"):
+            return None
+        jobs = [global_job(ctx, global_state, round_)]
+        if self.personal_round(round_):
+            personal = self.personal_job(ctx, global_state, round_)
+            if personal is None:
+                return None
+            jobs.insert(0, personal)
+        return jobs
+
+    def finish_jobs(self, ctx: ClientContext, global_state: AdapterState, round_: int,
+                    done: dict[str, tuple[AdapterState, Phase]]) -> ClientUpdate:
+        phases = []
+        if "personal" in done:
+            ctx.state[PERSONAL], personal = done["personal"]
+            phases.append(personal)
+        state, phase = done["global"]
         return ClientUpdate(ctx.name, state, len(ctx.train), phases + [phase])
 
     def local_steps(self, num_examples: int, round_: int) -> int:

@@ -70,6 +70,13 @@ def cmd_supernode(args) -> int:
     if args.eval_path is not None:
         values["eval-path"] = args.eval_path if args.eval_path in ("", "embedded:vader") else str(
             Path(args.eval_path).expanduser().resolve())
+    if args.lora_rank is not None:
+        values["lora-rank"] = args.lora_rank
+    if args.model_path:
+        path = Path(args.model_path).expanduser().resolve()
+        if not path.is_dir():
+            raise DeployCliError("model folder not found", where=str(path))
+        values["model-path"] = str(path)
     node_spec(values)  # the node's own checks, before Flower starts
     cmd = supernode_command(args.superlink, args.port, values, args.insecure, args.root_certificates, args.auth_private_key)
     home = _flwr_home(args)
@@ -100,7 +107,8 @@ def _run_settings(args):
     node_auth = args.node_auth or not is_loopback(split_address(args.superlink)[0])
     deploy = DeploySettings(
         out_dir=args.out, num_nodes=args.nodes, eval_path=eval_path, round_timeout=args.round_timeout,
-        eval_timeout=args.eval_timeout, join_timeout=args.join_timeout, fresh=args.fresh, node_auth=node_auth,
+        eval_timeout=args.eval_timeout, join_timeout=args.join_timeout, fresh=args.fresh, replace=args.replace,
+        node_auth=node_auth,
         record_outcomes=args.record_outcomes,
     )
     return cfg, deploy
@@ -220,6 +228,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-timeout", type=float, default=0.0, help="the same for the final evaluation")
     p.add_argument("--join-timeout", type=float, default=600.0, help="seconds to wait for --nodes clients")
     p.add_argument("--fresh", action="store_true", help="ignore an unfinished run's checkpoint in OUT")
+    p.add_argument("--replace", action="store_true", help="replace the finished results of a run made with another "
+                   "config in OUT (without it such a folder is refused, --fresh or not)")
     p.add_argument("--node-auth", action="store_true", help="the SuperLink authenticates SuperNodes "
                    "(--enable-supernode-auth): bind each client name to its first node's key for the whole run "
                    "(on by default when the SuperLink is not on loopback)")
@@ -263,6 +273,10 @@ def add_parser(sub) -> None:
     g.add_argument("--vader-domain", help="one embedded VADER domain (movie, tweets, amazon, nyt) instead")
     p.add_argument("--state-dir", help="where this client's personal adapters live (default: <fedoa cache>/node-state)")
     p.add_argument("--eval-path", default=None, help="shared test sets on this machine (overrides the run's)")
+    p.add_argument("--lora-rank", type=int, default=None, help="this client's LoRA rank (1..the run's lora.r; "
+                   "default: the run's lora.client_ranks, else lora.r): it receives the global adapter cut to it")
+    p.add_argument("--model-path", help="the folder base models may be loaded from: a run's model.name must be a hub "
+                   "id, the embedded model, or a file or folder inside it (default: <fedoa cache>)")
     p.add_argument("--insecure", action="store_true", help="no TLS (only for a SuperLink on 127.0.0.1)")
     p.add_argument("--root-certificates", help="CA certificate (PEM) that signed the SuperLink's certificate")
     p.add_argument("--auth-private-key", help="this node's private key (with --enable-supernode-auth on the SuperLink)")

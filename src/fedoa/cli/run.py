@@ -17,7 +17,8 @@ def run(args: argparse.Namespace) -> int:
     from fedoa.reports.markdown import print_summary
     from fedoa.runtime.inprocess import run_simulation
 
-    results = run_simulation(load(args), Path(args.out), progress=not args.quiet, fresh=args.fresh)
+    results = run_simulation(load(args), Path(args.out), progress=not args.quiet, fresh=args.fresh,
+                             replace=args.replace)
     print_summary(results)
     print(f"wall time {results.timing['wall_seconds']:.0f} s; results in {args.out}/results.json, "
           f"report in {args.out}/report.md")
@@ -30,5 +31,8 @@ def add_parser(sub) -> None:
     add_config_args(p)
     p.add_argument("--out", required=True, help="output folder (results.json, report.md, adapters/ ...)")
     p.add_argument("--fresh", action="store_true", help="ignore an unfinished run's checkpoint in OUT")
+    p.add_argument("--replace", action="store_true", help="replace the finished results of a run made with another "
+                   "config in OUT (without it such a folder is refused, --fresh or not; the same config again "
+                   "simply reruns)")
     add_quiet_arg(p)
     p.set_defaults(func=run)

@@ -48,6 +48,41 @@ def table_rows(summary: dict[str, Any], group: str) -> list[list[str]]:
     return rows
 
 
+UNINFORMATIVE_MARK = "†"
+
+
+def marked(summary: dict[str, Any], group: str) -> list[str]:
+    """The group's column heads: each category, marked when it is uninformative, then the average."""
+    skip = (summary.get("uninformative") or {}).get(group, [])
+    return [f"{c} {UNINFORMATIVE_MARK}" if c in skip else c for c in summary["categories"]] + [AVERAGE]
+
+
+def uninformative_note(summary: dict[str, Any], group: str) -> list[str]:
+    skip = (summary.get("uninformative") or {}).get(group, [])
+    if not skip:
+        return []
+    return [f"{UNINFORMATIVE_MARK} uninformative: every compared model gives the same outcome on every record of "
+            f"{', '.join(skip)} (all rows, seeds, client models and rotations that scored it), so it cannot tell "
+            "any two models apart; shown, but kept out of the average.", ""]
+
+
+def variance_note(summary: dict[str, Any]) -> str:
+    """Which variance the intervals and the spread over seeds cover."""
+    data = (summary.get("config") or {}).get("data", {})
+    seeds = len(summary.get("seeds") or [])
+    if seeds < 2:
+        return ("One seed: the intervals cover only which test records were drawn, not the spread between "
+                "training runs.")
+    if data.get("train_subset_seed") == "run" and data.get("train_per_client"):
+        return (f"What varies between the {seeds} seeds: the training order, the adapters' initialization and "
+                "each client's training subset (`data.train_subset_seed = \"run\"`); the test sets are the same "
+                "in every seed.")
+    why = ("every client trains on all its records" if not data.get("train_per_client") else
+           "every seed trains on the same subset, drawn with `data.split_seed` (`data.train_subset_seed = \"split\"`)")
+    return (f"What varies between the {seeds} seeds: the training order and the adapters' initialization only; "
+            f"{why}, so neither the intervals nor the standard deviations include training-sample variance.")
+
+
 def render_compare(summary: dict[str, Any]) -> str:
     cfg = summary.get("config") or {}
     protocol, metric = summary["protocol"], summary["metric"]
@@ -65,8 +100,8 @@ def render_compare(summary: dict[str, Any]) -> str:
         f"- metric: **{metric.get('headline', '?')}** ({metric.get('description', '')}); accuracy in %, "
         f"mean ± sample standard deviation over {len(seeds)} seed(s) ({', '.join(map(str, seeds))})",
         "- per category: mean over the (client model, test set) pairs whose test set belongs to the category; "
-        "average: mean over the categories, '—' while a row lacks one of them (a pending run). '—': the method has "
-        "no such model (or no run finished).",
+        "average: mean over the informative categories (one marked † is left out), '—' while a row lacks one of them "
+        "(a pending run). '—': the method has no such model (or no run finished).",
     ]
     if all(k in cfg for k in ("model", "lora", "data", "fed", "train")):
         lines.append(
@@ -77,20 +112,23 @@ def render_compare(summary: dict[str, Any]) -> str:
             f"{cfg['train']['epochs']} epoch(s), max_steps {cfg['train']['max_steps']}, batch {cfg['train']['batch_size']}, "
             f"lr {cfg['train']['lr']}"
         )
+    lines.append(f"- {variance_note(summary)}")
     lines.append("")
-    head = ["method", "model"] + summary["categories"] + [AVERAGE]
     for group in summary["groups"]:
+        head = ["method", "model"] + marked(summary, group)
         lines += [f"## {summary['group_labels'][group]}", "", md_table(head, table_rows(summary, group)), ""]
+        lines += uninformative_note(summary, group)
     lines += rouge_lines(summary)  # eval.rouge: the reference's metric beside the accuracy
     lines += paired_lines(summary)
     runs = summary.get("runs") or []
     if runs:
         lines += ["## Runs", ""]
         rows = [
-            [r["path"], r.get("status", ""), "" if r.get("wall_seconds") is None else f"{r['wall_seconds']:.0f}"]
+            [r["path"], r.get("status", ""), "" if r.get("wall_seconds") is None else f"{r['wall_seconds']:.0f}",
+             upload_cell(r)]
             for r in runs
         ]
-        lines += [md_table(["run", "status", "wall s"], rows), ""]
+        lines += [md_table(["run", "status", "wall s", "upload per client-round"], rows), ""]
         failed = [r for r in runs if r.get("status") == "failed"]
         if failed:
             lines += ["Failed or missing runs are left out of the table: "
@@ -163,10 +201,10 @@ def _signed(x: float) -> str:
 
 
 def diff_cell(d: dict[str, Any] | None) -> str:
-    """``+2.1 [-0.4, +4.6]`` with a marker when the interval excludes 0."""
+    """``+2.1 [-0.4, +4.6]`` with a marker when the interval excludes 0 (or that the category is uninformative)."""
     if not d:
         return "—"
-    mark = " **✓**" if d["distinguishable"] else ""
+    mark = f" {UNINFORMATIVE_MARK}" if d.get("uninformative") else " **✓**" if d["distinguishable"] else ""
     return f"{_signed(d['difference'])} [{_signed(d['low'])}, {_signed(d['high'])}]{mark}"
 
 
@@ -184,10 +222,12 @@ def paired_lines(summary: dict[str, Any]) -> list[str]:
     lines = [
         "## Paired differences (accuracy points, 95% interval)",
         "",
-        "Each cell: A's accuracy minus B's on the same test records (per category; average: each category "
-        "weighs the same, only where both rows have every category), with a 95% paired bootstrap interval "
-        "over test records that keeps each record's outcomes under every seed together (scipy.stats.bootstrap); **✓**: the interval excludes 0, so the "
-        "difference is distinguishable from zero; otherwise it is within noise.",
+        "Each cell: A's accuracy minus B's on the same test records (per category; average: each informative "
+        "category weighs the same, only where both rows have every one), with a 95% bootstrap interval that "
+        "resamples whole test records within each category, each record carrying every outcome that scored it "
+        "(every client model, held-out rotation and seed: scipy.stats.bootstrap, percentile); **✓**: the "
+        "interval excludes 0, so the difference is distinguishable from zero; otherwise it is within noise. "
+        + variance_note(summary),
         "",
     ]
     by_focus: dict[tuple[tuple[str, str], str], list[dict]] = {}
@@ -196,7 +236,8 @@ def paired_lines(summary: dict[str, Any]) -> list[str]:
     for (a, group), items in by_focus.items():
         lines += [f"### A = {row_label(list(a))}; {summary['group_labels'].get(group, group)}", ""]
         rows = [[row_label(p["b"])] + [diff_cell(p["cells"].get(c)) for c in cols] for p in items]
-        lines += [md_table(["B"] + cols, rows), ""]
+        lines += [md_table(["B"] + marked(summary, group), rows), ""]
+        lines += uninformative_note(summary, group)
         avg = [p for p in items if AVERAGE in p["cells"]]
         ahead = [row_label(p["b"]) for p in avg if p["cells"][AVERAGE]["low"] > 0]
         behind = [row_label(p["b"]) for p in avg if p["cells"][AVERAGE]["high"] < 0]
@@ -327,24 +368,26 @@ def render_compare_html(summary: dict[str, Any]) -> str:
             ("protocol", f"{summary['protocol'].get('name', '?')}: {summary['protocol'].get('description', '')}"),
             ("metric", str(summary["metric"].get("headline", "?"))),
             ("model", str(cfg.get("model", {}).get("name", "?"))),
-            ("wall time", f"{summary.get('wall_seconds') or 0:.1f} s")]
+            ("wall time", f"{summary.get('wall_seconds') or 0:.1f} s"), ("intervals", variance_note(summary))]
     if summary.get("complete") is False:
         head.append(("status", "incomplete: some runs are still pending"))
     body = [f"<h1>fedoa compare: {escape(', '.join(summary['methods']))}</h1>", header_list(head),
             "<h2>What the comparison shows</h2>", bullet_list(compare_findings(summary), "findings")]
-    cols = ["method", "model"] + summary["categories"] + [AVERAGE]
     for group in summary["groups"]:
+        cols = ["method", "model"] + marked(summary, group)
         body += [f"<h2>{escape(summary['group_labels'].get(group, group))} (accuracy %, mean ± std)</h2>",
-                 html_table(cols, table_rows(summary, group)), bars_by_category(summary, group)]
+                 html_table(cols, table_rows(summary, group))]
+        body += [f"<p>{escape(line)}</p>" for line in uninformative_note(summary, group) if line]
+        body.append(bars_by_category(summary, group))
     forests = [(g, forest_plot(summary, g)) for g in summary["groups"]]
     if any(f for _, f in forests):
         body.append("<h2>Paired differences (average column, 95% interval)</h2>")
         body += [f for _, f in forests if f]
     runs = summary.get("runs") or []
     if runs:
-        rows = [[r["path"], r.get("status", ""), "" if r.get("wall_seconds") is None else f"{r['wall_seconds']:.1f}"]
-                for r in runs]
-        body += ["<h2>Runs</h2>", html_table(["run", "status", "wall s"], rows)]
+        rows = [[r["path"], r.get("status", ""), "" if r.get("wall_seconds") is None else f"{r['wall_seconds']:.1f}",
+                 upload_cell(r)] for r in runs]
+        body += ["<h2>Runs</h2>", html_table(["run", "status", "wall s", "upload per client-round"], rows)]
     return page("fedoa compare", body)
 
 
@@ -364,3 +407,9 @@ def rouge_lines(summary: dict[str, Any]) -> list[str]:
     for group in rouge["groups"]:
         lines += [f"### {rouge['group_labels'][group]}", "", md_table(head, table_rows(rouge, group)), ""]
     return lines
+
+
+def upload_cell(run: dict) -> str:
+    """The bytes one client sent per round in a run ("" when unknown or nothing was sent)."""
+    n = run.get("bytes_up_per_client_round")
+    return f"{n:,.0f} B" if n else ""

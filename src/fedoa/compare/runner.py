@@ -2,7 +2,10 @@
 
 Every run uses the same config (protocol, data, model, train/fed/eval budget) except ``method``,
 ``seed`` and, for ``leave-category-out`` without a fixed ``protocol.holdout``, the held-out
-category, which rotates over all categories. A method may be a *variant* with its own settings
+category, which rotates over all categories. Unless the config names ``data.train_subset_seed``,
+a comparison sets it to ``"run"`` (:func:`seeds_vary_training_data`): each seed trains on its own draw of
+every client's training subset while the test sets stay fixed, so the spread over seeds includes
+the training sample. A method may be a *variant* with its own settings
 and name: ``shipped=fedoa[fedoa.feature=answer;fed.personal_init=global]``. Runs go to
 ``DIR/runs/<label>/seed<k>[/holdout-<c>]`` with their own ``results.json``; a run whose
 ``results.json`` exists with the same config is not redone (also after keys were added to the
@@ -164,6 +167,13 @@ def plan_runs(cfg: RunConfig, methods: list[str], seeds: list[int], holdouts: li
     return specs
 
 
+def model_key(cfg: RunConfig) -> tuple:
+    """What the shared resident model depends on: the base model, the LoRA slots' shape and the
+    template (``lora.client_ranks`` is not: unequal ranks live inside the same rank-``lora.r`` slots)."""
+    lora = {k: v for k, v in _config_json(cfg)["lora"].items() if k != "client_ranks"}
+    return _config_json(cfg)["model"], lora, cfg.data.template
+
+
 def _config_json(cfg: RunConfig) -> Any:
     return json.loads(json.dumps(cfg.to_dict()))
 
@@ -193,7 +203,7 @@ class SharedModel:
         self.am, self.encoder = build_model(cfg)
         self.score_cache: dict = {}
         self.memo = DiskMemo(memo_dir)
-        self.model_key = (_config_json(cfg)["model"], _config_json(cfg)["lora"], cfg.data.template)
+        self.model_key = model_key(cfg)
 
     def reset(self) -> None:
         """Fresh, zero-effect adapters in every slot, nothing trainable, eval mode."""
@@ -210,8 +220,7 @@ class SharedModel:
         from fedoa.data.records import ClientData
         from fedoa.runtime.session import open_session
 
-        key = (_config_json(cfg)["model"], _config_json(cfg)["lora"], cfg.data.template)
-        if key != self.model_key:
+        if model_key(cfg) != self.model_key:
             raise ValueError("runs of one comparison must share model, lora and template")
         self.reset()
         clients = [ClientData(c.name, list(c.train), list(c.test)) for c in clients]
@@ -221,6 +230,19 @@ class SharedModel:
         return session
 
 
+def seeds_vary_training_data(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with ``data.train_subset_seed = "run"`` unless the config (file or ``--set``) named the key:
+    a comparison's seeds then vary what a repeat of the study would vary, the training sample too.
+    Configs of committed comparisons name ``"split"`` so their finished runs stay valid."""
+    if "train_subset_seed" in cfg.data.model_fields_set:
+        return cfg
+    values = cfg.to_dict()
+    values["data"]["train_subset_seed"] = "run"
+    from fedoa.config import build
+
+    return build(values)
+
+
 def focus_labels(methods: list[str], focus: str) -> list[str]:
     """Row labels of the methods whose personal models the paired differences are about."""
     return [display_label(m) for m in methods if split_method(m)[0] == focus]
@@ -228,11 +250,14 @@ def focus_labels(methods: list[str], focus: str) -> list[str]:
 
 def run_compare(
     cfg: RunConfig, methods: list[str], seeds: list[int], out_dir: str | Path, progress: bool = True,
-    focus: str = "fedoa", report_only: bool = False,
+    focus: str = "fedoa", report_only: bool = False, budget: float = 0.0,
 ) -> dict[str, Any]:
     """Run (or reuse) every run, then write compare.md / compare.json / compare.png.
 
-    ``report_only``: run nothing, only tabulate the runs that have finished.
+    ``report_only``: run nothing, only tabulate the runs that have finished. ``budget`` (seconds,
+    0: none): start no run once the time left is shorter than the longest run seen so far (this
+    command's, or a reused run's recorded wall time); those runs are "not started" and a later
+    call with the same folder does them.
     """
     from tqdm.auto import tqdm
 
@@ -246,7 +271,15 @@ def run_compare(
     specs = plan_runs(cfg, methods, seeds, holdouts, out_dir)
     for spec in specs:
         make_algorithm(spec.cfg)  # a method that rejects the config fails before anything runs
-    data = {h: load_protocol(cfg, holdout=h or None) for h in holdouts}  # bad data fails here too
+    data = {(h, cfg.seed): load_protocol(cfg, holdout=h or None) for h in holdouts}  # bad data fails here too
+
+    def data_of(spec: RunSpec):
+        """The run's clients and plan: one draw per held-out category, and per seed where the seed draws
+        the training subsets (``data.train_subset_seed = "run"``)."""
+        seed = spec.seed if cfg.data.train_subset_seed == "run" else cfg.seed
+        if (spec.holdout, seed) not in data:
+            data[(spec.holdout, seed)] = load_protocol(spec.cfg, holdout=spec.holdout or None)
+        return data[(spec.holdout, seed)]
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / "config.toml", config_to_toml(cfg))
@@ -262,7 +295,8 @@ def run_compare(
         summary["rouge"] = rouge_summary(done, labels, seeds)  # eval.rouge: the reference's metric, or None
         summary["focus"] = focus_labels(methods, focus)
         if final:  # the bootstrap takes a while: once at the end (or with --report-only)
-            summary["paired"] = paired_table(done, summary["focus"], summary["group_categories"])
+            summary["paired"] = paired_table(done, summary["focus"], summary["group_categories"],
+                                             summary["uninformative"])
         summary["runs"] = []
         for spec, results in runs:
             entry = {"method": spec.method, "seed": spec.seed, "holdout": spec.holdout or None,
@@ -271,10 +305,15 @@ def run_compare(
             entry.update(status.get(spec.key, {}))
             if results is None and report_only:
                 entry["status"] = "not run"
+            elif results is None and entry["status"] == "not started":
+                pass
             elif results is None and (final or spec.key in status):
                 entry.setdefault("error", "no results.json")
                 entry["status"] = "failed"
             entry["wall_seconds"] = results.timing.get("wall_seconds") if results else None
+            # what one client sent per round, as it travelled (fed.upload, lora.client_ranks)
+            entry["bytes_up_per_client_round"] = results.communication.get("bytes_up_per_client_round") if results \
+                else None
             summary["runs"].append(entry)
         summary["config"] = _config_json(cfg)  # the shared config (method and seed vary per run)
         summary["holdouts"] = [h for h in holdouts if h]
@@ -286,22 +325,31 @@ def run_compare(
     if report_only:
         return table(final=True)
 
+    longest = 0.0  # the longest run so far: what the next one is expected to take at most
     bar = tqdm(total=len(specs), desc="runs", unit="run", disable=not progress, dynamic_ncols=True, position=0)
     with bar:
         for spec in specs:
-            if finished(spec) is not None:
+            reused = finished(spec)
+            if reused is not None:
                 status[spec.key] = {"status": "reused"}
+                longest = max(longest, reused.timing.get("wall_seconds") or 0.0)
+                bar.update(1)
+                continue
+            left = budget - (time.perf_counter() - start)
+            if budget and (left <= 0 or left < longest):
+                status[spec.key] = {"status": "not started", "error": f"time budget: {max(left, 0):.0f} s left, "
+                                    f"the longest run took {longest:.0f} s"}
                 bar.update(1)
                 continue
             bar.set_postfix_str(spec.key)
             if shared is None:
                 shared = SharedModel(cfg, out_dir / ".memo")
-            clients, plan = data[spec.holdout]
+            clients, plan = data_of(spec)
             t0 = time.perf_counter()
             try:
                 session = shared.session(spec.cfg, clients, plan)
                 results = run_simulation(spec.cfg, spec.out, progress=progress, session=session,
-                                         restart_on_change=True)
+                                         restart_on_change=True, replace=True)  # the comparison's own folders
             except KeyboardInterrupt:
                 raise
             except Exception as e:  # one broken run must not lose the others' hours (bad input still stops all)
@@ -313,6 +361,7 @@ def run_compare(
                     tqdm.write(f"{spec.key}: FAILED ({type(e).__name__}: {e}); see {spec.out / 'error.txt'}")
             else:
                 status[spec.key] = {"status": "ran", "seconds": round(time.perf_counter() - t0, 1)}
+                longest = max(longest, results.timing.get("wall_seconds") or 0.0)
                 if progress:
                     tqdm.write(f"{spec.key}: {_one_line(results)} ({status[spec.key]['seconds']:.0f} s)")
             bar.update(1)

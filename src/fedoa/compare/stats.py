@@ -10,14 +10,21 @@ Paired differences: two models compared on the *same* test records give paired o
 (1 = correct, 0 = wrong). :func:`paired_difference` asks whether model A's accuracy differs
 from model B's:
 
-- the observations are (client model, test set, record) triples, each with one outcome per seed;
-  the difference of a triple is A's outcome minus B's under the same seed;
-- the 95% interval comes from :func:`scipy.stats.bootstrap` resampling *records* (with every
-  seed's outcome of a record kept together, ``paired=True``), so both sources of variation
-  enter: which test records were drawn, and the spread between seeds (each resample averages
-  the per-seed differences of the records it drew). What it cannot see is a seed effect shared
-  by all records; the per-seed differences are reported beside the interval for that reason;
-- a category average gives every category the same weight (as the paper's table does).
+- the unit that was sampled is a *test record*. One record can be scored many times: by every
+  client's model (a held-out or shared OOD set), in every held-out rotation, under every seed. Those
+  scores are not independent (an easy record is easy for all of them), so the bootstrap resamples
+  whole records, each carrying every (client model, rotation, seed) outcome pair that scored it,
+  never the (client, record) pairs one by one (which would count one record as six);
+- a record's difference is A's outcome minus B's, averaged over its observations and seeds; a
+  category's difference is the mean over its records; the average gives every category the same
+  weight (as the paper's table does), and records are resampled within their category (each
+  category's test sets have a fixed size by design);
+- the 95% interval is the percentile interval of :func:`scipy.stats.bootstrap` with one sample per
+  category (``paired=False``: each category resampled on its own). What it cannot see is a seed
+  effect shared by all records; the per-seed differences are reported beside it for that reason;
+- a category where every compared model gives the same outcome on every record
+  (:func:`uninformative_categories`, e.g. every model answers "positive" on every sentiment record)
+  cannot tell any two models apart: it is shown, marked, and kept out of every average.
 
 A difference is *distinguishable from zero* when its interval excludes 0.
 """
@@ -61,41 +68,64 @@ def seed_stats(values: Sequence[float]) -> dict[str, Any]:
     }
 
 
-def paired_difference(
-    a: np.ndarray, b: np.ndarray, weights: np.ndarray | None = None, seed: int = 0
-) -> dict[str, Any]:
-    """Mean of ``a - b`` with a paired bootstrap interval over records.
+def _record_means(diff: np.ndarray, labels: list) -> tuple[list, np.ndarray]:
+    """Distinct labels (in first-seen order) and the mean of ``diff`` over each label's entries."""
+    index: dict = {}
+    ids = np.array([index.setdefault(x, len(index)) for x in labels], dtype=int)
+    means = np.bincount(ids, weights=diff, minlength=len(index)) / np.bincount(ids, minlength=len(index))
+    return list(index), means
 
-    ``a`` and ``b`` have shape ``[seeds, records]`` (outcomes of the same records under the same
-    seeds). ``weights`` (one per record) make a weighted mean, e.g. equal weight per category.
+
+def _stratified_mean(per_record: np.ndarray, strata: list) -> float:
+    """Mean over strata of the mean over each stratum's records (``strata``: one per record)."""
+    _, means = _record_means(per_record, strata)
+    return float(np.mean(means))
+
+
+def paired_difference(
+    a: np.ndarray, b: np.ndarray, records: Sequence | None = None, strata: Sequence | None = None, seed: int = 0,
+    resamples: int = RESAMPLES,
+) -> dict[str, Any]:
+    """Mean of ``a - b`` with a bootstrap interval that resamples whole test records.
+
+    ``a`` and ``b`` have shape ``[seeds, observations]``: outcomes of the same observations under the
+    same seeds. ``records`` names the test record each observation scored (several observations of one
+    record, e.g. one per client model, move together; default: each observation its own record);
+    ``strata`` its category (each category weighs the same and is resampled on its own; default: one).
     """
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape or a.ndim != 2 or a.shape[1] == 0:
-        raise ValueError(f"paired outcomes must share a [seeds, records] shape, got {a.shape} and {b.shape}")
-    diff = a - b  # [seeds, records]
-    w = np.ones(diff.shape[1]) if weights is None else np.asarray(weights, dtype=float)
-
-    def statistic(*args, axis=-1):
-        # args: one array per seed, then the weights; the bootstrap resamples the record axis of all alike
-        *per_seed, ww = args
-        d = np.mean(np.stack(per_seed), axis=0)
-        return np.sum(d * ww, axis=axis) / np.sum(ww, axis=axis)
-
-    point = float(statistic(*diff, w))
-    per_seed = [float(np.sum(d * w) / np.sum(w)) for d in diff]
+        raise ValueError(f"paired outcomes must share a [seeds, observations] shape, got {a.shape} and {b.shape}")
+    n = a.shape[1]
+    records = list(range(n)) if records is None else list(records)
+    strata = [""] * n if strata is None else list(strata)
+    if len(records) != n or len(strata) != n:
+        raise ValueError(f"need one record and one stratum per observation ({n})")
+    diff = a - b  # [seeds, observations]
+    labels = list(zip(strata, records))  # a record belongs to one category
+    keys, per_record = _record_means(diff.mean(axis=0), labels)
+    record_strata = [st for st, _ in keys]
+    point = _stratified_mean(per_record, record_strata)
+    per_seed = [_stratified_mean(_record_means(d, labels)[1], record_strata) for d in diff]
     out: dict[str, Any] = {
-        "difference": point, "per_seed": per_seed, "records": int(diff.shape[1]), "seeds": int(diff.shape[0]),
-        "confidence": CONFIDENCE,
+        "difference": point, "per_seed": per_seed, "records": len(keys), "observations": n,
+        "seeds": int(diff.shape[0]), "confidence": CONFIDENCE,
     }
-    if np.all(diff == diff.flat[0]):  # no variation at all: the interval is the point
-        low = high = point
-    else:
+    samples = [per_record[[i for i, st in enumerate(record_strata) if st == name]]
+               for name in dict.fromkeys(record_strata)]  # one sample per category
+    low = high = point
+    varying = [x for x in samples if np.ptp(x) > 0]
+    if varying:  # a stratum without variation (or with one record) adds a constant: leave it out of the draw
         from scipy.stats import bootstrap
 
-        res = bootstrap(
-            (*diff, w), statistic, paired=True, vectorized=True, n_resamples=RESAMPLES,
-            confidence_level=CONFIDENCE, method="percentile", rng=np.random.default_rng(seed),
-        )
+        fixed = sum(float(np.mean(x)) for x in samples if np.ptp(x) == 0)
+        k = len(samples)
+
+        def statistic(*xs: np.ndarray, axis: int = -1) -> np.ndarray:
+            return (np.sum([np.mean(x, axis=axis) for x in xs], axis=0) + fixed) / k
+
+        res = bootstrap(tuple(varying), statistic, paired=False, vectorized=True, n_resamples=resamples,
+                        confidence_level=CONFIDENCE, method="percentile", rng=np.random.default_rng(seed))
         low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     out["low"], out["high"] = low, high
     out["distinguishable"] = bool(low > 0 or high < 0)
@@ -153,16 +183,17 @@ def run_categories(results: Results) -> dict[str, dict[str, dict[str, float]]]:
 
 
 def aggregate(
-    runs: list[tuple[str, int, str, Results]], methods: list[str], seeds: list[int]
+    runs: list[tuple[str, int, str, Results]], methods: list[str], seeds: list[int], find_uninformative: bool = True
 ) -> dict[str, Any]:
     """The comparison table from finished runs ``(method, seed, holdout, results)``.
 
     Per method, kind, group and seed: per category, the mean over the seed's runs (rotations)
-    that have that category; the seed's average is the mean of its categories, taken only when
-    the seed covers every category the group has (an average over fewer categories, e.g. while
-    held-out rotations are pending, would not compare with the other rows). Then mean and
-    sample standard deviation over seeds. The zero-shot model is the same in every run; its row
-    pools all runs.
+    that have that category; the seed's average is the mean of its informative categories, taken
+    only when the seed covers every informative category the group has (an average over fewer
+    categories, e.g. while held-out rotations are pending, would not compare with the other rows).
+    Then mean and sample standard deviation over seeds. The zero-shot model is the same in every
+    run; its row pools all runs. ``find_uninformative``: keep the categories where every model gives
+    the same outcome on every record (:func:`uninformative_categories`) out of the average.
     """
     per_seed: dict[tuple[str, str], dict[int, list[dict]]] = {}
     first = None
@@ -187,7 +218,10 @@ def aggregate(
         for g in group_names
     }
 
+    uninformative = uninformative_categories(collect_outcomes(runs), group_categories) if find_uninformative else {}
+
     def cell_stats(by_seed: dict[int, list[dict]], group: str) -> dict[str, dict[str, Any]]:
+        counted = [c for c in group_categories[group] if c not in uninformative.get(group, [])]
         seed_values: dict[str, list[float]] = {c: [] for c in categories + [AVERAGE]}
         for seed in sorted(by_seed):
             rots = by_seed[seed]
@@ -197,8 +231,8 @@ def aggregate(
                 if v is not None:
                     cat_vals[c] = v
                     seed_values[c].append(v)
-            if cat_vals and len(cat_vals) == len(group_categories[group]):
-                seed_values[AVERAGE].append(pystats.fmean(cat_vals.values()))
+            if counted and all(c in cat_vals for c in counted):
+                seed_values[AVERAGE].append(pystats.fmean(cat_vals[c] for c in counted))
         return {c: seed_stats(v) for c, v in seed_values.items()}
 
     table: dict[str, dict[str, dict[str, Any]]] = {}
@@ -226,6 +260,7 @@ def aggregate(
         "categories": categories,
         "groups": group_names,
         "group_categories": group_categories,
+        "uninformative": uninformative,
         "group_labels": {g: group_label(g, protocol.get("name", "")) for g in group_names},
         "table": table,
         "config": first.config if first else None,
@@ -278,8 +313,17 @@ def collect_outcomes(runs: list[tuple[str, int, str, Results]]) -> dict[Row, dic
     return rows
 
 
-def _aligned(a: dict[int, dict], b: dict[int, dict], group: str, cat: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """``[seeds, records]`` outcomes of two rows on the observations both have under every common seed."""
+def record_of(obs: tuple) -> tuple:
+    """The test record an observation scored: (test set, record index), whoever scored it in whichever
+    rotation (observations are ``(held-out category, client, test set, index)``)."""
+    return tuple(obs[-2:])
+
+
+def _aligned(
+    a: dict[int, dict], b: dict[int, dict], group: str, cat: str
+) -> tuple[np.ndarray, np.ndarray, list] | None:
+    """``[seeds, observations]`` outcomes of two rows on the observations both have under every common
+    seed, and those observations."""
     seeds = sorted(s for s in a if s in b)
     if not seeds:
         return None
@@ -294,39 +338,76 @@ def _aligned(a: dict[int, dict], b: dict[int, dict], group: str, cat: str) -> tu
     return (
         np.array([[a[s][group][cat][k] for k in keys] for s in seeds], dtype=float),
         np.array([[b[s][group][cat][k] for k in keys] for s in seeds], dtype=float),
+        keys,
     )
 
 
-def compare_rows(a: dict[int, dict], b: dict[int, dict], group: str, categories: list[str]) -> dict[str, Any]:
-    """Paired difference a - b per category and on the category average (each category weighs the same;
-    only when both rows have every one of ``categories``, as in :func:`aggregate`)."""
+def compare_rows(
+    a: dict[int, dict], b: dict[int, dict], group: str, categories: list[str], uninformative: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Paired difference a - b per category and on the category average: each informative category
+    weighs the same, and the average is taken only when both rows have every one of them (as in
+    :func:`aggregate`). A category in ``uninformative`` keeps its cell, marked, out of the average."""
     out: dict[str, Any] = {}
     parts = []
     for cat in categories:
         pair = _aligned(a, b, group, cat)
         if pair is None:
             continue
-        out[cat] = paired_difference(*pair)
-        parts.append(pair)
-    if parts and len(parts) == len(categories):
-        xa = np.concatenate([p[0] for p in parts], axis=1)
-        xb = np.concatenate([p[1] for p in parts], axis=1)
-        w = np.concatenate([np.full(p[0].shape[1], 1.0 / p[0].shape[1]) for p in parts])
-        if all(p[0].shape[0] == xa.shape[0] for p in parts):
-            out[AVERAGE] = paired_difference(xa, xb, w)
+        xa, xb, keys = pair
+        out[cat] = paired_difference(xa, xb, [record_of(k) for k in keys])
+        if cat in uninformative:
+            out[cat]["uninformative"] = True
+        else:
+            parts.append((cat, *pair))
+    counted = [c for c in categories if c not in uninformative]
+    if parts and len(parts) == len(counted) and len({p[1].shape[0] for p in parts}) == 1:
+        out[AVERAGE] = paired_difference(
+            np.concatenate([p[1] for p in parts], axis=1), np.concatenate([p[2] for p in parts], axis=1),
+            [record_of(k) for p in parts for k in p[3]], [p[0] for p in parts for _ in p[3]],
+        )
+    return out
+
+
+def uninformative_categories(rows: dict[Row, dict[int, dict]], group_categories: dict[str, list[str]]) -> dict[str, list[str]]:
+    """group -> its categories where every compared model (every row, seed, client model and rotation that
+    scored a record) gives the same outcome on every record: such a category cannot tell any two models
+    apart, so it is shown but kept out of the averages. Needs at least two rows that scored it."""
+    out: dict[str, list[str]] = {}
+    for group, categories in group_categories.items():
+        for cat in categories:
+            seen: dict[tuple, int] = {}
+            scored_by, agree = 0, True
+            for by_seed in rows.values():
+                outcomes = [by_seed[s].get(group, {}).get(cat, {}) for s in by_seed]
+                scored_by += any(outcomes)
+                for obs in outcomes:
+                    for key, hit in obs.items():
+                        if seen.setdefault(record_of(key), hit) != hit:
+                            agree = False
+                            break
+                    if not agree:
+                        break
+                if not agree:
+                    break
+            if agree and scored_by >= 2:
+                out.setdefault(group, []).append(cat)
     return out
 
 
 def paired_table(
-    runs: list[tuple[str, int, str, Results]], focus: list[str], group_categories: dict[str, list[str]]
+    runs: list[tuple[str, int, str, Results]], focus: list[str], group_categories: dict[str, list[str]],
+    uninformative: dict[str, list[str]] | None = None,
 ) -> list[dict[str, Any]]:
     """Every focus row (its personal and mixed models) against every other row, per group
-    (``group_categories``: each group's categories, as :func:`aggregate` found them).
+    (``group_categories``: each group's categories, as :func:`aggregate` found them; ``uninformative``:
+    the categories each group keeps out of its averages).
 
     A row whose outcomes repeat an earlier row's exactly (the global adapter that FedIT and every
     two-adapter method share) is compared once, under the first row's name.
     """
     rows = collect_outcomes(runs)
+    uninformative = uninformative or {}
     distinct: list[Row] = []
     for r in rows:
         if not any(rows[d] == rows[r] for d in distinct):
@@ -337,7 +418,7 @@ def paired_table(
             if other == f:
                 continue
             for group, categories in group_categories.items():
-                cells = compare_rows(rows[f], rows[other], group, categories)
+                cells = compare_rows(rows[f], rows[other], group, categories, uninformative.get(group, ()))
                 if cells:
                     out.append({"a": list(f), "b": list(other), "group": group, "cells": cells})
     return out
@@ -353,6 +434,6 @@ def rouge_summary(runs: list[tuple[str, int, str, Results]], methods: list[str],
     first = scored[0][3].rouge
     shown = first["shown"]
     swapped = [(m, s, h, r.model_copy(update={"matrices": r.rouge["matrices"][shown]})) for m, s, h, r in scored]
-    table = aggregate(swapped, methods, seeds)
+    table = aggregate(swapped, methods, seeds, find_uninformative=False)  # ROUGE can differ where accuracy cannot
     keep = ("methods", "seeds", "categories", "groups", "group_labels", "table")
     return {"type": shown, "decoding": first.get("decoding", {}), "runs": len(scored), **{k: table[k] for k in keep}}

@@ -40,11 +40,18 @@ def check_clients(clients: list[ClientData]) -> None:
             raise DataError(f"client {c.name!r} has no test records", where="data")
 
 
-def make_clients(tasks: TaskSplits, cfg: DataConfig, seed: int) -> list[ClientData]:
-    """Partition loaded tasks into clients, cap each client, then check none is empty."""
+def train_key(client: str, run_seed: int | None = None) -> str:
+    """The key of a client's training cap: drawn with ``split_seed`` alone, or also with the run's seed
+    (``data.train_subset_seed = "run"``: each seed its own training subset, the test sets unchanged)."""
+    return f"{client}:train" if run_seed is None else f"{client}:train:run{run_seed}"
+
+
+def make_clients(tasks: TaskSplits, cfg: DataConfig, seed: int, run_seed: int | None = None) -> list[ClientData]:
+    """Partition loaded tasks into clients, cap each client, then check none is empty. ``run_seed``: draw
+    the training caps per run seed too (:func:`train_key`)."""
     clients = partition_tasks(tasks, cfg, seed)
     for c in clients:
-        c.train = cap_records(c.train, cfg.train_per_client, seed, f"{c.name}:train")
+        c.train = cap_records(c.train, cfg.train_per_client, seed, train_key(c.name, run_seed))
         c.test = cap_records(c.test, cfg.test_per_client, seed, f"{c.name}:test")
     check_clients(clients)
     return clients

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedoa.data import TaskSplits, load_tasks, make_clients
+from fedoa.data import TaskSplits, load_tasks, make_clients, train_key
 from fedoa.data.partition import cap_records
 from fedoa.data.records import ClientData, Record
 from fedoa.errors import ConfigError, DataError
@@ -58,13 +58,18 @@ def holdout_categories(cfg: RunConfig) -> list[str]:
     return list(categories_of(task_categories(load_tasks(cfg.data, cfg.data.split_seed))))
 
 
+def run_seed_of(cfg: RunConfig) -> int | None:
+    """The run seed that draws each client's training subset, or None when ``split_seed`` alone does."""
+    return cfg.seed if cfg.data.train_subset_seed == "run" else None
+
+
 def build_scenario(cfg: RunConfig, holdout: str | None = None) -> Scenario:
     """The clients of ``cfg`` (``holdout`` overrides ``protocol.holdout``)."""
     seed = cfg.data.split_seed
     tasks = load_tasks(cfg.data, seed)
     task_category = task_categories(tasks) if cfg.protocol.name != "natural" else {}
     if cfg.protocol.name != "leave-category-out":
-        return Scenario(make_clients(tasks, cfg.data, seed), task_category)
+        return Scenario(make_clients(tasks, cfg.data, seed, run_seed_of(cfg)), task_category)
     holdout = cfg.protocol.holdout if holdout is None else holdout
     by_category = categories_of(task_category)
     if not holdout:
@@ -79,7 +84,7 @@ def build_scenario(cfg: RunConfig, holdout: str | None = None) -> Scenario:
     empty = [t for t, recs in heldout.items() if not recs]
     if empty:
         raise DataError(f"held-out task(s) {empty} have no test records", where="data")
-    return Scenario(make_clients(kept, cfg.data, seed), task_category, heldout, holdout)
+    return Scenario(make_clients(kept, cfg.data, seed, run_seed_of(cfg)), task_category, heldout, holdout)
 
 
 # ---------------------------------------------------------------------------- one node's data
@@ -88,7 +93,7 @@ def build_scenario(cfg: RunConfig, holdout: str | None = None) -> Scenario:
 def node_client(cfg: RunConfig, name: str, data_path: str = "", vader_domain: str = "") -> ClientData:
     """One Flower node's client: every task of its data merged, then capped like any client.
 
-    The run's ``[data]`` settings that shape a client still apply (caps, ``split_seed``,
+    The run's ``[data]`` settings that shape a client still apply (caps, ``split_seed``, ``train_subset_seed``,
     ``test_fraction`` for VADER); ``source``/``path``/``tasks``/``partition`` do not: the node's
     data *is* its partition.
     """
@@ -103,7 +108,7 @@ def node_client(cfg: RunConfig, name: str, data_path: str = "", vader_domain: st
         tasks = load_jsonl_folder(data_path)
     train = [r for tr, _ in tasks.values() for r in tr]
     test = [r for _, te in tasks.values() for r in te]
-    client = ClientData(name, cap_records(train, cfg.data.train_per_client, seed, f"{name}:train"),
+    client = ClientData(name, cap_records(train, cfg.data.train_per_client, seed, train_key(name, run_seed_of(cfg))),
                         cap_records(test, cfg.data.test_per_client, seed, f"{name}:test"))
     if not client.train or not client.test:
         raise DataError(f"node {name!r} has no {'training' if not client.train else 'test'} records",

@@ -24,6 +24,8 @@ from fedoa.io import atomic_write, write_text
 GLOBAL = "global"
 PERSONAL = "personal"
 SLOTS = (GLOBAL, PERSONAL)
+#: ``AdapterModel.active`` while PEFT's slots are off for a whole block (:meth:`AdapterModel.peft_slots_off`)
+OFF_BLOCK = "<peft slots off>"
 
 if TYPE_CHECKING:  # PEFT (and the bitsandbytes it pulls in) takes ~10 s to import: only where a model is built
     from peft import LoraConfig as PeftLoraConfig
@@ -163,6 +165,23 @@ class AdapterModel:
     def adapters_off(self):
         with self.peft.disable_adapter():
             yield
+
+    @contextlib.contextmanager
+    def peft_slots_off(self):
+        """PEFT's LoRA slots off for a whole block, backward passes included (gradient checkpointing
+        recomputes the forward there, after ``adapters_off`` of a forward pass would have ended): the
+        batched engine's stacked slots (``model/slots.py``) stand in for them meanwhile."""
+        before = self.active
+        self.peft.base_model.disable_adapter_layers()
+        self.active = OFF_BLOCK
+        try:
+            yield
+        finally:
+            self.peft.base_model.enable_adapter_layers()  # marks the active slot trainable again
+            self.active = None
+            if before is not None:
+                self.use(before)
+            self.freeze()
 
     def _context(self):
         return self.adapters_off() if self.active is None else contextlib.nullcontext()

@@ -193,7 +193,12 @@ def run_tables(results: Results) -> list[str]:
     rows = [[c.replace("**", "") for c in row] for row in summary_rows(results)]
     comm, timing = results.communication, results.timing
     comm_rows = [[k.replace("_", " "), human_bytes(comm[k])] for k in
-                 ("adapter_bytes", "bytes_up_per_round", "bytes_down_per_round", "bytes_up_total") if k in comm]
+                 ("adapter_bytes", "bytes_up_per_client_round", "bytes_up_per_round", "bytes_down_per_round",
+                  "bytes_up_total") if k in comm]
+    if "upload_format" in comm:  # what the sizes above were measured in
+        comm_rows.append(["upload format", str(comm["upload_format"])])
+    if comm.get("client_ranks"):
+        comm_rows.append(["LoRA ranks", ", ".join(f"{c} {r}" for c, r in comm["client_ranks"].items())])
     time_rows = [[k.replace("_seconds", ""), f"{v:.1f} s"] for k, v in timing.items() if known(v)]
     parts = ["<h2>ID / OOD accuracy per client (%)</h2>", html_table(summary_header(results), rows, bold_last=True),
              "<h2>Communication</h2>", html_table(["quantity", "size"], comm_rows),

@@ -12,6 +12,12 @@ if TYPE_CHECKING:
 KINDS = tuple((k, LABELS[k]) for k in ORDER)
 
 
+def rank_note(comm: dict) -> str:
+    """``, ranks movie 4, nyt 8`` where clients have their own LoRA ranks."""
+    ranks = comm.get("client_ranks") or {}
+    return ", ranks " + ", ".join(f"{c} {r}" for c, r in ranks.items()) if ranks else ""
+
+
 def pct(x: float | None) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
@@ -103,7 +109,9 @@ def render_report(results: Results) -> str:
         f"- metric: **{results.metric['headline']}** ({results.metric['description']}), accuracy in %",
         f"- rounds: {cfg['fed']['rounds']}, client fraction {cfg['fed']['client_fraction']}, "
         f"lr {cfg['train']['lr']}, epochs {cfg['train']['epochs']}, batch {cfg['train']['batch_size']}",
-        f"- upload per round: {comm.get('bytes_up_per_round', 0) / 1e6:.2f} MB; wall time {timing.get('wall_seconds', 0):.0f} s",
+        f"- upload per round: {comm.get('bytes_up_per_round', 0) / 1e6:.2f} MB; per client and round "
+        f"{comm.get('bytes_up_per_client_round', 0) / 1e3:.1f} kB ({comm.get('upload_format', 'float32')}"
+        f"{rank_note(comm)}); wall time {timing.get('wall_seconds', 0):.0f} s",
         *setting_lines(results),
         "",
         "## ID / OOD accuracy",

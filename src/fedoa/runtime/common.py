@@ -1,12 +1,15 @@
-"""Pieces both transports share: the metrics line of a client update, which models are
-evaluated, and how a model is activated for scoring."""
+"""Pieces both transports share: a client's round (from the adapter it receives to what it sends),
+the metrics line of a client update, which models are evaluated, and how a model is activated
+for scoring."""
 from __future__ import annotations
 
-from fedoa.algorithms.base import Algorithm, ClientContext, Phase
+from fedoa.algorithms.base import Algorithm, ClientContext, ClientUpdate, Phase
 from fedoa.config import RunConfig
 from fedoa.kinds import ZERO_SHOT
-from fedoa.model.adapters import AdapterState, state_digest
+from fedoa.model.adapters import AdapterState, state_bytes, state_digest
 from fedoa.model.mixing import mixer_off
+from fedoa.model.uploads import RESIDUAL, encode_change, narrow, widen
+from fedoa.runtime.trust import drill
 
 
 #: the keys of a metrics line that the server writes; a client's metric of the same name is kept
@@ -45,3 +48,38 @@ def activate_model(ctx: ClientContext, algo: Algorithm, kind: str, global_state:
         return ZERO_SHOT
     algo.setup_eval(ctx, kind, global_state)
     return f"global:{state_digest(global_state)}" if kind == "global" else None
+
+
+def client_rank(cfg: RunConfig, client: str) -> int:
+    """A client's LoRA rank as the run's config declares it (``lora.client_ranks``, else ``lora.r``)."""
+    return cfg.lora.client_ranks.get(client, cfg.lora.r)
+
+
+def client_round(algo: Algorithm, ctx: ClientContext, received: AdapterState, round_: int, rank: int) -> ClientUpdate:
+    """What a client does with the global adapter it received (cut to its ``rank``): the method's
+    update in the model's rank-``lora.r`` slot (zero above ``rank``), then :func:`client_upload`."""
+    start = widen(received, ctx.cfg.lora.r)
+    return client_upload(ctx.cfg, ctx.name, ctx.state, algo.client_update(ctx, start, round_), received, rank)
+
+
+def client_upload(cfg: RunConfig, client: str, private: dict, update: ClientUpdate, received: AdapterState,
+                  rank: int) -> ClientUpdate:
+    """What a client sends of its ``update``: the poisoning drill, the state cut to its ``rank`` and,
+    with ``fed.upload`` other than float32, compressed as the change from ``received`` plus the
+    residual kept in its ``private`` state from its last upload (error feedback)."""
+    start = widen(received, cfg.lora.r)
+    update = drill(cfg.attack, client, update, start)
+    if update.state is None:
+        return update
+    update.state = narrow(update.state, rank)
+    if cfg.fed.upload != "float32":
+        update.upload, private[RESIDUAL] = encode_change(update.state, received, private.get(RESIDUAL), cfg.fed.upload)
+        update.state = None
+    return update
+
+
+def upload_bytes(update: ClientUpdate) -> int:
+    """Bytes of what a client sent up: its compressed payload, else its adapter state."""
+    if update.upload is not None:
+        return update.upload.nbytes
+    return state_bytes(update.state) if update.state is not None else 0

@@ -12,13 +12,16 @@ Work in progress lives in ``OUT/.run/`` (metrics and a checkpoint per round); th
 artifacts are moved into ``OUT`` only at the end, so a failed or interrupted run never
 overwrites earlier results, and running the same command again resumes from the last finished
 round. A config that differs from the checkpoint's stops the run (exit 2, naming the keys)
-unless the caller asks to start afresh.
+unless the caller asks to start afresh. A folder that holds another run's finished results
+(made with another config) is that run's: a new run stops there (exit 2, naming the keys) unless
+the caller asks to replace them; the same config again reruns it (``make run`` twice).
 """
 from __future__ import annotations
 
 import json
 import shutil
 import time
+import tomllib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +40,8 @@ from fedoa.kinds import GLOBAL, PERSONAL
 from fedoa.model.adapters import AdapterModel, AdapterState, state_bytes, state_digest
 from fedoa.reports.results import Results, build_results, clean
 from fedoa.reports.tracking import Tracker
-from fedoa.runtime.common import eval_kinds, phase_line
+from fedoa.model.uploads import narrow, pad_change
+from fedoa.runtime.common import eval_kinds, phase_line, upload_bytes
 from fedoa.runtime.ledger import FailureEntry, RunLedger
 from fedoa.runtime.sampling import sample_clients
 from fedoa.runtime.trust import audit_line, dp_release, dp_sum, epsilon, validate
@@ -89,6 +93,11 @@ class Transport(ABC):
     def examples_of(self, client: str) -> int:
         """Training examples the client declared when it joined (an upload may not claim more)."""
 
+    @abstractmethod
+    def rank_of(self, client: str) -> int:
+        """The LoRA rank the client declared (``lora.client_ranks`` in-process, its node's setting on
+        Flower): it receives the global adapter cut to this rank, and its upload must have it."""
+
     def begin(self, schedule: Schedule) -> None:
         """The rounds still to run and who trains in each (progress bars)."""
 
@@ -131,15 +140,20 @@ class Transport(ABC):
 
 def run_federation(
     cfg: RunConfig, transport: Transport, out_dir: str | Path, fresh: bool = False, restart_on_change: bool = False,
-    render: Renderer | None = None,
+    render: Renderer | None = None, replace: bool = False,
 ) -> Results:
     """Train and evaluate ``cfg`` through ``transport``; publish into ``out_dir`` (the human reports
-    only with ``render``); return the results."""
+    only with ``render``); return the results. ``replace``: another run's finished results in
+    ``out_dir`` may be replaced (else that stops the run before anything is written)."""
     start = time.perf_counter()
     cfg = cfg.clone()  # validated again, cross-section checks included
     algo = make_algorithm(cfg)
     names = transport.open(algo)  # bad data, model or nodes fail here, before anything is written
     check_names(names, "client", "data")  # names that cannot become file names fail before round 1
+    unknown = sorted(set(cfg.lora.client_ranks) - set(names))
+    if unknown:
+        raise ConfigError(f"names client(s) {unknown} that are not in this run (clients: {', '.join(names)})",
+                          where="lora.client_ranks")
     plan = transport.eval_plan()
     out_dir = Path(out_dir)
     work = out_dir / WORK
@@ -149,6 +163,8 @@ def run_federation(
         raise FedoaError(f"another run is writing into this folder ({lock.holder()}); wait for it, stop it, or use "
                          "another --out", where=str(out_dir))
     try:
+        if not replace:
+            refuse_another_runs_results(out_dir, cfg)
         return _run_locked(cfg, algo, transport, names, plan, out_dir, work, fresh, restart_on_change, render, start)
     finally:
         lock.release()
@@ -191,7 +207,8 @@ def _run_locked(cfg: RunConfig, algo: Algorithm, transport: Transport, names: li
     }
     extra = {"failures": [f.line() for f in ledger.failures + list(transport.eval_failures)],
              "rounds": ledger.rounds + [last], **dp_results(cfg, ledger), **transport.extra_results()}
-    results = build_results(cfg, scored_plan, scores, communication(cfg, global_state, ledger), timing, extra)
+    ranks = {c: transport.rank_of(c) for c in names}
+    results = build_results(cfg, scored_plan, scores, communication(cfg, global_state, ledger, ranks), timing, extra)
     publish(out_dir, work, cfg, results, lambda folder: transport.write_adapters(folder, global_state), render)
     return results
 
@@ -218,6 +235,22 @@ def dp_results(cfg: RunConfig, ledger: RunLedger) -> dict[str, Any]:
                    "accountant": "dp-accounting RDP, add-or-remove-one client: Poisson-sampled Gaussian "
                    "mechanism, composed over rounds",
                    "protects": "the global adapter and everything computed from it, per client (user-level)"}}
+
+
+def refuse_another_runs_results(out_dir: Path, cfg: RunConfig) -> None:
+    """Stop (exit 2) when ``out_dir`` holds the finished results of a run made with another config:
+    they are that run's, ``--fresh`` or not. Called under the folder's lock, before anything is written."""
+    if not ((out_dir / "results.json").is_file() and (out_dir / "config.toml").is_file()):
+        return  # no finished run here (a run publishes both)
+    try:
+        stored = tomllib.loads((out_dir / "config.toml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        stored = None  # an unreadable config: whose results they are is unknown, so not ours
+    changed = changed_keys(stored, cfg.to_dict(), RunConfig().to_dict())
+    if changed:
+        shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+        raise FedoaError(f"holds the finished results of another run (other values of {shown}); use another "
+                         "--out, or pass --replace to replace them", where=str(out_dir))
 
 
 def writable(folder: Path) -> None:
@@ -297,13 +330,17 @@ def run_round(cfg: RunConfig, algo: Algorithm, transport: Transport, r: int, gro
             continue
         updates.append(reply)
     declared = {t: sum(transport.examples_of(m) for m in members) for t, members in groups.items()}
+    received = {t: narrow(global_state, transport.rank_of(t)) for t in groups}  # what each was sent
+    sent_up = {u.client: upload_bytes(u) for u in updates}  # as they came, before decoding
     private = uses_dp(cfg, algo)
     if private:  # each verdict depends on its own upload only; the clipped sum is what DP releases
-        total, verdicts = dp_sum(updates, global_state, declared, cfg.trust, cfg.dp.clip_norm)
+        total, verdicts = dp_sum(updates, global_state, declared, cfg.trust, cfg.dp.clip_norm, received,
+                                 cfg.fed.upload)
         for t in groups:
             ledger.dp_participation[t] = ledger.dp_participation.get(t, 0) + 1
     else:
-        verdicts = validate(updates, global_state, declared, cfg.trust, history=ledger.accepted_norms)
+        verdicts = validate(updates, global_state, declared, cfg.trust, history=ledger.accepted_norms,
+                            references=received, fmt=cfg.fed.upload)
     for v in verdicts:
         if not v.accepted:
             fail(ledger, transport, r, v.client, "validation", f"update rejected: {v.reason}")
@@ -322,15 +359,19 @@ def run_round(cfg: RunConfig, algo: Algorithm, transport: Transport, r: int, gro
     for u, v in zip(updates, verdicts):
         for ph in u.phases:
             log.write(phase_line(r, u.client, ph))
-        if u.state is not None:  # the change the client made to the global adapter (and what it sent)
-            sent = {"bytes": state_bytes(u.state)} if algo.federated else {}
+        if sent_up[u.client]:  # the change the client made to the global adapter (and what it sent)
+            sent = {"bytes": sent_up[u.client]} if algo.federated else {}
             log.write({"round": r, "client": u.client, "phase": "update", "update_norm": v.norm,
                        "accepted": v.accepted, **sent})
     log.flush()
     if algo.federated:
-        ledger.bytes_up += sum(state_bytes(u.state) for u in updates if u.state is not None)
-        sent = sum(1 for t in groups if not (isinstance(replies.get(t), Failure) and not replies[t].sent))
-        ledger.bytes_down += state_bytes(global_state) * sent
+        ledger.bytes_up += sum(sent_up.values())
+        ledger.uploads += sum(1 for b in sent_up.values() if b)
+        ledger.bytes_down += sum(state_bytes(received[t]) for t in groups
+                                 if not (isinstance(replies.get(t), Failure) and not replies[t].sent))
+    for u in accepted:  # an upload below the global rank: zero change above it (HetLoRA padding)
+        if u.state is not None:
+            u.state = pad_change(u.state, global_state)
     if private:
         new_state, noise_std = aggregate_dp(cfg, algo, total, global_state, r, ledger)
     else:
@@ -427,7 +468,8 @@ def truncate_metrics(path: Path, first_round: int) -> None:
 # ---------------------------------------------------------------------------- outputs
 
 
-def communication(cfg: RunConfig, global_state: AdapterState, ledger: RunLedger) -> dict[str, Any]:
+def communication(cfg: RunConfig, global_state: AdapterState, ledger: RunLedger, ranks: dict[str, int]
+                  ) -> dict[str, Any]:
     rounds = cfg.fed.rounds
     return {
         "rounds": rounds,
@@ -436,6 +478,11 @@ def communication(cfg: RunConfig, global_state: AdapterState, ledger: RunLedger)
         "bytes_down_per_round": ledger.bytes_down / rounds,
         "bytes_up_total": ledger.bytes_up,
         "bytes_down_total": ledger.bytes_down,
+        "upload_format": cfg.fed.upload,
+        # one client's upload in one round, as it travelled (compressed, at its rank)
+        "bytes_up_per_client_round": ledger.bytes_up / ledger.uploads if ledger.uploads else 0.0,
+        # each client's LoRA rank where they differ (heterogeneous ranks)
+        "client_ranks": ranks if any(r != cfg.lora.r for r in ranks.values()) else {},
         "updates_per_round": ledger.updates_per_round,
     }
 

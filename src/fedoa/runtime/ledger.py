@@ -34,6 +34,8 @@ class RunLedger:
     clients: list[str]
     bytes_up: int = 0
     bytes_down: int = 0
+    #: client uploads received (bytes_up / uploads: bytes per client-round)
+    uploads: int = 0
     train_seconds: float = 0.0
     #: round (as a string: a JSON key) -> the clients whose updates were aggregated
     updates_per_round: dict[str, list[str]] = field(default_factory=dict)

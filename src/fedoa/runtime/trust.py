@@ -2,8 +2,11 @@
 every runtime: validation of each update, client-level differential privacy (DP-FedAvg), the
 audit log, and the poisoning drill used to test them.
 
-Validation (:func:`validate`): an update must have exactly the global adapter's tensor names,
-shapes and dtypes, only finite values, an example count between 1 and what the client declared
+Validation (:func:`validate`): a compressed upload (``fed.upload`` bfloat16 or int8) must have the
+format the run asked for and exactly the names and shapes of the adapter its client received, the
+payload dtype, and one finite, non-negative scale per int8 tensor, all checked before it is decoded
+into ``received + change``; then an update must have exactly the tensor names, shapes and dtypes
+of the global adapter as its client received it (cut to the rank the client declared), only finite values, an example count between 1 and what the client declared
 when it first joined, and an L2 norm of its change within an absolute bound (``trust.max_norm``,
 or by default ``trust.history_factor`` times the median norm accepted in earlier rounds, which
 nobody can move in the current round) and within ``trust.norm_factor`` times the median of the
@@ -35,6 +38,7 @@ import torch
 from fedoa.algorithms.aggregation import change_norm
 from fedoa.algorithms.base import ClientUpdate
 from fedoa.model.adapters import AdapterState, state_digest
+from fedoa.model.uploads import decode_upload, pad_change, payload_problem
 
 
 @dataclass
@@ -61,9 +65,23 @@ def _shape_problem(state: AdapterState, reference: AdapterState) -> str:
     return ""
 
 
+def _decode(u: ClientUpdate, reference: AdapterState, fmt: str) -> str:
+    """Check a client's payload against the adapter it received, then decode it into ``u.state``;
+    the problem when there is one."""
+    if u.upload is None:
+        return f"a plain adapter came, fed.upload = {fmt!r} expects a compressed change" if fmt != "float32" else ""
+    problem = payload_problem(u.upload, reference, fmt)
+    if not problem:
+        u.state = decode_upload(u.upload, reference)
+    return problem
+
+
 def validate(updates: list[ClientUpdate], global_state: AdapterState, declared: dict[str, int],
-             settings, dp: bool = False, history: list[float] | None = None) -> list[Verdict]:
-    """One verdict per update (updates without a state, e.g. Local's, are accepted as they are).
+             settings, dp: bool = False, history: list[float] | None = None,
+             references: dict[str, AdapterState] | None = None, fmt: str = "float32") -> list[Verdict]:
+    """One verdict per update (updates without a state or payload, e.g. Local's, are accepted as
+    they are). ``references``: the adapter each client received (the global one cut to its rank;
+    default: ``global_state``); ``fmt``: ``fed.upload`` (compressed payloads are decoded here).
 
     With ``dp`` every verdict depends on that client's own upload only (names, shapes, dtypes,
     finiteness, ``trust.max_norm`` when set): the bounds relative to the other clients' norms are
@@ -71,11 +89,16 @@ def validate(updates: list[ClientUpdate], global_state: AdapterState, declared: 
     clipping to ``dp.clip_norm`` bounds every contribution instead)."""
     out: list[Verdict] = []
     for u in updates:
-        if u.state is None:
+        if u.state is None and u.upload is None:
             out.append(Verdict(u.client, True, "", 0.0, ""))
             continue
-        problem = _shape_problem(u.state, global_state)
-        norm = math.nan if problem else change_norm(u.state, global_state)
+        reference = (references or {}).get(u.client, global_state)
+        problem = _decode(u, reference, fmt)
+        if problem:
+            out.append(Verdict(u.client, False, problem, math.nan, ""))
+            continue
+        problem = _shape_problem(u.state, reference)
+        norm = math.nan if problem else change_norm(u.state, reference)
         limit = declared.get(u.client)
         if not problem and not 1 <= u.num_examples <= (limit if limit is not None else u.num_examples):
             problem = f"claims {u.num_examples} examples, declared {limit} when it joined"
@@ -156,13 +179,16 @@ def clipped_sum(states: list[AdapterState], reference: AdapterState, clip: float
     return total
 
 
-def dp_sum(updates: list[ClientUpdate], global_state: AdapterState, declared: dict[str, int], trust, clip: float
+def dp_sum(updates: list[ClientUpdate], global_state: AdapterState, declared: dict[str, int], trust, clip: float,
+           references: dict[str, AdapterState] | None = None, fmt: str = "float32"
            ) -> tuple[AdapterState, list[Verdict]]:
     """What one DP round releases before its noise: the clipped sum of the accepted changes (a
-    rejected upload counts as zero) and the verdicts. Its sensitivity to adding or removing one
-    client is ``clip`` (tests/runtime/test_trust.py checks it property-wise)."""
-    verdicts = validate(updates, global_state, declared, trust, dp=True)
-    accepted = [u.state for u, v in zip(updates, verdicts) if v.accepted and u.state is not None]
+    rejected upload counts as zero; an upload below the global rank is padded with a zero change)
+    and the verdicts. Its sensitivity to adding or removing one client is ``clip``
+    (tests/runtime/test_trust.py checks it property-wise)."""
+    verdicts = validate(updates, global_state, declared, trust, dp=True, references=references, fmt=fmt)
+    accepted = [pad_change(u.state, global_state) for u, v in zip(updates, verdicts)
+                if v.accepted and u.state is not None]
     return clipped_sum(accepted, global_state, clip), verdicts
 
 

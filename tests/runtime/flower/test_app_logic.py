@@ -188,6 +188,38 @@ def test_node_config_and_run_config_are_checked(tmp_path):
         node_spec({"client-name": "a", "data_path": "/x"})
     with pytest.raises(FedoaError, match="file name"):
         node_spec({"client-name": "../a", "vader-domain": "movie"})
+    for bad in ("4", 0, True, 2.5):
+        with pytest.raises(FedoaError, match="lora-rank must be a positive integer"):
+            node_spec({"client-name": "a", "vader-domain": "movie", "lora-rank": bad})
+    assert node_spec({"client-name": "a", "vader-domain": "movie", "lora-rank": 4}).rank == 4
+
+
+def test_int8_uploads_and_node_ranks_match_the_in_process_run(tmp_path, task_identity):
+    """fed.upload = int8 with heterogeneous ranks: node a declares lora-rank = 2 itself, b takes rank 1
+    from the run's lora.client_ranks, c has lora.r = 4; the same global adapter, bytes and metrics
+    as the in-process run with client_ranks {a: 2, b: 1}."""
+    cfg, paths, nodes = make_federation(tmp_path, fed={"upload": "int8"}, lora={"client_ranks": {"a": 2, "b": 1}})
+    sim = run_simulation(cfg, tmp_path / "sim", progress=False, reports=False).to_json()
+    nodes[100]["lora-rank"] = 2
+    deployed = cfg.clone()
+    deployed.lora.client_ranks = {"b": 1}
+    grid, rc = deploy(deployed, paths, nodes, "dep")
+    dep = quiet(grid, rc)
+    assert dep["failures"] == []
+    a, b = adapter(tmp_path / "sim"), adapter(tmp_path / "dep")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+    for key in ("bytes_up_per_round", "bytes_down_per_round", "bytes_up_per_client_round", "upload_format",
+                "client_ranks"):
+        assert dep["communication"][key] == sim["communication"][key], key
+    assert dep["communication"]["client_ranks"] == {"a": 2, "b": 1, "c": 4}
+    assert json.dumps(dep["summary"], sort_keys=True) == json.dumps(sim["summary"], sort_keys=True)
+
+
+def test_a_node_declaring_a_rank_above_lora_r_cannot_join(tmp_path, task_identity):
+    cfg, paths, nodes = make_federation(tmp_path)
+    nodes[101]["lora-rank"] = 8
+    with pytest.raises(FedoaError, match="lora-rank 8 exceeds the run's lora.r = 4"):
+        quiet(*deploy(cfg, paths, nodes, "dep"))
 
 
 @pytest.mark.parametrize("out", ["../elsewhere", "/etc/fedoa", "a/../../b"])
@@ -315,6 +347,39 @@ def test_a_run_cannot_point_a_node_at_a_folder_its_operator_did_not_configure(tm
     assert confined_eval_path(own, "/etc") == "/srv/shared"  # the node's own folder, whatever the run says
 
 
+def test_a_run_cannot_make_a_node_load_a_model_from_a_folder_its_operator_did_not_configure(
+        tmp_path, task_identity, monkeypatch):
+    import shutil
+
+    from fedoa.runtime.flower.node import confined_model, node_spec
+    from fedoa.testing import tiny_model_dir
+
+    cfg, paths, nodes = make_federation(tmp_path)
+    cfg.model.name = str(shutil.copytree(tiny_model_dir(), tmp_path / "elsewhere" / "tiny"))  # a real model, not the node's
+    grid, rc = deploy(cfg, paths, nodes, "dep")
+    with pytest.raises(FedoaError, match="neither a hub id nor inside the node's model folder"):
+        quiet(grid, rc)
+    assert "train" not in [t for _, t in grid.sent]
+    for n in nodes.values():  # the same run, once the nodes' operators name that folder: it trains
+        n["model-path"] = str(tmp_path / "elsewhere")
+    grid, rc = deploy(cfg, paths, nodes, "dep2")
+    assert quiet(grid, rc)["summary"]
+
+    spec = node_spec({"client-name": "a", "vader-domain": "movie", "model-path": str(tmp_path / "elsewhere")})
+    assert confined_model(spec, "tiny", "") == str(tmp_path / "elsewhere" / "tiny")
+    assert confined_model(spec, "embedded:smollm2-135m-instruct", "") == "embedded:smollm2-135m-instruct"
+    assert confined_model(spec, "HuggingFaceTB/SmolLM2-135M", "") == "HuggingFaceTB/SmolLM2-135M"  # a hub id
+    (tmp_path / "elsewhere" / "escape").symlink_to(tmp_path / "data")
+    (tmp_path / "cwd" / "owner" / "model").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "cwd")
+    escape = str(tmp_path / "elsewhere" / "escape")  # inside by name, outside once the link is followed
+    for name in ("/etc", "../data", "tiny/../../data", "~/.ssh", escape, "owner/model", "x.gguf"):
+        with pytest.raises(FedoaError, match="model.name"):
+            confined_model(spec, name, "")
+    with pytest.raises(FedoaError, match="model.gguf_file"):
+        confined_model(spec, "tiny", "../../x.gguf")
+
+
 def test_with_node_auth_a_client_name_stays_bound_to_its_first_node_for_the_whole_run(tmp_path, task_identity):
     cfg, paths, nodes = make_federation(tmp_path, fed={"rounds": 2, "personal_start_round": 2})
     grid, rc = deploy(cfg, paths, nodes, "dep", node_auth=True)
@@ -332,6 +397,22 @@ def test_with_node_auth_a_client_name_stays_bound_to_its_first_node_for_the_whol
     assert all(n != 300 for n, t in grid.sent if t == "train")  # the impostor never trained
 
 
+def test_two_nodes_claiming_one_name_at_the_start_the_second_is_refused_and_the_first_served(tmp_path, task_identity):
+    cfg, paths, nodes = make_federation(tmp_path)
+    nodes[103] = {**nodes[100], "state-dir": str(tmp_path / "impostor")}  # answers after node 100, in the same poll
+    rc = run_config(cfg, "dep", num_nodes=3, eval_path=str(paths["shared"]), node_auth=True, join_timeout=60.0)
+    grid = FakeGrid(nodes, rc)
+    dep = quiet(grid, rc)
+    assert dep["deployment"]["nodes"] == {"a": 100, "b": 101, "c": 102}
+    assert {"node": 103, "client": "a", "bound_to": 100} in dep["deployment"]["refused"]
+    assert 103 not in [n for n, t in grid.sent if t != "query"]  # asked who it is, never trained nor evaluated
+    assert dep["summary"]["personal"]["id_accuracy"] is not None  # client a was served
+    rc = run_config(cfg, "dep2", num_nodes=3, eval_path=str(paths["shared"]))  # without keys: a misconfiguration
+    grid = FakeGrid(nodes, rc)
+    with pytest.raises(FedoaError, match="client-name must be unique"):
+        quiet(grid, rc)
+
+
 def test_one_run_cannot_touch_the_out_dir_another_run_is_writing(tmp_path, task_identity):
     from fedoa.io import FolderLock
 
@@ -346,3 +427,39 @@ def test_one_run_cannot_touch_the_out_dir_another_run_is_writing(tmp_path, task_
         assert "train" not in [t for _, t in grid.sent] and not (tmp_path / "dep" / ".run").exists()
     finally:
         other.release()
+
+
+def test_a_malformed_int8_upload_is_that_clients_failure_never_a_server_exception(tmp_path, task_identity, monkeypatch):
+    """Node b sends its int8 change with a negative scale: b's recorded failure; the round goes on."""
+    from flwr.app import ConfigRecord
+
+    from fedoa.runtime.flower import client_app, wire
+
+    real = client_app.handle
+
+    def hostile(kind, node_config, run_config, content):
+        reply = real(kind, node_config, run_config, content)
+        if node_config["client-name"] == "b" and kind == wire.TRAIN:
+            values = wire.values_of(reply)
+            meta = json.loads(values[wire.UPLOAD])
+            meta["scales"] = {k: -1.0 for k in meta["scales"]}
+            reply[wire.VALUES] = ConfigRecord({**values, wire.UPLOAD: json.dumps(meta)})
+        return reply
+
+    monkeypatch.setattr(client_app, "handle", hostile)
+    cfg, paths, nodes = make_federation(tmp_path, fed={"rounds": 1, "personal_start_round": 1, "upload": "int8"})
+    dep = quiet(*deploy(cfg, paths, nodes, "dep", min_nodes=2))
+    assert dep["communication"]["updates_per_round"] == {"1": ["a", "c"]}
+    assert [f for f in dep["failures"] if "client b" in f] and all(
+        "malformed reply: upload.scales" in f for f in dep["failures"] if "client b" in f), dep["failures"]
+def test_a_later_run_cannot_replace_another_finished_runs_results_fresh_or_not(tmp_path, task_identity):
+    cfg, paths, nodes = make_federation(tmp_path, fed={"rounds": 1, "personal_start_round": 1})
+    quiet(*deploy(cfg, paths, nodes, "dep"))
+    first = (tmp_path / "dep" / "results.json").read_bytes()
+    other = cfg.clone()
+    other.train.lr = 0.05
+    grid, rc = deploy(other, paths, nodes, "dep", fresh=True)
+    with pytest.raises(FedoaError, match=r"holds the finished results of another run \(other values of train.lr\)"):
+        quiet(grid, rc)
+    assert "train" not in [t for _, t in grid.sent] and (tmp_path / "dep" / "results.json").read_bytes() == first
+    assert quiet(*deploy(other, paths, nodes, "dep", replace=True))["config"]["train"]["lr"] == 0.05  # asked for

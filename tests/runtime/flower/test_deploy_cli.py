@@ -18,7 +18,8 @@ from fedoa.errors import FedoaError
 def test_node_config_text_parses_back_with_flowers_own_parser():
     from flwr.common.config import parse_config_args
 
-    values = {"client-name": "movie", "data-path": "/data/my site/movie", "state-dir": "C:\\state", "eval-path": "it's"}
+    values = {"client-name": "movie", "data-path": "/data/my site/movie", "state-dir": "C:\\state", "eval-path": "it's",
+              "lora-rank": 4}
     assert parse_config_args([node_config_arg(values)]) == values
 
 

@@ -61,8 +61,8 @@ class Federation:
     port: int
     home: Path
 
-    def launch(self, out: str, *extra) -> subprocess.Popen:
-        (self.root / f"{out}.toml").write_text(config_to_toml(self.cfg))
+    def launch(self, out: str, *extra, cfg=None) -> subprocess.Popen:
+        (self.root / f"{out}.toml").write_text(config_to_toml(cfg or self.cfg))
         return self.procs.start(f"run-{out}", [
             "deploy", "run", "--config", str(self.root / f"{out}.toml"), "--out", out, "--nodes", "3",
             "--output-root", str(self.root), "--eval-path", str(self.paths["shared"]),
@@ -160,6 +160,30 @@ def test_the_server_killed_mid_round_resumes_to_the_same_adapters(federation, re
     dep = json.loads((out / "results.json").read_text())
     assert dep["communication"]["updates_per_round"] == {"1": ["a", "b", "c"], "2": ["a", "b", "c"]}
     assert dep["summary"] == sim["summary"]
+
+
+@pytest.mark.xdist_group("flower-federation")
+def test_int8_uploads_at_unequal_ranks_give_the_in_process_global_adapter(federation):
+    """fed.upload = int8 and lora.client_ranks {a: 2, b: 1} (lora.r = 4) through the real daemons:
+    compressed changes at each node's rank, decoded and padded by the server, the same global
+    adapter and bytes as in-process."""
+    cfg = federation.cfg.clone()
+    cfg.fed.upload, cfg.lora.client_ranks = "int8", {"a": 2, "b": 1}
+    cfg.eval.every, cfg.eval.zero_shot = 0, False
+    sim = run_simulation(cfg, federation.root / "sim-int8", progress=False, reports=False).to_json()
+    rc = federation.wait(federation.launch("int8", cfg=cfg), "int8", 480)
+    assert rc == 0, federation.procs.log_tail("run-int8")
+    a = load_file(str(federation.root / "sim-int8" / "adapters" / "global" / "adapter_model.safetensors"))
+    b = load_file(str(federation.root / "int8" / "adapters" / "global" / "adapter_model.safetensors"))
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    print(f"max abs difference deployed vs in-process global adapter (int8, ranks 2/1/4): {diff:.3g}")
+    assert diff <= 1e-5
+    dep = json.loads((federation.root / "int8" / "results.json").read_text())
+    assert dep["failures"] == []
+    for key in ("bytes_up_per_round", "bytes_down_per_round", "bytes_up_per_client_round", "upload_format",
+                "client_ranks"):
+        assert dep["communication"][key] == sim["communication"][key], key
+    assert dep["communication"]["client_ranks"] == {"a": 2, "b": 1, "c": 4}
 
 
 def test_a_supernode_killed_in_round_two_is_recorded_and_the_run_finishes(tmp_path):

@@ -43,7 +43,7 @@ def eval_reply(rows=None, **over):
 
 def hello(**over):
     return wire.content({"client": "a", "train": 8, "train-pairs": [["t", "c"]], "test": {"size": 4, "pairs": [["t", "c"]]},
-                         "sets": {"b": {"size": 3, "pairs": [["u", "c"]]}}, **over})
+                         "sets": {"b": {"size": 3, "pairs": [["u", "c"]]}}, "rank": 2, **over})
 
 
 def p_train(content):
@@ -196,3 +196,75 @@ def test_thousands_of_malformed_replies_never_raise(case):
     if isinstance(got, ClientUpdate) and got.state is not None:
         assert {k: (v.shape, v.dtype) for k, v in got.state.items()} == {k: (v.shape, v.dtype) for k, v in REF.items()}
     assert isinstance(replies.seconds_of(content), float)
+
+
+# ----------------------------------------------------------------------------- compressed uploads
+
+from fedoa.model.uploads import Upload, decode_upload, encode_change  # noqa: E402
+
+REF32 = {"m.lora_A.weight": torch.zeros(2, 3), "m.lora_B.weight": torch.zeros(3, 2)}
+
+
+def upload_reply(fmt="int8", **over):
+    up, _ = encode_change({k: v + 0.5 for k, v in REF32.items()}, REF32, None, fmt)
+    return wire.content(train_values(**over), upload=up)
+
+
+def p_upload(content, fmt="int8"):
+    return parse(wire.TRAIN, content, client="a", round=2, reference=REF32, upload=fmt)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "bfloat16"])
+def test_a_compressed_upload_travels_in_its_own_dtype_and_parses(fmt):
+    content = upload_reply(fmt)
+    assert {a.dtype for a in content.array_records[wire.GLOBAL_RECORD].values()} == {wire.UPLOAD_WIRE_DTYPE[fmt]}
+    u = p_upload(content, fmt)
+    assert isinstance(u, ClientUpdate) and u.state is None and u.upload.format == fmt
+    assert all(torch.allclose(t, REF32[k] + 0.5, atol=1e-2) for k, t in decode_upload(u.upload, REF32).items())
+
+
+def _with_upload_values(content, **upload):
+    values = wire.values_of(content)
+    meta = {**json.loads(values[wire.UPLOAD]), **upload}
+    return RecordDict({wire.GLOBAL_RECORD: content.array_records[wire.GLOBAL_RECORD],
+                       wire.VALUES: ConfigRecord({**values, wire.UPLOAD: json.dumps(meta)})})
+
+
+@pytest.mark.parametrize("content, fmt, reason", [
+    (upload_reply("int8"), "bfloat16", "format 'int8'"),
+    (upload_reply("bfloat16"), "int8", "format 'bfloat16'"),
+    (train_reply(state={k: v + 1 for k, v in REF32.items()}), "int8", "upload must be text"),
+    (_with_upload_values(upload_reply(), scales={"m.lora_A.weight": 0.1}), "int8", "scales do not name"),
+    (_with_upload_values(upload_reply(), scales={"m.lora_A.weight": -1.0, "m.lora_B.weight": 0.1}), "int8", "scales"),
+    (_with_upload_values(upload_reply(), scales="NaN"), "int8", "upload.scales"),
+    (wire.content(train_values(), upload=Upload(
+        "int8", {"m.lora_A.weight": torch.zeros(3, 3, dtype=torch.int8),
+                 "m.lora_B.weight": torch.zeros(3, 2, dtype=torch.int8)}, {"m.lora_A.weight": 0.1, "m.lora_B.weight": 0.1})),
+     "int8", "shape"),
+    (wire.content(train_values(), upload=Upload(
+        "int8", {"m.lora_A.weight": torch.zeros(2, 3, dtype=torch.int16),
+                 "m.lora_B.weight": torch.zeros(3, 2, dtype=torch.int8)}, {"m.lora_A.weight": 0.1, "m.lora_B.weight": 0.1})),
+     "int8", "dtype int16"),
+])
+def test_a_malformed_compressed_upload_is_a_bad_reply(content, fmt, reason):
+    got = p_upload(content, fmt)
+    assert isinstance(got, BadReply) and reason in str(got) and not got.unforeseen, got
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_malformed_int8_uploads_never_raise(data):
+    base = wire.values_of(upload_reply())
+    values = dict(base)
+    for key in data.draw(st.lists(st.sampled_from(sorted(base)), max_size=3)):
+        values[key] = data.draw(flat)
+    arrays = {k: raw_array(dtype="int8", shape=tuple(v.shape)) for k, v in REF32.items()}
+    if data.draw(st.booleans()):
+        arrays = {k: raw_array(dtype=data.draw(st.sampled_from(["int8", "int16", "float32", "object"])),
+                               shape=tuple(data.draw(st.lists(st.integers(0, 4), max_size=3))),
+                               data=data.draw(st.binary(min_size=1, max_size=40))) for k in REF32}
+    got = p_upload(RecordDict({wire.GLOBAL_RECORD: ArrayRecord(arrays), wire.VALUES: ConfigRecord(values)}))
+    assert isinstance(got, (BadReply, ClientUpdate)) and not getattr(got, "unforeseen", False), got
+    if isinstance(got, ClientUpdate):
+        assert {k: (t.shape, t.dtype) for k, t in got.upload.tensors.items()} == \
+            {k: (v.shape, torch.int8) for k, v in REF32.items()}

@@ -29,8 +29,8 @@ def handle(kind: str, node_config: Mapping[str, Any], run_config: Mapping[str, A
         return wire.content(node.query())
     values = wire.values_of(content)
     if kind == wire.TRAIN:
-        reply, state = node.train(values, wire.state_of(content))
-        return wire.content(reply, state)
+        reply, update = node.train(values, wire.state_of(content))
+        return wire.content(reply, update.state, update.upload)
     if kind == wire.EVALUATE:
         return wire.content(node.evaluate(values, wire.state_of(content)))
     raise ValueError(f"unknown message type {kind!r}")

@@ -1,7 +1,7 @@
 """The node side of the Flower app: one SuperNode = one client with its own data and state.
 
 A node is configured by its SuperNode's ``--node-config`` (``client-name``, ``data-path`` or
-``vader-domain``, optional ``state-dir`` and ``eval-path``; see docs/deployment.md). Its data is
+``vader-domain``, optional ``state-dir``, ``eval-path``, ``lora-rank`` and ``model-path``; see docs/deployment.md). Its data is
 one client (:func:`fedoa.data.scenario.node_client`); shared test sets come from the eval-path.
 State: ``state-dir/<client>/<run-key>/round-NNNN.safetensors`` is the client's private state after
 round NNNN; the server says which round's state a message continues from, so node and server
@@ -24,9 +24,9 @@ from fedoa.data.records import ClientData, Record
 from fedoa.data.scenario import node_client, shared_test_sets
 from fedoa.errors import FedoaError
 from fedoa.paths import cache_dir
-from fedoa.runtime.trust import drill
 
-NODE_KEYS = ("client-name", "data-path", "vader-domain", "state-dir", "eval-path")
+NODE_KEYS = ("client-name", "data-path", "vader-domain", "state-dir", "eval-path", "lora-rank", "model-path")
+INT_KEYS = ("lora-rank",)
 # keys Flower itself may put into a node's config (simulation); accepted and ignored
 _FLOWER_KEYS = ("partition-id", "num-partitions")
 
@@ -45,10 +45,16 @@ class NodeSpec:
     vader_domain: str = ""
     state_dir: str = ""
     eval_path: str | None = None  # None: use the run's eval-path
+    rank: int = 0  # the node's LoRA rank (lora-rank); 0: the run's lora.client_ranks, else lora.r
+    model_path: str = ""  # the folder base models may be loaded from ("": the node's fedoa cache)
 
     @property
     def state_root(self) -> Path:
         return Path(self.state_dir).expanduser() if self.state_dir else cache_dir() / "node-state"
+
+    @property
+    def model_root(self) -> Path:
+        return (Path(self.model_path).expanduser() if self.model_path else cache_dir()).resolve()
 
 
 def node_spec(node_config: Mapping[str, Any]) -> NodeSpec:
@@ -57,7 +63,11 @@ def node_spec(node_config: Mapping[str, Any]) -> NodeSpec:
     if unknown:
         raise NodeError(f"unknown node-config key(s) {unknown}; known: {', '.join(NODE_KEYS)}", where="node-config")
     for k in NODE_KEYS:
-        if k in node_config and not isinstance(node_config[k], str):
+        if k in INT_KEYS:
+            v = node_config.get(k, 1)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise NodeError(f"{k} must be a positive integer, e.g. {k}=4", where="node-config")
+        elif k in node_config and not isinstance(node_config[k], str):
             raise NodeError(f"{k} must be a quoted string, e.g. {k}=\"...\"", where="node-config")
     client, data_path, vader = (node_config.get(k, "") for k in ("client-name", "data-path", "vader-domain"))
     if bool(data_path) == bool(vader):
@@ -68,7 +78,8 @@ def node_spec(node_config: Mapping[str, Any]) -> NodeSpec:
         client_file_name(client)
     except ValueError as e:
         raise NodeError(str(e), where="node-config client-name") from None
-    return NodeSpec(client, data_path, vader, node_config.get("state-dir", ""), node_config.get("eval-path"))
+    return NodeSpec(client, data_path, vader, node_config.get("state-dir", ""), node_config.get("eval-path"),
+                    node_config.get("lora-rank", 0), node_config.get("model-path", ""))
 
 
 def confined_eval_path(spec: NodeSpec, run_eval_path: str) -> str:
@@ -82,6 +93,32 @@ def confined_eval_path(spec: NodeSpec, run_eval_path: str) -> str:
     raise NodeError(f"the run asks node {spec.client!r} to read test sets from {run_eval_path!r}; a node reads only "
                     "the folders its own config names: start it with --eval-path (node-config eval-path)",
                     where="deploy.eval-path")
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """``owner/name`` or ``name``, written as no file system path is (checked by its text only)."""
+    return (bool(name) and not name.startswith((".", "/", "~")) and "\\" not in name and name.count("/") <= 1
+            and ".." not in name.split("/") and not name.endswith(".gguf"))
+
+
+def confined_model(spec: NodeSpec, name: str, gguf_file: str) -> str:
+    """What this node loads for the run's ``model.name``: the embedded model, a file or folder inside the
+    node's own model root (``model-path``; by default its fedoa cache, where ``fedoa setup`` puts models),
+    or a hub id (fetched into the node's own Hugging Face cache; ``HF_HUB_OFFLINE=1`` forbids that).
+    A run never makes a node read a file its operator did not put under one of its own folders."""
+    if gguf_file and (Path(gguf_file).name != gguf_file or gguf_file in (".", "..") or "\\" in gguf_file):
+        raise NodeError(f"model.gguf_file {gguf_file!r} must be a file name inside the model folder", where="model.gguf_file")
+    if name.startswith("embedded:"):
+        return name
+    root = spec.model_root
+    candidate = (root / Path(name).expanduser()).resolve()  # an absolute name stays itself
+    if (candidate == root or root in candidate.parents) and candidate.exists():
+        return str(candidate)
+    if _looks_like_hub_id(name) and not Path(name).exists():  # never a folder of the node's working directory
+        return name
+    raise NodeError(f"the run asks node {spec.client!r} to load model {name!r}, which is neither a hub id nor inside "
+                    f"the node's model folder {str(root)!r}; a node loads only what its operator put there: start it "
+                    "with --model-path (node-config model-path)", where="model.name")
 
 
 # ---------------------------------------------------------------------------- data
@@ -188,10 +225,20 @@ class NodeRun:
 
         spec = node_spec(node_config)
         cfg, deploy = unflatten(dict(run_config))
+        cfg.model.name = confined_model(spec, cfg.model.name, cfg.model.gguf_file)
         return cls(cfg, spec, confined_eval_path(spec, deploy.eval_path))
 
     def client(self) -> ClientData:
         return node_client(self.cfg, self.spec.client, self.spec.data_path, self.spec.vader_domain)
+
+    def rank(self) -> int:
+        """The LoRA rank this node trains at: its own lora-rank, else the run's table, else lora.r."""
+        from fedoa.runtime.common import client_rank
+
+        rank = self.spec.rank or client_rank(self.cfg, self.spec.client)
+        if rank > self.cfg.lora.r:
+            raise NodeError(f"lora-rank {rank} exceeds the run's lora.r = {self.cfg.lora.r}", where="node-config")
+        return rank
 
     def _client_state(self, session, store: StateStore, base_round: int):
         if base_round <= 0:
@@ -209,11 +256,14 @@ class NodeRun:
             "train-pairs": _pairs(client.train),
             "test": describe_set(client.test),
             "sets": sets,
+            "rank": self.rank(),
         }
 
     # -------------------------------------------------------------- train
 
     def train(self, values: Mapping[str, Any], global_state) -> tuple[dict[str, Any], Any]:
+        """The reply's values and the client update (its state, or its compressed ``upload``)."""
+        from fedoa.runtime.common import client_round
         from fedoa.runtime.session import open_session
 
         start = time.perf_counter()
@@ -223,14 +273,13 @@ class NodeRun:
         session = open_session(self.cfg, clients=[client], model=resident_model(self.cfg))
         state = self._client_state(session, store, base)
         ctx = session.context(self.spec.client, state)
-        update = drill(self.cfg.attack, self.spec.client, session.algorithm.client_update(ctx, global_state, round_),
-                       global_state)
-        store.save(round_, ctx.state)
+        update = client_round(session.algorithm, ctx, global_state, round_, self.rank())
+        store.save(round_, ctx.state)  # with the residual of a compressed upload (error feedback)
         store.prune(base - 1)  # the server keeps its previous checkpoint: keep the state it points to
         store.write_info({"client": self.spec.client, "last_trained_round": round_, "method": self.cfg.method})
         phases = [dataclasses.asdict(p) for p in update.phases]
         return {"client": self.spec.client, "round": round_, "num-examples": update.num_examples, "phases": phases,
-                "seconds": time.perf_counter() - start}, update.state
+                "seconds": time.perf_counter() - start}, update
 
     # -------------------------------------------------------------- evaluate
 

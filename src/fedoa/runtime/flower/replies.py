@@ -31,6 +31,7 @@ MAX_KEYS = 64  # plain values in one reply
 MAX_ITEMS = 10_000  # entries of one list or table inside a JSON value
 MAX_COUNT = 10**9  # example counts, set sizes, steps
 MAX_NAME = 200
+MAX_RANK = 1 << 16
 NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 #: bytes of an ``.npy`` header beyond the raw data (numpy writes 128 or a few hundred)
 NPY_HEADER = 4096
@@ -52,10 +53,11 @@ class Report:
     train_pairs: list[list[str]]
     test: dict[str, Any]
     sets: dict[str, dict[str, Any]]
+    rank: int  # the LoRA rank the node trains at (lora-rank)
 
     def as_dict(self) -> dict[str, Any]:
         return {"client": self.client, "train": self.train, "train-pairs": self.train_pairs, "test": self.test,
-                "sets": self.sets}
+                "sets": self.sets, "rank": self.rank}
 
 
 # ---------------------------------------------------------------------------- the one entry point
@@ -64,14 +66,15 @@ class Report:
 def parse(kind: str, content: Any, **expect: Any) -> Any:
     """The decoded reply of message type ``kind``, or a :class:`BadReply`. Never raises.
 
-    ``expect``: ``query``: nothing; ``train``: ``client``, ``round``, ``reference`` (the global
-    adapter sent); ``evaluate``: ``client``, ``pairs`` (the (kind, set) pairs assigned to the node),
+    ``expect``: ``query``: ``max_rank`` (``lora.r``); ``train``: ``client``, ``round``, ``reference``
+    (the global adapter sent, cut to the client's rank), ``upload`` (``fed.upload``); ``evaluate``: ``client``, ``pairs`` (the (kind, set) pairs assigned to the node),
     ``sizes`` (records per set), ``records`` (whether per-record outcomes were asked for)."""
     try:
         if kind == wire.QUERY:
-            return _report(content)
+            return _report(content, expect.get("max_rank", MAX_RANK))
         if kind == wire.TRAIN:
-            return _update(content, expect["client"], expect["round"], expect["reference"])
+            return _update(content, expect["client"], expect["round"], expect["reference"],
+                           expect.get("upload", "float32"))
         if kind == wire.EVALUATE:
             return _scores(content, expect["client"], expect["pairs"], expect["sizes"], expect.get("records", False))
         return BadReply(f"unknown message type {kind!r}")
@@ -192,13 +195,13 @@ def _client(values: dict[str, Any], expected: str) -> None:
 # ---------------------------------------------------------------------------- hello
 
 
-def _report(content: Any) -> Report:
+def _report(content: Any, max_rank: int) -> Report:
     _no_other_records(content, arrays_allowed=False)
     values = _values(content)
     client = _name(values.get("client"), "client")
     sets = {_name(k, "test set"): _set_desc(v, f"sets.{k}") for k, v in _table(_json(values, "sets"), "sets").items()}
     return Report(client, _int(values.get("train"), "train"), _pairs(_json(values, "train-pairs"), "train-pairs"),
-                  _set_desc(_json(values, "test"), "test"), sets)
+                  _set_desc(_json(values, "test"), "test"), sets, _int(values.get("rank"), "rank (lora.r)", 1, max_rank))
 
 
 # ---------------------------------------------------------------------------- train
@@ -230,7 +233,7 @@ def wire_dtype(t: Any) -> str:
     return "float32" if name == "bfloat16" else name
 
 
-def _update(content: Any, client: str, round_: int, reference: AdapterState) -> ClientUpdate:
+def _update(content: Any, client: str, round_: int, reference: AdapterState, fmt: str) -> ClientUpdate:
     from fedoa.algorithms.base import ClientUpdate
 
     _no_other_records(content, arrays_allowed=True)
@@ -241,10 +244,12 @@ def _update(content: Any, client: str, round_: int, reference: AdapterState) -> 
     examples = _int(values.get("num-examples"), "num-examples", 1)
     phases = _phases(_json(values, "phases"))
     if wire.GLOBAL_RECORD not in content.array_records:
-        if wire.DTYPES in values:
-            raise BadReply("dtypes without tensors")
+        if wire.DTYPES in values or wire.UPLOAD in values:
+            raise BadReply("dtypes or upload without tensors")
         return ClientUpdate(client, None, examples, phases)
     record = content.array_records[wire.GLOBAL_RECORD]
+    if fmt != "float32" or wire.UPLOAD in values:
+        return ClientUpdate(client, None, examples, phases, upload=_upload(values, record, reference, fmt))
     _check_names(record, reference)
     bf16 = sorted(k for k, v in reference.items() if str(v.dtype) == "torch.bfloat16")
     dtypes = _table(_json(values, wire.DTYPES), "dtypes") if wire.DTYPES in values else {}
@@ -252,6 +257,30 @@ def _update(content: Any, client: str, round_: int, reference: AdapterState) -> 
         raise BadReply("dtypes differ from the global adapter's bfloat16 tensors")
     state = decode_checked(record, reference)
     return ClientUpdate(client, state, examples, phases)
+
+
+def _upload(values: dict[str, Any], record: Any, reference: AdapterState, fmt: str):
+    """A compressed change (``fed.upload`` bfloat16 or int8): its format and scales from the values,
+    every tensor's name, shape, dtype and size from the record's metadata, then decoded."""
+    import torch
+
+    from fedoa.model.uploads import Upload
+
+    if wire.DTYPES in values:
+        raise BadReply("dtypes beside a compressed upload")
+    meta = _table(_json(values, wire.UPLOAD), "upload", 2)
+    if fmt == "float32" or meta.get("format") != fmt:
+        raise BadReply(f"the upload is in format {str(meta.get('format'))[:20]!r}, the run asks for {fmt!r}")
+    scales = _table(meta.get("scales"), "upload.scales")
+    if fmt == "int8" and set(scales) != set(reference) or fmt != "int8" and scales:
+        raise BadReply("upload.scales do not name exactly the upload's int8 tensors")
+    scales = {k: _float(v, f"upload.scales.{k[:60]}", 0.0, 1e30) for k, v in scales.items()}
+    wire_dtype = wire.UPLOAD_WIRE_DTYPE[fmt]
+    arrays = decode_checked(record, {k: torch.empty(ref.shape, dtype=getattr(torch, wire_dtype))
+                                     for k, ref in reference.items()})
+    if fmt == "bfloat16":
+        arrays = {k: t.view(torch.bfloat16) for k, t in arrays.items()}
+    return Upload(fmt, arrays, scales)
 
 
 def _check_names(record: Any, reference: AdapterState) -> None:

@@ -34,6 +34,7 @@ class DeploySettings:
     eval_timeout: float = 0.0  # the same for the evaluation
     join_timeout: float = 600.0  # seconds to wait for num-nodes clients at the start
     fresh: bool = False  # ignore an unfinished run's checkpoint
+    replace: bool = False  # replace another run's finished results in out-dir (else refused)
     poll_interval: float = 0.25  # seconds between checks for replies (a local call to the SuperLink)
     node_auth: bool = False  # SuperNodes authenticate (keys): a client name stays bound to its first node
     record_outcomes: bool = False  # nodes send per-record outcomes of their test sets (default: counts only)

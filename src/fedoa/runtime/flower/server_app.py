@@ -25,7 +25,8 @@ def serve(grid, run_config: dict, log=print) -> dict:
 
     cfg, deploy = unflatten(run_config)
     transport = FlowerTransport(grid, cfg, deploy, log)
-    results = run_federation(cfg, transport, transport.out_dir, fresh=deploy.fresh, render=render_reports)
+    results = run_federation(cfg, transport, transport.out_dir, fresh=deploy.fresh, render=render_reports,
+                              replace=deploy.replace)
     log(f"[fedoa] done in {results.timing['wall_seconds']:.0f} s; results in {transport.out_dir / 'results.json'}")
     for kind, s in results.summary.items():
         log(f"[fedoa] {kind}: ID {s.get('id_accuracy')}, OOD {s.get('ood_accuracy')}")

@@ -22,6 +22,7 @@ from fedoa.errors import FedoaError
 from fedoa.evaluation.matrix import EvalPlan, SetScores, evaluate_models
 from fedoa.evaluation.protocols import plan_from_reports
 from fedoa.model.adapters import AdapterState
+from fedoa.model.uploads import narrow
 from fedoa.paths import cache_dir
 from fedoa.runtime.common import model_identity
 from fedoa.runtime.driver import Failure, Scores, Transport
@@ -158,6 +159,7 @@ class FlowerTransport(Transport):
         self.run_key = run_key(cfg, self.out_dir)
         self.client_rounds: dict[str, int] = {}
         self.declared: dict[str, int] = {}  # training examples per client, as first declared
+        self.ranks: dict[str, int] = {}  # LoRA rank per client, as first declared
         self.refused: list[dict[str, Any]] = []  # nodes that claimed a client bound to another node
         self.am, _ = build_model(cfg)  # adapter shapes (init) and the global adapter's export
         self.setup_seconds = time.perf_counter() - start
@@ -188,8 +190,12 @@ class FlowerTransport(Transport):
     def discover(self, expected: set[str] | None = None) -> None:
         """Ask nodes not seen before who they are; map them to client names.
 
-        At the start (``expected`` None) two nodes with one client name are an error; during the
-        run a new node of a known client is taken to be its restart and replaces the old node.
+        With ``deploy.node-auth`` a node id is its registered key and a client name stays bound to
+        the first node that claimed it (the first to answer when two join in the same poll): any
+        other node claiming it is refused and recorded, at the start or later, and the first node
+        goes on. Without node authentication two nodes with one name at the start are an error
+        (a misconfiguration), and during the run a new node of a known client is taken to be its
+        restart and replaces the old node.
         """
         online = set(self.grid.get_node_ids())
         for c, n in self.fed.node_of.items():
@@ -208,7 +214,7 @@ class FlowerTransport(Transport):
                 if rep.lost:
                     self.fed.lost.add(n)
                 continue
-            parsed = replies.parse(wire.QUERY, rep)
+            parsed = replies.parse(wire.QUERY, rep, max_rank=self.cfg.lora.r)
             if isinstance(parsed, replies.BadReply):
                 self.refused.append({"node": n, "reason": f"malformed hello: {parsed}"})
                 self.log(f"[fedoa] node {n} sent a malformed hello ({parsed}); ignored")
@@ -220,12 +226,12 @@ class FlowerTransport(Transport):
                 continue
             old = self.fed.node_of.get(c)
             if old is not None and old != n:
-                if expected is None and old not in self.fed.lost:
-                    raise DeployError(f"two nodes ({old} and {n}) say they are client {c!r}: client-name must be unique")
                 if self.st.node_auth:  # a node id is its registered key: the name stays with the first one
                     self.refused.append({"node": n, "client": c, "bound_to": old})
                     self.log(f"[fedoa] node {n} claims client {c!r}, bound to node {old} (its key): refused")
                     continue
+                if expected is None and old not in self.fed.lost:
+                    raise DeployError(f"two nodes ({old} and {n}) say they are client {c!r}: client-name must be unique")
                 self.log(f"[fedoa] client {c!r} is back on node {n} (was node {old})")
                 self.fed.lost.add(old)
             self.fed.node_of[c] = n
@@ -233,6 +239,9 @@ class FlowerTransport(Transport):
             # the example count a client declared when it first joined caps every later claim: a node
             # that comes back may declare fewer, never more
             self.declared[c] = min(self.declared.get(c, report["train"]), report["train"])
+            if self.ranks.setdefault(c, report["rank"]) != report["rank"]:  # its uploads will fail validation
+                self.log(f"[fedoa] client {c!r} now declares rank {report['rank']}; it joined with rank "
+                         f"{self.ranks[c]}, which its uploads must have")
 
     def wait_for_nodes(self) -> None:
         deadline = time.monotonic() + self.st.join_timeout
@@ -253,6 +262,9 @@ class FlowerTransport(Transport):
     def examples_of(self, client: str) -> int:
         return self.declared[client]
 
+    def rank_of(self, client: str) -> int:
+        return self.ranks.get(client, self.cfg.lora.r)
+
     # -------------------------------------------------------------- training
 
     def train(self, round_: int, groups: dict[str, list[str]], global_state: AdapterState) -> dict[str, ClientUpdate | Failure]:
@@ -266,7 +278,7 @@ class FlowerTransport(Transport):
                 continue
             client_of[n] = c
             contents[n] = wire.content({"round": round_, "state-round": self.client_rounds.get(c, 0),
-                                        "run-key": self.run_key}, global_state)
+                                        "run-key": self.run_key}, narrow(global_state, self.rank_of(c)))
         self.log(f"[fedoa] round {round_}/{self.cfg.fed.rounds}: training {', '.join(client_of.values()) or 'nobody'}")
         for n, rep in self.exchange(wire.TRAIN, contents, str(round_), self.st.round_timeout).items():
             c = client_of[n]
@@ -275,7 +287,8 @@ class FlowerTransport(Transport):
                     self.fed.lost.add(n)
                 out[c] = rep
                 continue
-            parsed = replies.parse(wire.TRAIN, rep, client=c, round=round_, reference=global_state)
+            parsed = replies.parse(wire.TRAIN, rep, client=c, round=round_,
+                                   reference=narrow(global_state, self.rank_of(c)), upload=self.cfg.fed.upload)
             out[c] = Failure(f"malformed reply: {parsed}", node=n) if isinstance(parsed, replies.BadReply) else parsed
         return out
 
@@ -287,12 +300,14 @@ class FlowerTransport(Transport):
         return {}  # on the nodes
 
     def meta(self) -> dict[str, Any]:
-        return {"client_rounds": dict(self.client_rounds), "run_key": self.run_key, "declared": dict(self.declared)}
+        return {"client_rounds": dict(self.client_rounds), "run_key": self.run_key, "declared": dict(self.declared),
+                "ranks": dict(self.ranks)}
 
     def restore(self, client_states: dict[str, ClientState], meta: dict[str, Any]) -> None:
         self.client_rounds = dict(meta.get("client_rounds", {}))
         for c, n in meta.get("declared", {}).items():  # a resumed run keeps the first declarations
             self.declared[c] = min(n, self.declared.get(c, n))
+        self.ranks.update(meta.get("ranks", {}))
 
     # -------------------------------------------------------------- evaluation
 

@@ -3,8 +3,11 @@
 Every message holds at most two records besides plain values:
 
 - ``ArrayRecord "global"``: the global adapter (LoRA A/B tensors, PEFT keys), server -> node in
-  ``train``/``evaluate`` and node -> server in a ``train`` reply. Nothing else of a model ever
-  travels: personal adapters and data stay on the node.
+  ``train``/``evaluate`` (cut to the node's rank in ``train``) and node -> server in a ``train``
+  reply: the adapter itself (``fed.upload = "float32"``), or its compressed change (bfloat16 as
+  its 16 bits in an int16 array, numpy having no bfloat16; int8) with the format and the int8
+  scales in the values' ``upload`` entry. Nothing else of a model ever travels: personal adapters
+  and data stay on the node.
 - ``ConfigRecord "fedoa"``: small values (round numbers, the client name, the evaluation
   assignment and scores, training metrics as JSON text).
 
@@ -22,6 +25,9 @@ if TYPE_CHECKING:  # torch is imported where tensors are handled (a query needs 
 GLOBAL_RECORD = "global"
 VALUES = "fedoa"
 DTYPES = "dtypes"  # inside VALUES: JSON {key: dtype} for tensors sent as float32 (bfloat16)
+UPLOAD = "upload"  # inside VALUES: JSON {"format": ..., "scales": {key: float}} of a compressed upload
+#: the numpy dtype each compressed format's tensors travel as
+UPLOAD_WIRE_DTYPE = {"bfloat16": "int16", "int8": "int8"}
 
 QUERY = "query"
 TRAIN = "train"
@@ -56,8 +62,19 @@ def decode_state(record, dtypes: dict[str, str] | None = None) -> AdapterState:
     return out
 
 
-def content(values: dict[str, Any], state: AdapterState | None = None):
-    """A ``RecordDict`` with the values (JSON-encoded when not a flat scalar) and the state."""
+def encode_upload(upload):
+    """An ``ArrayRecord`` of a compressed change (bfloat16 viewed as int16) and its ``upload`` value."""
+    import torch
+    from flwr.app import ArrayRecord
+
+    tensors = {k: (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).contiguous()
+               for k, t in upload.tensors.items()}
+    return ArrayRecord(tensors), json.dumps({"format": upload.format, "scales": upload.scales})
+
+
+def content(values: dict[str, Any], state: AdapterState | None = None, upload=None):
+    """A ``RecordDict`` with the values (JSON-encoded when not a flat scalar) and the state (or a
+    compressed upload, :class:`fedoa.model.uploads.Upload`)."""
     from flwr.app import ConfigRecord, RecordDict
 
     flat: dict[str, Any] = {}
@@ -69,6 +86,8 @@ def content(values: dict[str, Any], state: AdapterState | None = None):
         records[GLOBAL_RECORD] = arrays
         if dtypes:
             flat[DTYPES] = json.dumps(dtypes)
+    elif upload is not None:
+        records[GLOBAL_RECORD], flat[UPLOAD] = encode_upload(upload)
     records[VALUES] = ConfigRecord(flat)
     return RecordDict(records)
 
