@@ -5,12 +5,16 @@
 # they are measured alone), and one DP-FedAvg run. Global OOD accuracy against the clean run:
 # benchmarks/RESULTS.md.
 #   bash benchmarks/poisoning.sh        (resumable; results in benchmarks/poisoning/)
+#   REPORT_ONLY=1 bash benchmarks/poisoning.sh   (re-render the committed runs; trains nothing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FEDOA="${FEDOA:-.venv/bin/fedoa}"
 OUT=benchmarks/poisoning
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
-"$FEDOA" compare --config benchmarks/poisoning.toml --methods "clean=fedit" --seeds 1 --out "$OUT" --quiet
+REPORT=()
+[[ -n "${REPORT_ONLY:-}" ]] && REPORT=(--report-only)
+[[ -z "${REPORT_ONLY:-}" ]] && "$FEDOA" compare --config benchmarks/poisoning.toml --methods "clean=fedit" --seeds 1 \
+  --out "$OUT" --quiet
 # clip at twice the clean run's median update norm
 CLIP=$("${FEDOA%fedoa}python" -c "
 import json, statistics
@@ -27,4 +31,4 @@ for kind in scale "'nan'" signflip; do
   # DP-FedAvg, no attack: z = 1 with the same clip (its epsilon is in results.json and RESULTS.md)
   [[ $name == scale ]] && M="$M,dp-z1=fedit[dp.noise_multiplier=1.0;dp.clip_norm=$CLIP;fed.aggregation=uniform]"
 done
-"$FEDOA" compare --config benchmarks/poisoning.toml --methods "$M" --seeds 1 --out "$OUT" --focus none
+"$FEDOA" compare --config benchmarks/poisoning.toml --methods "$M" --seeds 1 --out "$OUT" --focus none "${REPORT[@]}"

@@ -28,17 +28,5 @@ METHODS="fedit,local,ditto,feddpa,fedoa,fedoa-w0=fedoa[$W0],shipped=fedoa[$SHIPP
   --methods "fedoa,fedoa-gs=fedoa[fedoa.target_features=global_step]" --seeds 1 \
   --out benchmarks/global-step --report-only --quiet
 
-# hostile clients and DP (benchmarks/poisoning.sh; the clipping bound its clean run gave: 5.014)
-CLIP=5.014
-OFF="trust.norm_factor=0"
-M="clean=fedit"
-for kind in scale "'nan'" signflip; do
-  name=${kind//\'/}
-  M="$M,$name-fedavg=fedit[attack.kind=$kind;$OFF],$name-validated=fedit[attack.kind=$kind]"
-  M="$M,$name-median=fedit[attack.kind=$kind;$OFF;fed.aggregation=median]"
-  M="$M,$name-trimmed=fedit[attack.kind=$kind;$OFF;fed.aggregation=trimmed_mean;fed.trim_fraction=0.25]"
-  M="$M,$name-clipped=fedit[attack.kind=$kind;$OFF;fed.clip_norm=$CLIP]"
-  [[ $name == scale ]] && M="$M,dp-z1=fedit[dp.noise_multiplier=1.0;dp.clip_norm=$CLIP;fed.aggregation=uniform]"
-done
-"$FEDOA" compare --config benchmarks/poisoning.toml --methods "$M" --seeds 1 --out benchmarks/poisoning \
-  --focus none --report-only --quiet
+# hostile clients and DP: the same method list as benchmarks/poisoning.sh, re-rendered by it
+FEDOA="$FEDOA" REPORT_ONLY=1 bash benchmarks/poisoning.sh
