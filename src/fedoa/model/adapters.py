@@ -11,6 +11,8 @@ import contextlib
 import hashlib
 import json
 import math
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -257,3 +259,12 @@ def state_digest(state: AdapterState) -> str:
 
 def state_bytes(state: AdapterState) -> int:
     return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def per_model(table: weakref.WeakKeyDictionary, am: AdapterModel, make: Callable):
+    """The object ``table`` holds for ``am``, made by ``make(am)`` on first use: hooks are installed
+    once per model and go with it."""
+    obj = table.get(am)
+    if obj is None:
+        obj = table[am] = make(am)
+    return obj

@@ -24,7 +24,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from fedoa.model.adapters import GLOBAL, PERSONAL, AdapterModel
+from fedoa.model.adapters import GLOBAL, PERSONAL, AdapterModel, per_model
 
 #: While option scoring runs a continuation pass over cached prompts, the prompt-batch row of
 #: each input row (``None`` otherwise): the mix re-indexes its per-row weights with it.
@@ -127,10 +127,7 @@ _MIXERS: "weakref.WeakKeyDictionary[AdapterModel, AdapterMix]" = weakref.WeakKey
 
 
 def mixer_of(am: AdapterModel) -> AdapterMix:
-    mix = _MIXERS.get(am)
-    if mix is None:
-        mix = _MIXERS[am] = AdapterMix(am)
-    return mix
+    return per_model(_MIXERS, am, AdapterMix)
 
 
 def mixer_off(am: AdapterModel) -> None:

@@ -22,7 +22,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from fedoa.model.adapters import GLOBAL, AdapterModel, AdapterState
+from fedoa.model.adapters import GLOBAL, AdapterModel, AdapterState, per_model
 
 
 def _layer_key(module_name: str, part: str) -> str:
@@ -109,10 +109,7 @@ _LAYERS: "weakref.WeakKeyDictionary[AdapterModel, SlotLayers]" = weakref.WeakKey
 
 def slot_layers(am: AdapterModel) -> SlotLayers:
     """The slot hooks of ``am`` (installed on first use, once per model)."""
-    layers = _LAYERS.get(am)
-    if layers is None:
-        layers = _LAYERS[am] = SlotLayers(am)
-    return layers
+    return per_model(_LAYERS, am, SlotLayers)
 
 
 @contextlib.contextmanager
