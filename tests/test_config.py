@@ -34,8 +34,11 @@ def test_every_shipped_preset_only_overrides_code_defaults_and_loads_by_name():
             for key, value in (values.items() if isinstance(values, dict) else [(None, values)]):
                 restated = code[section] == value if key is None else code[section][key] == value
                 assert not restated, f"{name}: {section}.{key} restates the code default {value!r}"
-        assert load_config(name) == load_config(path)
-    ref = load_config("reference")  # the FedOA reference's local schedule
+        sets = ["data.path=/srv/flan8"] if name == "reference" else []  # it names no data folder of its own
+        assert load_config(name, sets) == load_config(path, sets)
+    with pytest.raises(ConfigError, match="data.path"):
+        load_config("reference")  # a shipped preset never points into a folder beside the checkout
+    ref = load_config("reference", ["data.path=/srv/flan8"])  # the FedOA reference's local schedule
     assert (ref.train.epochs, ref.train.batch_size, ref.train.micro_batch_size, ref.train.lr) == (3, 128, 8, 3e-4)
     assert (ref.model.max_length, ref.data.template, ref.train.schedule) == (512, "alpaca", "linear")
     with pytest.raises(ConfigError, match="shipped presets, by name: default, reference"):
