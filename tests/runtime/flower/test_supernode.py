@@ -11,11 +11,15 @@ from fedoa.runtime.flower.supernode import check_flower, shorter_sleeps
 
 
 def test_the_installed_flower_still_has_the_loop_it_shortens():
+    import flwr.supercore.heartbeat as sender
+    import flwr.supernode.fleet_http_connection as connection
     import flwr.supernode.start_client_internal as loop
 
-    check_flower(loop)  # fails the day Flower's SuperNode loop changes: then the module must change too
+    check_flower(loop, connection, sender)  # fails the day Flower changes them: then the module must change too
     with pytest.raises(SystemExit, match="run flower-supernode itself"):
         check_flower(types)  # a module without that loop
+    with pytest.raises(SystemExit, match="HEARTBEAT_DEFAULT_INTERVAL"):
+        check_flower(loop, types)
 
 
 def test_every_sleep_of_the_loop_is_capped_and_the_rest_of_time_is_untouched(monkeypatch):
