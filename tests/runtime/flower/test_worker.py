@@ -52,8 +52,10 @@ def test_workers_on_one_machine_share_its_cores_unless_the_node_says(tmp_path, m
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     folder = private_folder()
-    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "fedoa.runtime.flower.worker"])
+    worker = subprocess.Popen([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)",
+                               "fedoa.runtime.flower.worker"], stdout=subprocess.PIPE, text=True)
     try:
+        assert worker.stdout.readline() == "up\n"  # running (its /proc cmdline is empty while it starts)
         for name, text in (("a", worker.pid), ("b", dead.pid), ("c", "garbage"), ("d", os.getpid())):
             (folder / f"{name}.pid").write_text(f"{text}\n")
         # a dead worker's file, a half-written one and a live pid that is no worker (reused) do not count
