@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -141,14 +142,20 @@ def test_three_supernodes_train_the_same_global_adapter_as_the_in_process_run(fe
 
 @pytest.mark.xdist_group("flower-federation")
 def test_the_server_killed_mid_round_resumes_to_the_same_adapters(federation, reference):
-    """SIGKILL to the ServerApp while round 2's updates are out; `fedoa deploy run` again resumes
-    from the checkpoint of round 1, and the nodes from their state of round 1."""
+    """SIGKILL to the ServerApp while round 2's updates are out; the operator stops that run
+    (`fedoa deploy stop`: Flower itself fails a run whose ServerApp died only when its heartbeat
+    lapses, a minute later); `fedoa deploy run` again resumes from the checkpoint of round 1, and
+    the nodes from their state of round 1."""
     sim, a = reference
     first = federation.launch("resumed", "--timeout", "120")
     federation.until_round_one_is_aggregated(first, "resumed")
     time.sleep(1.0)  # inside round 2
     [server] = federation.procs.serverapp_pids()
     os.kill(server, signal.SIGKILL)
+    [run_id] = re.findall(r"started run (\d+)", federation.procs.log_tail("run-resumed", 400))
+    stop = federation.procs.start("stop-resumed", ["deploy", "stop", run_id, "--superlink", f"127.0.0.1:{federation.port}",
+                                                   "--insecure", "--flwr-home", str(federation.home)])
+    assert stop.wait(120) == 0, federation.procs.log_tail("stop-resumed")
     assert federation.wait(first, "resumed", 200) != 0  # the first run did not complete
     out = federation.root / "resumed"
     assert not (out / "results.json").exists()
