@@ -40,6 +40,24 @@ class Routing:
     fixed_weight: torch.Tensor | None = None  # [S * rows]: weight on the fixed adapter (None: not used)
     all_slots: bool = False  # slots == arange(K): no gather needed
 
+    def select(self, rows: torch.Tensor) -> "Routing":
+        """The routing of some rows of this batch, one slot per row (option scoring's KV-cache
+        continuation re-indexes the prompt rows: they no longer come in equal groups)."""
+        per_row = self.slots.repeat_interleave(self.rows)[rows]
+        return Routing(per_row, 1, None if self.weight is None else self.weight[rows],
+                       None if self.fixed_weight is None else self.fixed_weight[rows])
+
+
+@dataclass
+class SlotModel:
+    """A model scored on stacked slots (batched evaluation): ``own_weight * own(x) +
+    fixed_weight * G(x)`` added to the base model's layers, G being the adapter every row shares
+    (the global one). ``own`` None: no adapter of its own (a zero slot: the base model alone)."""
+
+    own: AdapterState | None
+    own_weight: float = 1.0
+    fixed_weight: float = 0.0
+
 
 class SlotBank:
     """K adapter states stacked per LoRA layer, optionally trainable (leaf tensors with gradients)."""

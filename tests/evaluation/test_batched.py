@@ -1,0 +1,147 @@
+"""Batched evaluation (``runtime.batch_clients`` on) scores what sequential evaluation scores: every
+model in slots, one pass per batch of records (tiny model, float32, LoRA dropout 0).
+
+Outcomes must be equal; option log-likelihoods agree within 1e-5 relative (the slot path adds LoRA
+outputs with batched matmuls and pads each pass to its longest prompt over more rows: rounding only).
+"""
+import json
+
+import pytest
+import torch
+
+from fedoa.algorithms import make_algorithm
+from fedoa.data.prompts import PromptEncoder
+from fedoa.data.records import make_record
+from fedoa.evaluation.batched import slot_option_scores
+from fedoa.evaluation.scoring import option_scores, prepare_set
+from fedoa.model import slots
+from fedoa.model.adapters import GLOBAL, PERSONAL
+from fedoa.model.mixing import activate_both, mixer_of, mixer_off
+from fedoa.model.slots import SlotBank, SlotModel
+from fedoa.runtime.common import eval_kinds
+from fedoa.runtime.inprocess import InProcess, run_simulation
+from fedoa.runtime.session import build_model, open_session
+from fedoa.testing import synthetic_clients, tiny_config
+
+RECORDS = [
+    make_record("Is this good?\nOPTIONS:\n- yes indeed it is\n- no\n- maybe so", "no"),
+    make_record("A much longer question about the world?\nOPTIONS:\n- NDRF.\n- National Disaster Response Force.",
+                "NDRF."),
+    make_record("Short?\nOPTIONS:\n- negative\n- positive", "positive"),
+]
+
+
+def trained_like(am, seed: int):
+    """An adapter whose B is not zero (a fresh one adds nothing, so every model would agree)."""
+    gen = torch.Generator().manual_seed(seed)
+    return {k: v + 0.05 * torch.randn(v.shape, generator=gen) for k, v in am.fresh_state(seed).items()}
+
+
+def activated_scores(am, ps, pad, g, p, own, fixed):
+    """Option scores of ``own * P + fixed * G`` (P, G, or neither alone) through PEFT's own slots."""
+    mixer_off(am)
+    am.set(GLOBAL, g)
+    am.set(PERSONAL, p)
+    if own and fixed:
+        activate_both(am)
+        mixer_of(am).constant(fixed, own)
+    else:
+        am.use(PERSONAL if own else GLOBAL if fixed else None)
+    try:
+        return option_scores(am, ps.prompts, ps.options, pad)
+    finally:
+        mixer_off(am)
+        am.use(GLOBAL)
+
+
+def test_every_slot_model_scores_what_it_scores_activated(tiny):
+    am, tok = tiny
+    ps = prepare_set(PromptEncoder(tok, "alpaca", 256), "t", RECORDS)
+    assert any(len(o) > 1 for opts in ps.options for o in opts)  # exercises the routed KV-cache continuation
+    g, p1, p2 = trained_like(am, 1), trained_like(am, 2), trained_like(am, 3)
+    # (own adapter, own weight, weight on G): G alone, a personal adapter, the base model, FedLoRA's
+    # sum P + G, FedDPA's fixed mix 0.3 P + 0.7 G
+    cases = [(g, 1.0, 0.0), (p1, 1.0, 0.0), (None, 1.0, 0.0), (p2, 1.0, 1.0), (p1, 0.3, 0.7)]
+    models = [SlotModel(own, w, f) for own, w, f in cases]
+    zeros = {k: torch.zeros_like(v) for k, v in g.items()}
+    bank = SlotBank(am, [zeros if m.own is None else m.own for m in models], trainable=False, fixed=g)
+    got = slot_option_scores(am, bank, models, list(range(len(models))), ps.prompts, ps.options, tok.pad_token_id)
+    for (own, w, f), batched in zip(cases, got):
+        want = activated_scores(am, ps, tok.pad_token_id, g, own if own is not None else zeros,
+                                w if own is not None else 0.0, f)
+        for b_row, w_row in zip(batched, want):
+            assert b_row == pytest.approx(w_row, rel=1e-5)
+            assert max(range(len(b_row)), key=b_row.__getitem__) == max(range(len(w_row)), key=w_row.__getitem__)
+    # the models differ, so a slot routed to the wrong rows would show
+    flat = [[x for row in model for x in row] for model in got]
+    assert all(max(abs(x - y) for x, y in zip(a, b)) > 1e-2 for a, b in zip(flat, flat[1:]))
+
+
+def config(method: str, batch: str, **sections):
+    cfg = tiny_config(lora={"dropout": 0.0}, runtime={"batch_clients": batch}, fed={"client_fraction": 1.0},
+                      eval={"zero_shot": True, "batch_size": 3}, **sections)
+    cfg.method = method
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def clients():
+    return [synthetic_clients((n,), n_train=k, n_test=7, seed=i)[0] for i, (n, k) in enumerate({"a": 4, "b": 6, "c": 5}.items())]
+
+
+#: methods whose training runs one client at a time in both modes (FedLoRA, pFedMe cannot be batched):
+#: the two runs train bit-identical adapters, so results.json differs only by how it was evaluated.
+#: FedLoRA's personal model is base + P + G (the shared adapter in every row); pFedMe's plain P and G.
+@pytest.mark.parametrize("method, sections", [("fedlora", {"fedlora": {"global_eval": True}}), ("pfedme", {})])
+def test_a_batched_evaluation_writes_the_results_a_sequential_one_writes(tmp_path, clients, method, sections):
+    results, used_slots = {}, {}
+    for batch in ("off", "on"):
+        cfg = config(method, batch)
+        for section, values in sections.items():
+            for k, v in values.items():
+                setattr(cfg.settings_of(section), k, v)
+        model = build_model(cfg)  # its own model: whether slot hooks were ever installed tells the paths apart
+        run_simulation(cfg, tmp_path / batch, progress=False, session=open_session(cfg, clients=clients, model=model),
+                       reports=False)
+        results[batch] = json.loads((tmp_path / batch / "results.json").read_text())
+        used_slots[batch] = slots._LAYERS.get(model[0]) is not None
+    assert used_slots == {"off": False, "on": True}
+    off, on = results["off"], results["on"]
+    assert set(off["records"]) == set(eval_kinds(config(method, "off"), make_algorithm(config(method, "off"))))
+    assert on["records"] == off["records"]  # every model's outcome on every record
+    assert any("0" in hits for kind in off["records"].values() for row in kind.values() for hits in row.values())
+    for key in ("matrices", "summary", "per_client"):
+        assert on[key] == off[key], key
+
+
+def states_of(session, algo, seed: int):
+    """Trained-like personal adapters for every client, and a trained-like global adapter."""
+    states = {}
+    for i, c in enumerate(session.clients):
+        states[c.name] = algo.init_client(session.am, c.name)
+        if PERSONAL in states[c.name]:
+            states[c.name][PERSONAL] = trained_like(session.am, seed + i)
+    return states, trained_like(session.am, seed + 100)
+
+
+#: FedOA's mixed model (instance-wise weights) has no slot form and is scored alone amid the batched ones;
+#: FedDPA's fixed mix and FedIT's global adapter go in slots.
+@pytest.mark.parametrize("method, mix", [("fedoa", None), ("feddpa", "fixed"), ("feddpa", "instance"), ("fedit", None)])
+def test_batched_and_sequential_evaluation_score_the_same_models_alike(clients, method, mix):
+    cfg = config(method, "off")
+    if mix:
+        cfg.settings_of("feddpa").mix = mix
+    session = open_session(cfg, clients=clients, model=build_model(cfg))
+    algo = make_algorithm(cfg)
+    transport = InProcess(session, progress=False)
+    transport.open(algo)
+    states, global_state = states_of(session, algo, 7)
+    transport.restore(states, {})
+    kinds = eval_kinds(cfg, algo)
+    scores = {}
+    for batch in ("off", "on"):
+        session.cfg.runtime.batch_clients = batch
+        scores[batch] = transport.evaluate(session.plan, kinds, global_state)[1]
+    assert scores["on"] == scores["off"]
+    per_kind = {k: [v.options_hits for row in scores["on"][k].values() for v in row.values()] for k in kinds}
+    assert len({tuple(v) for v in per_kind.values()}) > 1  # the models answer differently
