@@ -325,7 +325,7 @@ class RuntimeConfig(Section):
         "auto",
         "Train every sampled client of a round at once (stacked LoRA slots, one forward and backward pass for "
         "all; see docs/batched.md) or one after another; evaluation likewise (every model's option scores in one "
-        "pass per batch of test records; generation and instance-wise mixes one model at a time). 'auto': on for "
+        "pass per batch of test records; generation one model at a time). 'auto': on for "
         "CUDA, off on CPU (measured slower there: benchmarks/RESULTS.md). Methods that cannot be batched run one "
         "client at a time whatever this says.",
     )

@@ -16,7 +16,7 @@ from fedoa.evaluation.batched import slot_option_scores
 from fedoa.evaluation.scoring import option_scores, prepare_set
 from fedoa.model import slots
 from fedoa.model.adapters import GLOBAL, PERSONAL
-from fedoa.model.mixing import activate_both, mixer_of, mixer_off
+from fedoa.model.mixing import InstanceWeights, activate_both, arm_instance_mix, mixer_of, mixer_off, prompt_features
 from fedoa.model.slots import SlotBank, SlotModel
 from fedoa.runtime.common import eval_kinds
 from fedoa.runtime.inprocess import InProcess, run_simulation
@@ -77,6 +77,38 @@ def test_every_slot_model_scores_what_it_scores_activated(tiny):
     assert all(max(abs(x - y) for x, y in zip(a, b)) > 1e-2 for a, b in zip(flat, flat[1:]))
 
 
+@pytest.mark.parametrize("feature_slot, on, clip", [(PERSONAL, GLOBAL, False), (None, PERSONAL, True)])
+def test_an_instance_wise_mix_scores_what_it_scores_armed(tiny, feature_slot, on, clip):
+    """FedDPA's inference (FedOA's mixed model): per-row weights from each input's features under P
+    alone (or the base model) and the client's anchors, beside a plain model in the same pass."""
+    am, tok = tiny
+    pad = tok.pad_token_id
+    encoder = PromptEncoder(tok, "alpaca", 256)
+    ps = prepare_set(encoder, "t", RECORDS)
+    train = [encoder.encode_train(r).prompt for r in synthetic_clients(("a",), n_train=6)[0].train]
+    g, p = trained_like(am, 4), trained_like(am, 5)
+    kw = {"k": 3, "scale": 0.9, "seed": 0, "on": on, "feature_slot": feature_slot, "clip": clip}
+    mixer_off(am)
+    am.set(GLOBAL, g)
+    am.set(PERSONAL, p)
+    arm_instance_mix(am, train, pad, **kw)
+    try:
+        want = option_scores(am, ps.prompts, ps.options, pad)
+    finally:
+        mixer_off(am)
+        am.use(GLOBAL)
+    anchors = prompt_features(am, feature_slot, train, pad)
+    models = [SlotModel(g), SlotModel(p, instance=InstanceWeights(am, anchors, **kw))]
+    zeros = {k: torch.zeros_like(v) for k, v in g.items()}
+    bank = SlotBank(am, [g, p, zeros], trainable=False, fixed=g)
+    got = slot_option_scores(am, bank, models, [0, 1], ps.prompts, ps.options, pad, zero=2)
+    for b_row, w_row in zip(got[1], want):
+        assert b_row == pytest.approx(w_row, rel=1e-5)
+    # the weights are not constant: the mix differs from G alone and from P alone
+    flat = [x for row in got[1] for x in row]
+    assert max(abs(x - y) for x, y in zip(flat, [x for row in got[0] for x in row])) > 1e-2
+
+
 def config(method: str, batch: str, **sections):
     cfg = tiny_config(lora={"dropout": 0.0}, runtime={"batch_clients": batch}, fed={"client_fraction": 1.0},
                       eval={"zero_shot": True, "batch_size": 3}, **sections)
@@ -124,13 +156,21 @@ def states_of(session, algo, seed: int):
     return states, trained_like(session.am, seed + 100)
 
 
-#: FedOA's mixed model (instance-wise weights) has no slot form and is scored alone amid the batched ones;
-#: FedDPA's fixed mix and FedIT's global adapter go in slots.
-@pytest.mark.parametrize("method, mix", [("fedoa", None), ("feddpa", "fixed"), ("feddpa", "instance"), ("fedit", None)])
-def test_batched_and_sequential_evaluation_score_the_same_models_alike(clients, method, mix):
+#: every kind of model on the same adapters: FedOA's personal, mixed (instance-wise weights) and global
+#: models, FedDPA's fixed and instance-wise mixes, FedIT's global adapter, and zero-shot
+#: with eval.metric "both" and ROUGE, the options are batched and each model generates alone
+GENERATING = {"metric": "both", "max_new_tokens": 3, "rouge": True, "rouge_num_beams": 2, "rouge_max_new_tokens": 3}
+
+
+@pytest.mark.parametrize("method, mix, evaluation", [
+    ("fedoa", None, {}), ("feddpa", "fixed", {}), ("feddpa", "instance", {}), ("fedit", None, {}),
+    ("fedoa", None, GENERATING)])
+def test_batched_and_sequential_evaluation_score_the_same_models_alike(clients, method, mix, evaluation):
     cfg = config(method, "off")
     if mix:
         cfg.settings_of("feddpa").mix = mix
+    for k, v in evaluation.items():
+        setattr(cfg.eval, k, v)
     session = open_session(cfg, clients=clients, model=build_model(cfg))
     algo = make_algorithm(cfg)
     transport = InProcess(session, progress=False)
@@ -143,5 +183,7 @@ def test_batched_and_sequential_evaluation_score_the_same_models_alike(clients, 
         session.cfg.runtime.batch_clients = batch
         scores[batch] = transport.evaluate(session.plan, kinds, global_state)[1]
     assert scores["on"] == scores["off"]
+    if evaluation:
+        assert all(v.generation_hits and v.rouge for row in scores["on"]["mixed"].values() for v in row.values())
     per_kind = {k: [v.options_hits for row in scores["on"][k].values() for v in row.values()] for k in kinds}
     assert len({tuple(v) for v in per_kind.values()}) > 1  # the models answer differently

@@ -34,7 +34,7 @@ from __future__ import annotations
 from typing import Literal
 
 from fedoa.algorithms.base import ClientContext
-from fedoa.algorithms.personalized import PersonalThenGlobal, arm_personal_mix
+from fedoa.algorithms.personalized import PersonalThenGlobal, arm_personal_mix, personal_mix_model
 from fedoa.config import Section, setting
 from fedoa.data.batching import Batch
 from fedoa.model.adapters import GLOBAL, PERSONAL, AdapterModel, AdapterState
@@ -123,15 +123,10 @@ class FedDPA(PersonalThenGlobal):
         )
 
     def eval_model(self, ctx: ClientContext, kind: str, global_state: AdapterState) -> SlotModel | None:
-        """The constant mixes as slots (P in the row's slot, G the shared one). The instance-wise
-        mix is scored alone: its per-row weights need each input's features under P alone and the
-        client's own training anchors, a per-client pass before scoring."""
-        c = self.settings
         if kind != "personal":
             return super().eval_model(ctx, kind, global_state)
-        personal = self.starting_personal(ctx.state, global_state)
-        if c.mix == "sum":
-            return SlotModel(personal, 1.0, 1.0)
-        if c.mix == "fixed":
-            return SlotModel(personal, 1.0 - c.fixed_weight, c.fixed_weight)
-        return None
+        c = self.settings
+        return personal_mix_model(
+            ctx, global_state, self.starting_personal(ctx.state, global_state), c.mix, c.fixed_weight,
+            c.num_instances, c.sim_scale, c.instance_weight_on, c.similarity_features, c.clip,
+        )

@@ -31,7 +31,7 @@ from typing import Literal
 import torch
 
 from fedoa.algorithms.base import ClientContext, ClientUpdate, Phase, train_on_task
-from fedoa.algorithms.personalized import PersonalThenGlobal, arm_personal_mix
+from fedoa.algorithms.personalized import PersonalThenGlobal, arm_personal_mix, personal_mix_model
 from fedoa.algorithms.regularizers import PER_GROUP, distance
 from fedoa.config import Section, setting
 from fedoa.data.batching import Batch
@@ -134,9 +134,9 @@ class FedOA(PersonalThenGlobal):
             super().setup_eval(ctx, kind, global_state)
 
     def eval_model(self, ctx: ClientContext, kind: str, global_state: AdapterState) -> SlotModel | None:
-        """The mixed model is scored alone: its instance-wise weights need each input's features
-        under P alone and the client's own training anchors, a per-client pass before scoring."""
-        return None if kind == "mixed" else super().eval_model(ctx, kind, global_state)
+        if kind == "mixed":
+            return personal_mix_model(ctx, global_state, self.starting_personal(ctx.state, global_state))
+        return super().eval_model(ctx, kind, global_state)
 
     def eval_uses_training_data(self, kind: str) -> bool:
         return kind == "mixed"

@@ -1,18 +1,19 @@
 """Batched evaluation: the models that meet a test set score each batch of its records in one pass.
 
 With ``runtime.batch_clients`` on, the in-process runtime describes each model it evaluates as slot
-adapters (``Algorithm.eval_model``: a client's personal adapter, the global one, a constant mix of
-the two, the base model alone). They are stacked in one :class:`SlotBank`, and each batch of a test
-set's records (the sequential path's batches: ``eval.batch_size`` records sorted by prompt length)
-is scored by every model that meets the set at once: the pass's rows are the records repeated once
-per model, each row routed to its model's slot (``model/slots.py``), in the prompt pass and in the
-KV-cache continuation of multi-token options alike. A pass holds ``eval.batch_size`` x models
-rows. Outcomes equal the sequential path's; option scores agree within float rounding.
+adapters (``Algorithm.eval_model``: a client's personal adapter, the global one, the base model
+alone, a mix of a personal adapter and the global one, constant or instance-wise). They are stacked
+in one :class:`SlotBank`, and each batch of a test set's records (the sequential path's batches:
+``eval.batch_size`` records sorted by prompt length) is scored by every model that meets the set at
+once: the pass's rows are the records repeated once per model, each row routed to its model's slot
+(``model/slots.py``), in the prompt pass and in the KV-cache continuation of multi-token options
+alike. An instance-wise mix (FedDPA's inference, FedOA's mixed model) weighs its rows from their
+features under its feature slot, taken for all such models in one extra pass over the same
+left-padded prompts. A pass holds ``eval.batch_size`` x models rows. Outcomes equal the sequential
+path's; option scores agree within float rounding.
 
-Still scored one model at a time, the model activated as in the sequential path:
-- models with no slot form (``eval_model`` None): FedOA's mixed model and FedDPA's instance-wise
-  mix, whose per-row weights need each input's features under P alone and the client's training
-  anchors (a pass of their own per client before scoring);
+Still one model at a time, the model activated as in the sequential path:
+- a model with no slot form (``eval_model`` None: a plugin method that builds its models its own way);
 - generation and ROUGE (decoding through ``generate`` runs the active model only): with
   ``eval.metric = "both"`` or ``eval.rouge`` the options are batched and each model's
   generations then run alone; ``eval.metric = "generation"`` is wholly sequential.
@@ -25,8 +26,9 @@ from collections.abc import Callable
 import torch
 
 from fedoa.evaluation.matrix import EvalPlan, Evaluator, SetScores, evaluate_models
-from fedoa.evaluation.scoring import best_option, option_scores, scored_batches
-from fedoa.model.adapters import AdapterModel, AdapterState
+from fedoa.evaluation.scoring import best_option, left_pad, option_scores, scored_batches
+from fedoa.model.adapters import GLOBAL, AdapterModel, AdapterState
+from fedoa.model.mixing import last_token_index
 from fedoa.model.slots import Routing, SlotBank, SlotModel, routed
 
 Scores = dict[str, dict[str, dict[str, SetScores]]]  # kind -> client -> set -> scores
@@ -44,16 +46,45 @@ def _row_weights(values: list[float], rows: int, unit: float, device) -> torch.T
     return torch.tensor(values, dtype=torch.float32, device=device).repeat_interleave(rows)
 
 
+def _instance_weights(am: AdapterModel, bank: SlotBank, models: list[SlotModel], slots: list[int], zero: int,
+                      prompts: list[tuple[int, ...]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row weights (own, shared) of every model's rows, an instance-wise mix's from each input's
+    features under its feature slot (the own adapter alone, or the base model: slot ``zero``), taken
+    in one pass over the mixes' rows, of the left-padded prompts that ``option_scores`` builds."""
+    n, device = len(prompts), am.device
+    own = torch.tensor([m.own_weight for m in models], dtype=torch.float32).repeat_interleave(n).to(device)
+    fixed = torch.tensor([m.fixed_weight for m in models], dtype=torch.float32).repeat_interleave(n).to(device)
+    mixes = [j for j, m in enumerate(models) if m.instance is not None]
+    ids, mask = left_pad(prompts, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    feature_slots = [slots[j] if models[j].instance.feature_slot is not None else zero for j in mixes]
+    with routed(am, bank, Routing(torch.tensor(feature_slots, device=device), n)):
+        hidden = am.decoder(input_ids=ids.repeat(len(mixes), 1), attention_mask=mask.repeat(len(mixes), 1),
+                            position_ids=positions.repeat(len(mixes), 1), use_cache=False).last_hidden_state
+    last = last_token_index(mask)
+    for i, j in enumerate(mixes):
+        mix = models[j].instance
+        w = mix.row_weight(hidden[i * n + torch.arange(n, device=device), last].float(), ids, mask)
+        rows = slice(j * n, (j + 1) * n)
+        fixed[rows], own[rows] = (w, 1 - w) if mix.on == GLOBAL else (1 - w, w)
+    return own, fixed
+
+
 @torch.no_grad()
 def slot_option_scores(am: AdapterModel, bank: SlotBank, models: list[SlotModel], slots: list[int],
                        prompts: list[tuple[int, ...]], options: list[list[tuple[int, ...]]],
-                       pad_id: int) -> list[list[list[float]]]:
+                       pad_id: int, zero: int | None = None) -> list[list[list[float]]]:
     """``option_scores`` of one batch of records under each of ``models`` (in ``bank``'s
-    ``slots``), all in one pass: ``[model][record][option]``."""
+    ``slots``), all in one pass: ``[model][record][option]``. ``zero``: a slot of zeros (the base
+    model), needed by instance-wise mixes whose features come from the base model."""
     n, device = len(prompts), am.device
-    routing = Routing(torch.tensor(slots, device=device), n,
-                      _row_weights([m.own_weight for m in models], n, 1.0, device),
-                      _row_weights([m.fixed_weight for m in models], n, 0.0, device))
+    if any(m.instance is not None for m in models):
+        own, fixed = _instance_weights(am, bank, models, slots, zero, prompts, pad_id)
+    else:
+        own = _row_weights([m.own_weight for m in models], n, 1.0, device)
+        fixed = _row_weights([m.fixed_weight for m in models], n, 0.0, device)
+    routing = Routing(torch.tensor(slots, device=device), n, own, fixed)
 
     def engage(rows: torch.Tensor | None):
         return routed(am, bank, routing if rows is None else routing.select(rows))
@@ -68,9 +99,10 @@ def batched_predictions(evaluator: Evaluator, models: dict[str, SlotModel], sets
     each batch of a set's records scored by all its models in one pass."""
     start, am = time.perf_counter(), evaluator.am
     names = list(models)
-    mixed = any(m.fixed_weight for m in models.values())
-    bank = SlotBank(am, [_zeros(am) if m.own is None else m.own for m in models.values()], trainable=False,
-                    fixed=shared if mixed else None)
+    mixed = any(m.fixed_weight or m.instance is not None for m in models.values())
+    zero = len(names)  # a last slot of zeros: the base model (zero-shot, an instance mix's features)
+    bank = SlotBank(am, [_zeros(am) if m.own is None else m.own for m in models.values()] + [_zeros(am)],
+                    trainable=False, fixed=shared if mixed else None)
     out: dict[str, dict[str, list[int]]] = {name: {} for name in names}
     for s in dict.fromkeys(s for name in names for s in sets[name]):
         meeting = [name for name in names if s in sets[name]]
@@ -78,7 +110,8 @@ def batched_predictions(evaluator: Evaluator, models: dict[str, SlotModel], sets
         preds = {name: [-1] * len(ps) for name in meeting}
         for idx in scored_batches(ps, evaluator.cfg.batch_size):
             scores = slot_option_scores(am, bank, [models[m] for m in meeting], [names.index(m) for m in meeting],
-                                        [ps.prompts[i] for i in idx], [ps.options[i] for i in idx], evaluator.pad_id)
+                                        [ps.prompts[i] for i in idx], [ps.options[i] for i in idx], evaluator.pad_id,
+                                        zero)
             for name, block in zip(meeting, scores):
                 for i, sc in zip(idx, block):
                     preds[name][i] = best_option(sc)

@@ -58,7 +58,7 @@ def prepare_set(encoder: PromptEncoder, name: str, records: list[Record]) -> Pre
     return PreparedSet(name, records, prompts, options, answers, encoder.truncated - before)
 
 
-def _left_pad(seqs: list[tuple[int, ...]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(seqs: list[tuple[int, ...]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -107,7 +107,7 @@ def option_scores(
     ``engage`` wraps each forward pass with the rows it computes (batched evaluation routes each
     row to its model's slot there)."""
     device = am.device
-    ids, mask = _left_pad(prompts, pad_id)
+    ids, mask = left_pad(prompts, pad_id)
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with engage(None):
@@ -184,7 +184,7 @@ def generations(
     order = sorted(range(len(prepared)), key=lambda i: len(prepared.prompts[i]))
     out: list[list[int]] = [[] for _ in range(len(prepared))]
     for idx in _batches(order, prepared, batch_size):
-        ids, mask = _left_pad([prepared.prompts[i] for i in idx], pad_id)
+        ids, mask = left_pad([prepared.prompts[i] for i in idx], pad_id)
         gen = am.generate(
             input_ids=ids.to(am.device),
             attention_mask=mask.to(am.device),

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from fedoa.model.adapters import GLOBAL, AdapterModel, AdapterState, per_model
+from fedoa.model.mixing import InstanceWeights
 
 
 def _layer_key(module_name: str, part: str) -> str:
@@ -57,6 +58,9 @@ class SlotModel:
     own: AdapterState | None
     own_weight: float = 1.0
     fixed_weight: float = 0.0
+    #: an instance-wise mix (FedDPA's inference): per-row weights from each input's features
+    #: (under ``own`` alone, or the base model), in place of the two constant weights
+    instance: InstanceWeights | None = None
 
 
 class SlotBank:
