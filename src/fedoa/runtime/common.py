@@ -40,6 +40,12 @@ def model_identity(algo: Algorithm, kind: str, client: str) -> str:
     return ZERO_SHOT if kind == ZERO_SHOT else algo.eval_identity(kind, client)
 
 
+def batches_clients(cfg: RunConfig, device) -> bool:
+    """``runtime.batch_clients`` resolved: 'auto' batches on CUDA only (on CPU training measured slower)."""
+    mode = cfg.runtime.batch_clients
+    return mode == "on" or (mode == "auto" and device.type == "cuda")
+
+
 def model_fingerprint(kind: str, global_state: AdapterState) -> str | None:
     """A name of a model's content for score caches (shared models only: the base model, a global adapter)."""
     if kind == ZERO_SHOT:

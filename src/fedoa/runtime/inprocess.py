@@ -26,7 +26,7 @@ from fedoa.model.adapters import AdapterState
 from fedoa.reports.publish import render_reports
 from fedoa.reports.results import Results
 from fedoa.model.uploads import narrow, widen
-from fedoa.runtime.common import activate_model, client_rank, client_upload, describe_model, model_identity
+from fedoa.runtime.common import activate_model, batches_clients, client_rank, client_upload, describe_model, model_identity
 from fedoa.runtime.driver import Schedule, Scores, Transport, run_federation
 from fedoa.runtime.session import Session, open_session
 
@@ -83,8 +83,7 @@ class InProcess(Transport):
     def batching(self) -> bool:
         """``runtime.batch_clients``: 'auto' batches on CUDA only (on CPU it measured slower). Training
         and evaluation alike."""
-        mode = self.session.cfg.runtime.batch_clients
-        return mode == "on" or (mode == "auto" and self.am.device.type == "cuda")
+        return batches_clients(self.session.cfg, self.am.device)
 
     def _batched(self, round_: int, groups: dict[str, list[str]], global_state: AdapterState):
         """Every trainer's update from one joint loop, or None (pooled trainers; a method that cannot)."""
