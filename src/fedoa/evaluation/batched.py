@@ -9,7 +9,8 @@ once: the pass's rows are the records repeated once per model, each row routed t
 (``model/slots.py``), in the prompt pass and in the KV-cache continuation of multi-token options
 alike. An instance-wise mix (FedDPA's inference, FedOA's mixed model) weighs its rows from their
 features under its feature slot, taken for all such models in one extra pass over the same
-left-padded prompts. A pass holds ``eval.batch_size`` x models rows. Outcomes equal the sequential
+left-padded prompts. A pass holds ``eval.batch_size`` x models rows (at most :data:`MAX_ROWS`:
+more models take several passes). Outcomes equal the sequential
 path's; option scores agree within float rounding.
 
 Still one model at a time, the model activated as in the sequential path:
@@ -32,6 +33,10 @@ from fedoa.model.mixing import last_token_index
 from fedoa.model.slots import Routing, SlotBank, SlotModel, routed
 
 Scores = dict[str, dict[str, dict[str, SetScores]]]  # kind -> client -> set -> scores
+
+#: rows per pass at most (``eval.batch_size`` x models): more models than that take several passes,
+#: so the KV cache of a pass stays bounded (SmolLM2, 512-token prompts, bf16: ~12 MB per row)
+MAX_ROWS = 1024
 
 
 def _zeros(am: AdapterModel) -> AdapterState:
@@ -97,6 +102,8 @@ def batched_predictions(evaluator: Evaluator, models: dict[str, SlotModel], sets
                         shared: AdapterState, limit: int | None) -> dict[str, dict[str, list[int]]]:
     """``model -> set -> option predictions`` of every model on the sets it meets (``sets``),
     each batch of a set's records scored by all its models in one pass."""
+    if not models:
+        return {}
     start, am = time.perf_counter(), evaluator.am
     names = list(models)
     mixed = any(m.fixed_weight or m.instance is not None for m in models.values())
@@ -108,13 +115,16 @@ def batched_predictions(evaluator: Evaluator, models: dict[str, SlotModel], sets
         meeting = [name for name in names if s in sets[name]]
         ps = evaluator.prepared[s].head(limit)
         preds = {name: [-1] * len(ps) for name in meeting}
+        per_pass = max(1, MAX_ROWS // evaluator.cfg.batch_size)
         for idx in scored_batches(ps, evaluator.cfg.batch_size):
-            scores = slot_option_scores(am, bank, [models[m] for m in meeting], [names.index(m) for m in meeting],
-                                        [ps.prompts[i] for i in idx], [ps.options[i] for i in idx], evaluator.pad_id,
-                                        zero)
-            for name, block in zip(meeting, scores):
-                for i, sc in zip(idx, block):
-                    preds[name][i] = best_option(sc)
+            for first in range(0, len(meeting), per_pass):
+                part = meeting[first : first + per_pass]
+                scores = slot_option_scores(am, bank, [models[m] for m in part], [names.index(m) for m in part],
+                                            [ps.prompts[i] for i in idx], [ps.options[i] for i in idx],
+                                            evaluator.pad_id, zero)
+                for name, block in zip(part, scores):
+                    for i, sc in zip(idx, block):
+                        preds[name][i] = best_option(sc)
         for name in meeting:
             out[name][s] = preds[name]
     evaluator.seconds += time.perf_counter() - start
