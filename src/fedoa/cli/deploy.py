@@ -72,6 +72,8 @@ def cmd_supernode(args) -> int:
             Path(args.eval_path).expanduser().resolve())
     if args.lora_rank is not None:
         values["lora-rank"] = args.lora_rank
+    if args.threads is not None:
+        values["threads"] = args.threads
     if args.model_path:
         path = Path(args.model_path).expanduser().resolve()
         if not path.is_dir():
@@ -275,6 +277,8 @@ def add_parser(sub) -> None:
     p.add_argument("--eval-path", default=None, help="shared test sets on this machine (overrides the run's)")
     p.add_argument("--lora-rank", type=int, default=None, help="this client's LoRA rank (1..the run's lora.r; "
                    "default: the run's lora.client_ranks, else lora.r): it receives the global adapter cut to it")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads of this node's worker (default: the "
+                   "machine's cores shared evenly among the fedoa workers running on it, counted at every message)")
     p.add_argument("--model-path", help="the folder base models may be loaded from: a run's model.name must be a hub "
                    "id, the embedded model, or a file or folder inside it (default: <fedoa cache>)")
     p.add_argument("--insecure", action="store_true", help="no TLS (only for a SuperLink on 127.0.0.1)")

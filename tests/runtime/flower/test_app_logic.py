@@ -188,10 +188,12 @@ def test_node_config_and_run_config_are_checked(tmp_path):
         node_spec({"client-name": "a", "data_path": "/x"})
     with pytest.raises(FedoaError, match="file name"):
         node_spec({"client-name": "../a", "vader-domain": "movie"})
-    for bad in ("4", 0, True, 2.5):
-        with pytest.raises(FedoaError, match="lora-rank must be a positive integer"):
-            node_spec({"client-name": "a", "vader-domain": "movie", "lora-rank": bad})
+    for key in ("lora-rank", "threads"):
+        for bad in ("4", 0, True, 2.5):
+            with pytest.raises(FedoaError, match=f"{key} must be a positive integer"):
+                node_spec({"client-name": "a", "vader-domain": "movie", key: bad})
     assert node_spec({"client-name": "a", "vader-domain": "movie", "lora-rank": 4}).rank == 4
+    assert node_spec({"client-name": "a", "vader-domain": "movie", "threads": 3}).threads == 3
 
 
 def test_int8_uploads_and_node_ranks_match_the_in_process_run(tmp_path, task_identity):

@@ -28,8 +28,12 @@ def train_values(**over):
     return {"client": "a", "round": 2, "num-examples": 8, "phases": PHASES, "seconds": 1.0, **over}
 
 
-def train_reply(state=None, **over):
-    return wire.content(train_values(**over), {k: v + 1 for k, v in REF.items()} if state is None else state)
+def train_reply(state=None, layout=None, **over):
+    """A train reply; ``layout``: replaces the layout its tensors were packed by."""
+    content = wire.content(train_values(**over), {k: v + 1 for k, v in REF.items()} if state is None else state)
+    if layout is not None:
+        content.config_records[wire.VALUES] = ConfigRecord({**wire.values_of(content), wire.LAYOUT: layout})
+    return content
 
 
 def eval_reply(rows=None, **over):
@@ -76,8 +80,10 @@ def test_well_formed_replies_parse():
     (wire.content(train_values(), {"m.lora_A.weight": torch.zeros(2, 3)}), "tensor names"),
     (wire.content(train_values(), {**REF, "evil": torch.zeros(1)}), "unexpected ['evil']"),
     (wire.content(train_values(), {"m.lora_A.weight": torch.zeros(3, 3), "m.lora_B.weight": REF["m.lora_B.weight"]}), "shape"),
-    (wire.content(train_values(), {"m.lora_A.weight": torch.zeros(2, 3, dtype=torch.float64),
-                                   "m.lora_B.weight": REF["m.lora_B.weight"]}), "dtype float64"),
+    (RecordDict({wire.GLOBAL_RECORD: ArrayRecord({wire.PACKED: torch.zeros(12, dtype=torch.float64)}),
+                 wire.VALUES: wire.content(train_values(), REF).config_records[wire.VALUES]}), "dtype float64"),
+    (train_reply(state=REF, layout=json.dumps(wire.layout_of(REF)[::-1])), "not in key order"),
+    (train_reply(state=REF, layout="[[1, 2]]"), "layout must be"),
     (wire.content(train_values(), {"m.lora_A.weight": torch.zeros(2, 3), "m.lora_B.weight": torch.zeros(3, 2)}), "dtypes"),
     (eval_reply(rows=[{"kind": "global", "set": "b", "options": 0.5, "generation": None}]), "not asked to score"),
     (eval_reply(rows=[{"kind": "global", "set": "a", "options": 1.5, "generation": None},
@@ -107,22 +113,27 @@ def raw_array(dtype="float32", shape=(2, 3), data=None, stype="numpy.ndarray"):
     return Array(dtype=dtype, shape=tuple(shape), stype=stype, data=data)
 
 
+TOTAL = sum(v.numel() for v in REF.values())  # numbers in the packed array
+
+
 def with_arrays(arrays: dict, values=None):
     return RecordDict({wire.GLOBAL_RECORD: ArrayRecord(arrays),
                        wire.VALUES: ConfigRecord(values or {**train_values(phases=json.dumps(PHASES)),
+                                                           wire.LAYOUT: json.dumps(wire.layout_of(REF)),
                                                            wire.DTYPES: json.dumps({"m.lora_B.weight": "bfloat16"})})})
 
 
 def test_tensors_are_checked_from_metadata_before_anything_is_decoded(monkeypatch):
     decoded = []
     monkeypatch.setattr(np, "load", lambda *a, **k: decoded.append(1) or pytest.fail("decoded"))
-    good_b = raw_array(shape=(3, 2))
     cases = {
-        "oversized": {"m.lora_A.weight": raw_array(data=b"\x93NUMPY" + b"\0" * (1 << 22)), "m.lora_B.weight": good_b},
-        "lying shape": {"m.lora_A.weight": raw_array(shape=(2, 3), dtype="float32", data=b"x" * 10), "m.lora_B.weight": good_b},
-        "pickle stype": {"m.lora_A.weight": raw_array(stype="pickle"), "m.lora_B.weight": good_b},
-        "object dtype": {"m.lora_A.weight": raw_array(dtype="object", data=b"x" * 30), "m.lora_B.weight": good_b},
-        "extra": {"m.lora_A.weight": raw_array(), "m.lora_B.weight": good_b, "x": raw_array()},
+        "oversized": {wire.PACKED: raw_array(shape=(TOTAL,), data=b"\x93NUMPY" + b"\0" * (1 << 22))},
+        "lying shape": {wire.PACKED: raw_array(shape=(TOTAL,), dtype="float32", data=b"x" * 10)},
+        "pickle stype": {wire.PACKED: raw_array(shape=(TOTAL,), stype="pickle")},
+        "object dtype": {wire.PACKED: raw_array(shape=(TOTAL,), dtype="object", data=b"x" * 30)},
+        "wrong size": {wire.PACKED: raw_array(shape=(TOTAL + 1,))},
+        "extra": {wire.PACKED: raw_array(shape=(TOTAL,)), "x": raw_array()},
+        "per tensor": {k: raw_array(shape=tuple(v.shape)) for k, v in REF.items()},
     }
     for name, arrays in cases.items():
         assert isinstance(p_train(with_arrays(arrays)), BadReply), name
@@ -131,8 +142,8 @@ def test_tensors_are_checked_from_metadata_before_anything_is_decoded(monkeypatc
 
 def test_data_that_contradict_their_metadata_are_refused_after_decoding():
     buf = io.BytesIO()
-    np.save(buf, np.zeros((3, 2), dtype="float32"), allow_pickle=False)  # 6 values, the metadata says (2, 3)
-    got = p_train(with_arrays({"m.lora_A.weight": raw_array(data=buf.getvalue()), "m.lora_B.weight": raw_array(shape=(3, 2))}))
+    np.save(buf, np.zeros((3, 4), dtype="float32"), allow_pickle=False)  # 12 values, the metadata says (12,)
+    got = p_train(with_arrays({wire.PACKED: raw_array(shape=(TOTAL,), data=buf.getvalue())}))
     assert isinstance(got, BadReply) and "do not match its metadata" in str(got)
 
 
@@ -153,9 +164,9 @@ flat = st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats() | st.text(ma
 def arrays(draw):
     out = {}
     for _ in range(draw(st.integers(0, 3))):
-        key = draw(st.sampled_from(list(REF) + ["x", ""]))
+        key = draw(st.sampled_from([wire.PACKED, wire.PACKED, "m.lora_A.weight", "x", ""]))
         dtype = draw(st.sampled_from(["float32", "float16", "float64", "int64", "object", "<U3", "bfloat16", "zz"]))
-        shape = draw(st.lists(st.integers(0, 4), max_size=3))
+        shape = draw(st.lists(st.integers(0, 4), max_size=3) | st.just([TOTAL]))
         data = draw(st.binary(max_size=200) | st.just(None))
         try:
             out[key] = raw_array(dtype, tuple(shape), data, draw(st.sampled_from(["numpy.ndarray", "pickle", ""])))
@@ -167,11 +178,11 @@ def arrays(draw):
 @st.composite
 def hostile(draw):
     base_kind = draw(st.sampled_from([wire.TRAIN, wire.EVALUATE, wire.QUERY]))
-    base = {wire.TRAIN: {**train_values(phases=json.dumps(PHASES))},
+    base = {wire.TRAIN: wire.values_of(train_reply()),
             wire.EVALUATE: wire.values_of(eval_reply()),
             wire.QUERY: wire.values_of(hello())}[base_kind]
     values = dict(base)
-    for key in draw(st.lists(st.sampled_from(sorted(base) + [wire.DTYPES, "zz"]), max_size=4)):
+    for key in draw(st.lists(st.sampled_from(sorted(base) + [wire.DTYPES, wire.LAYOUT, "zz"]), max_size=4)):
         if draw(st.booleans()):
             values.pop(key, None)
         else:
@@ -243,7 +254,7 @@ def _with_upload_values(content, **upload):
      "int8", "shape"),
     (wire.content(train_values(), upload=Upload(
         "int8", {"m.lora_A.weight": torch.zeros(2, 3, dtype=torch.int16),
-                 "m.lora_B.weight": torch.zeros(3, 2, dtype=torch.int8)}, {"m.lora_A.weight": 0.1, "m.lora_B.weight": 0.1})),
+                 "m.lora_B.weight": torch.zeros(3, 2, dtype=torch.int16)}, {"m.lora_A.weight": 0.1, "m.lora_B.weight": 0.1})),
      "int8", "dtype int16"),
 ])
 def test_a_malformed_compressed_upload_is_a_bad_reply(content, fmt, reason):
@@ -258,13 +269,25 @@ def test_malformed_int8_uploads_never_raise(data):
     values = dict(base)
     for key in data.draw(st.lists(st.sampled_from(sorted(base)), max_size=3)):
         values[key] = data.draw(flat)
-    arrays = {k: raw_array(dtype="int8", shape=tuple(v.shape)) for k, v in REF32.items()}
+    arrays = {wire.PACKED: raw_array(dtype="int8", shape=(12,))}
     if data.draw(st.booleans()):
+        keys = data.draw(st.lists(st.sampled_from([wire.PACKED, *REF32]), min_size=1, max_size=2, unique=True))
         arrays = {k: raw_array(dtype=data.draw(st.sampled_from(["int8", "int16", "float32", "object"])),
-                               shape=tuple(data.draw(st.lists(st.integers(0, 4), max_size=3))),
-                               data=data.draw(st.binary(min_size=1, max_size=40))) for k in REF32}
+                               shape=tuple(data.draw(st.lists(st.integers(0, 4), max_size=3) | st.just([12]))),
+                               data=data.draw(st.binary(min_size=1, max_size=40))) for k in keys}
     got = p_upload(RecordDict({wire.GLOBAL_RECORD: ArrayRecord(arrays), wire.VALUES: ConfigRecord(values)}))
     assert isinstance(got, (BadReply, ClientUpdate)) and not getattr(got, "unforeseen", False), got
     if isinstance(got, ClientUpdate):
         assert {k: (t.shape, t.dtype) for k, t in got.upload.tensors.items()} == \
             {k: (v.shape, torch.int8) for k, v in REF32.items()}
+
+
+def test_an_adapter_of_any_size_travels_as_one_packed_array_and_comes_back_exact():
+    state = {f"l{i}.{m}.lora_{ab}.weight": torch.randn(4, 3).to(torch.bfloat16 if i % 2 else torch.float32)
+             for i in range(30) for m in ("q", "v") for ab in "AB"}  # SmolLM2's 120 tensors, mixed dtypes
+    content = wire.content({"round": 1}, state)
+    assert list(content.array_records[wire.GLOBAL_RECORD].keys()) == [wire.PACKED]  # Flower: a few objects, not 120
+    back = wire.state_of(content)
+    assert back.keys() == state.keys() and all(back[k].dtype == v.dtype and torch.equal(back[k], v) for k, v in state.items())
+    with pytest.raises(ValueError, match="layout says otherwise"):
+        wire.decode_state(content.array_records[wire.GLOBAL_RECORD], wire.layout_of(state)[1:])

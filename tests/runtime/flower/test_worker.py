@@ -15,7 +15,8 @@ import threading
 import pytest
 from safetensors.torch import load_file
 
-from fedoa.runtime.flower.relay import private_folder, socket_path, worker_pid
+from fedoa.runtime.flower.relay import live_workers, private_folder, socket_path, worker_pid
+from fedoa.runtime.flower.worker import share_cores
 from fedoa.runtime.flower.server_app import serve
 from fedoa.runtime.inprocess import run_simulation
 from tests.support.flower import FakeGrid, make_federation, run_config, stop_workers
@@ -44,6 +45,40 @@ def test_the_channel_is_private_to_this_user():
     assert socket_path({"client-name": "a"}) != socket_path({"client-name": "b"})  # one worker per node
 
 
+def test_workers_on_one_machine_share_its_cores_unless_the_node_says(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # a private folder of this test's own
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    folder = private_folder()
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "fedoa.runtime.flower.worker"])
+    try:
+        for name, text in (("a", worker.pid), ("b", dead.pid), ("c", "garbage"), ("d", os.getpid())):
+            (folder / f"{name}.pid").write_text(f"{text}\n")
+        # a dead worker's file, a half-written one and a live pid that is no worker (reused) do not count
+        assert live_workers() == 1
+        _shares_cores(folder, worker.pid)
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+def _shares_cores(folder, worker_pid):
+    import torch
+
+    cores = len(os.sched_getaffinity(0))
+    before = torch.get_num_threads()
+    try:
+        assert share_cores({}, {}) == cores == torch.get_num_threads()
+        (folder / "e.pid").write_text(f"{worker_pid}\n")  # a second worker (here: the same one, twice)
+        assert share_cores({}, {}) == max(1, cores // 2) == torch.get_num_threads()
+        assert share_cores({}, {"model.threads": 3}) == 3  # the run's model.threads, when set
+        assert share_cores({"threads": 5}, {"model.threads": 3}) == 5 == torch.get_num_threads()  # the node's own
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_workers_give_the_in_process_adapters_and_keep_their_model(tmp_path, federation):
     cfg, paths, nodes = federation
     sim = run_simulation(cfg, tmp_path / "sim", progress=False, reports=False).to_json()
@@ -58,6 +93,9 @@ def test_workers_give_the_in_process_adapters_and_keep_their_model(tmp_path, fed
         log = socket_path(dict(config)).with_suffix(".log").read_text()
         assert log.count(" done in ") == 1 + 2 + 2, log  # query, 2 x train, 2 x evaluate
         assert log.count("(base model loaded)") == 1, log
+        # once all 3 workers are up (after the query round started them one by one) they share the cores
+        threads = {int(line.split(" on ")[1].split()[0]) for line in log.splitlines() if " train for " in line}
+        assert threads and max(threads) <= max(1, len(os.sched_getaffinity(0)) // 3), log
 
 
 def test_a_worker_killed_mid_message_fails_that_client_for_the_round_and_comes_back(tmp_path, federation):

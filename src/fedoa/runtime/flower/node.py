@@ -25,8 +25,8 @@ from fedoa.data.scenario import node_client, shared_test_sets
 from fedoa.errors import FedoaError
 from fedoa.paths import cache_dir
 
-NODE_KEYS = ("client-name", "data-path", "vader-domain", "state-dir", "eval-path", "lora-rank", "model-path")
-INT_KEYS = ("lora-rank",)
+NODE_KEYS = ("client-name", "data-path", "vader-domain", "state-dir", "eval-path", "lora-rank", "model-path", "threads")
+INT_KEYS = ("lora-rank", "threads")
 # keys Flower itself may put into a node's config (simulation); accepted and ignored
 _FLOWER_KEYS = ("partition-id", "num-partitions")
 
@@ -47,6 +47,7 @@ class NodeSpec:
     eval_path: str | None = None  # None: use the run's eval-path
     rank: int = 0  # the node's LoRA rank (lora-rank); 0: the run's lora.client_ranks, else lora.r
     model_path: str = ""  # the folder base models may be loaded from ("": the node's fedoa cache)
+    threads: int = 0  # torch CPU threads of the node's worker; 0: a share of the machine's cores
 
     @property
     def state_root(self) -> Path:
@@ -79,7 +80,7 @@ def node_spec(node_config: Mapping[str, Any]) -> NodeSpec:
     except ValueError as e:
         raise NodeError(str(e), where="node-config client-name") from None
     return NodeSpec(client, data_path, vader, node_config.get("state-dir", ""), node_config.get("eval-path"),
-                    node_config.get("lora-rank", 0), node_config.get("model-path", ""))
+                    node_config.get("lora-rank", 0), node_config.get("model-path", ""), node_config.get("threads", 0))
 
 
 def confined_eval_path(spec: NodeSpec, run_eval_path: str) -> str:
@@ -226,6 +227,7 @@ class NodeRun:
         spec = node_spec(node_config)
         cfg, deploy = unflatten(dict(run_config))
         cfg.model.name = confined_model(spec, cfg.model.name, cfg.model.gguf_file)
+        cfg.model.threads = spec.threads or cfg.model.threads  # the node's cores are the node's choice
         return cls(cfg, spec, confined_eval_path(spec, deploy.eval_path))
 
     def client(self) -> ClientData:

@@ -83,6 +83,20 @@ def worker_pid(node_config: dict) -> int | None:
         return None
 
 
+def live_workers() -> int:
+    """How many of this user's fedoa workers are alive on this machine (their pid files, checked)."""
+    alive = 0
+    for pid_file in private_folder().glob("*.pid"):
+        try:
+            pid = int(pid_file.read_text())
+            os.kill(pid, 0)
+            cmdline = Path(f"/proc/{pid}/cmdline")  # a dead worker's pid may now be another program's
+            alive += not cmdline.exists() or b"fedoa.runtime.flower.worker" in cmdline.read_bytes()
+        except (OSError, ValueError):
+            pass  # a dead worker's file, or one being written
+    return alive
+
+
 def connect(path: Path) -> socket.socket | None:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

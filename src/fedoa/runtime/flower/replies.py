@@ -6,10 +6,11 @@ records that as the client's failure for the round. No exception of any kind lea
 (``tests/runtime/flower/test_replies.py`` throws thousands of malformed replies at it).
 
 Order of the checks, cheapest first: the record layout (only the records the message type has),
-then every plain value (type, range, finiteness, text length), then the tensors' names, shapes,
-dtypes and byte sizes from the ``ArrayRecord``'s metadata, and only then is any tensor decoded
-(``numpy.load`` without pickle, of a buffer whose size is already bounded), and the decoded array
-must match the metadata it came with.
+then every plain value (type, range, finiteness, text length), then the tensors' names and shapes
+(the ``layout``, which must be the global adapter's exactly) and the one packed array's dtype and
+byte size from the ``ArrayRecord``'s metadata, and only then is anything decoded (``numpy.load``
+without pickle, of a buffer whose size is already bounded), and the decoded array must match the
+metadata it came with.
 """
 from __future__ import annotations
 
@@ -227,13 +228,9 @@ def _phases(x: Any) -> list:
     return out
 
 
-def wire_dtype(t: Any) -> str:
-    """The numpy dtype name a tensor travels as (bfloat16 as float32, see :func:`wire.encode_state`)."""
-    name = str(t.dtype).removeprefix("torch.")
-    return "float32" if name == "bfloat16" else name
-
-
 def _update(content: Any, client: str, round_: int, reference: AdapterState, fmt: str) -> ClientUpdate:
+    import torch
+
     from fedoa.algorithms.base import ClientUpdate
 
     _no_other_records(content, arrays_allowed=True)
@@ -244,24 +241,25 @@ def _update(content: Any, client: str, round_: int, reference: AdapterState, fmt
     examples = _int(values.get("num-examples"), "num-examples", 1)
     phases = _phases(_json(values, "phases"))
     if wire.GLOBAL_RECORD not in content.array_records:
-        if wire.DTYPES in values or wire.UPLOAD in values:
-            raise BadReply("dtypes or upload without tensors")
+        if wire.DTYPES in values or wire.UPLOAD in values or wire.LAYOUT in values:
+            raise BadReply("dtypes, upload or layout without tensors")
         return ClientUpdate(client, None, examples, phases)
     record = content.array_records[wire.GLOBAL_RECORD]
     if fmt != "float32" or wire.UPLOAD in values:
         return ClientUpdate(client, None, examples, phases, upload=_upload(values, record, reference, fmt))
-    _check_names(record, reference)
-    bf16 = sorted(k for k, v in reference.items() if str(v.dtype) == "torch.bfloat16")
+    _check_layout(values, reference)  # names and shapes first: the clearest message
+    bf16 = sorted(k for k, v in reference.items() if v.dtype == torch.bfloat16)
     dtypes = _table(_json(values, wire.DTYPES), "dtypes") if wire.DTYPES in values else {}
     if dtypes != {k: "bfloat16" for k in bf16}:
         raise BadReply("dtypes differ from the global adapter's bfloat16 tensors")
-    state = decode_checked(record, reference)
+    tensors = decode_checked(record, values, reference, "float32")
+    state = {k: t.to(torch.bfloat16) if k in dtypes else t for k, t in tensors.items()}
     return ClientUpdate(client, state, examples, phases)
 
 
 def _upload(values: dict[str, Any], record: Any, reference: AdapterState, fmt: str):
     """A compressed change (``fed.upload`` bfloat16 or int8): its format and scales from the values,
-    every tensor's name, shape, dtype and size from the record's metadata, then decoded."""
+    its layout and packed array's size and dtype checked, then decoded."""
     import torch
 
     from fedoa.model.uploads import Upload
@@ -275,55 +273,62 @@ def _upload(values: dict[str, Any], record: Any, reference: AdapterState, fmt: s
     if fmt == "int8" and set(scales) != set(reference) or fmt != "int8" and scales:
         raise BadReply("upload.scales do not name exactly the upload's int8 tensors")
     scales = {k: _float(v, f"upload.scales.{k[:60]}", 0.0, 1e30) for k, v in scales.items()}
-    wire_dtype = wire.UPLOAD_WIRE_DTYPE[fmt]
-    arrays = decode_checked(record, {k: torch.empty(ref.shape, dtype=getattr(torch, wire_dtype))
-                                     for k, ref in reference.items()})
+    arrays = decode_checked(record, values, reference, wire.UPLOAD_WIRE_DTYPE[fmt])
     if fmt == "bfloat16":
         arrays = {k: t.view(torch.bfloat16) for k, t in arrays.items()}
     return Upload(fmt, arrays, scales)
 
 
-def _check_names(record: Any, reference: AdapterState) -> None:
-    keys = set(record.keys())
-    if keys != set(reference):
-        missing, extra = sorted(set(reference) - keys), sorted(keys - set(reference))
+def _check_layout(values: dict[str, Any], reference: AdapterState) -> list[list[Any]]:
+    """The reply's layout must be the reference's exactly: the same keys, in order, the same shapes."""
+    got = _json(values, wire.LAYOUT)
+    if not isinstance(got, list) or len(got) > MAX_ITEMS or not all(
+            isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and isinstance(e[1], list) for e in got):
+        raise BadReply("layout must be a list of [key, shape] entries")
+    want = wire.layout_of(reference)
+    names, want_names = [e[0] for e in got], [k for k, _ in want]
+    if set(names) != set(want_names) or len(names) != len(want_names):
+        missing, extra = sorted(set(want_names) - set(names)), sorted(set(names) - set(want_names))
         raise BadReply(f"tensor names differ from the global adapter's (missing {missing[:2]}, "
                        f"unexpected {[k[:60] for k in extra[:2]]})")
+    if names != want_names:
+        raise BadReply("layout is not in key order")
+    for (k, shape), (_, want_shape) in zip(got, want):
+        if shape != want_shape:
+            raise BadReply(f"tensor {k} has shape {tuple(shape)[:8]}, expected {tuple(want_shape)}")
+    return want
 
 
-def decode_checked(record: Any, reference: AdapterState) -> AdapterState:
-    """The tensors of ``record``, after checking every name, shape, dtype and size from its metadata
-    against ``reference`` (nothing is decoded before all of them pass)."""
+def decode_checked(record: Any, values: dict[str, Any], reference: AdapterState, dtype: str) -> AdapterState:
+    """The tensors of a packed ``record`` in wire dtype ``dtype``, after checking the layout against
+    ``reference`` and the one array's dtype and size from its metadata (nothing is decoded before)."""
     import io
+    import math
 
     import numpy as np
     import torch
 
-    _check_names(record, reference)
-    for k, ref in reference.items():
-        arr = record[k]
-        want_shape, want_dtype = tuple(ref.shape), wire_dtype(ref)
-        if arr.stype != "numpy.ndarray":
-            raise BadReply(f"tensor {k} is serialized as {str(arr.stype)[:40]!r}")
-        if tuple(arr.shape) != want_shape:
-            raise BadReply(f"tensor {k} has shape {tuple(arr.shape)[:8]}, expected {want_shape}")
-        if arr.dtype != want_dtype:
-            raise BadReply(f"tensor {k} has dtype {str(arr.dtype)[:20]}, expected {want_dtype}")
-        expected_bytes = ref.numel() * np.dtype(want_dtype).itemsize
-        if not expected_bytes <= len(arr.data) <= expected_bytes + NPY_HEADER:
-            raise BadReply(f"tensor {k} holds {len(arr.data)} bytes, expected {expected_bytes} plus a header")
-    out: AdapterState = {}
-    for k, ref in reference.items():
-        arr = record[k]
-        try:
-            a = np.load(io.BytesIO(arr.data), allow_pickle=False)
-        except Exception as e:  # noqa: BLE001
-            raise BadReply(f"tensor {k} cannot be decoded ({type(e).__name__})") from None
-        if not isinstance(a, np.ndarray) or a.shape != tuple(ref.shape) or str(a.dtype) != wire_dtype(ref):
-            raise BadReply(f"tensor {k}'s data do not match its metadata")
-        t = torch.from_numpy(np.array(a, copy=True))
-        out[k] = t.to(torch.bfloat16) if ref.dtype == torch.bfloat16 else t
-    return out
+    layout = _check_layout(values, reference)
+    if set(record.keys()) != {wire.PACKED}:
+        raise BadReply(f"arrays {[str(k)[:60] for k in sorted(record.keys())[:3]]}, expected one {wire.PACKED!r} array")
+    arr = record[wire.PACKED]
+    total = sum(math.prod(shape) for _, shape in layout)
+    if arr.stype != "numpy.ndarray":
+        raise BadReply(f"the packed array is serialized as {str(arr.stype)[:40]!r}")
+    if tuple(arr.shape) != (total,):
+        raise BadReply(f"the packed array has shape {tuple(arr.shape)[:8]}, expected ({total},)")
+    if arr.dtype != dtype:
+        raise BadReply(f"the packed array has dtype {str(arr.dtype)[:20]}, expected {dtype}")
+    expected_bytes = total * np.dtype(dtype).itemsize
+    if not expected_bytes <= len(arr.data) <= expected_bytes + NPY_HEADER:
+        raise BadReply(f"the packed array holds {len(arr.data)} bytes, expected {expected_bytes} plus a header")
+    try:
+        a = np.load(io.BytesIO(arr.data), allow_pickle=False)
+    except Exception as e:  # noqa: BLE001
+        raise BadReply(f"the packed array cannot be decoded ({type(e).__name__})") from None
+    if not isinstance(a, np.ndarray) or a.shape != (total,) or str(a.dtype) != dtype:
+        raise BadReply("the packed array's data do not match its metadata")
+    return wire.unpack(torch.from_numpy(np.array(a, copy=True)), layout)
 
 
 # ---------------------------------------------------------------------------- evaluate

@@ -29,7 +29,7 @@ import threading
 import time
 import traceback
 
-from fedoa.runtime.flower.relay import recv_frame, send_frame
+from fedoa.runtime.flower.relay import live_workers, recv_frame, send_frame
 
 def peer_uid(conn: socket.socket) -> int:
     _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
@@ -46,8 +46,9 @@ def serve_one(conn: socket.socket) -> None:
     header = json.loads(recv_frame(conn))
     content = recorddict_from_proto(ProtoRecordDict.FromString(recv_frame(conn)))
     start = time.perf_counter()
-    print(f"{time.strftime('%H:%M:%S')} {header['type']} for client {header['node_config'].get('client-name')!r}",
-          flush=True)
+    threads = share_cores(header["node_config"], header["run_config"])
+    print(f"{time.strftime('%H:%M:%S')} {header['type']} for client {header['node_config'].get('client-name')!r} "
+          f"on {threads} thread(s)", flush=True)
     try:
         reply = handle(header["type"], header["node_config"], header["run_config"], content)
         body = recorddict_to_proto(reply).SerializeToString()
@@ -59,6 +60,20 @@ def serve_one(conn: socket.socket) -> None:
     send_frame(conn, body)
     print(f"{time.strftime('%H:%M:%S')} {header['type']} {'done' if status['ok'] else 'failed'} in "
           f"{time.perf_counter() - start:.2f} s{loaded_note()}", flush=True)
+
+
+def share_cores(node_config: dict, run_config: dict) -> int:
+    """Set this worker's torch CPU threads for the next message: the node's ``threads``, else the
+    run's ``model.threads`` (applied at model load too), else the machine's cores divided among the
+    fedoa workers alive on it. Nodes that share a machine train at
+    the same time; each with every core oversubscribes it (4 SuperNodes x 2 threads on 2 cores ran 4.8x
+    slower than the same steps one after another; one thread each: as fast, benchmarks/RESULTS.md)."""
+    import torch
+
+    chosen = int(node_config.get("threads", 0)) or int(run_config.get("model.threads", 0))
+    threads = chosen or max(1, len(os.sched_getaffinity(0)) // max(1, live_workers()))
+    torch.set_num_threads(threads)
+    return threads
 
 
 _last_model: int | None = None
