@@ -39,7 +39,9 @@ number), ``details`` (what each ratio was made of) and ``scaling`` (rows of the 
    every client in one joint loop (``runtime.batch_clients = "on"``, docs/batched.md) / one client
    after another, at N = 2, 8 and 32 clients (16 records each, 40-126 tokens, batch 8), on the tiny
    model (``--batched-only`` runs just this section). Both timed side by side in one run, fastest
-   of the repeats, alternating which goes first.
+   of the repeats, alternating which goes first. Beside it, a FedOA run's final evaluation (every
+   client's personal, mixed and global models on every client's test set, short synthetic records)
+   with every model in one pass per batch of records / one model after another, at N = 2 and 8.
 """
 from __future__ import annotations
 
@@ -316,6 +318,61 @@ def print_batched(rows: list[dict]) -> None:
               "(runtime.batch_clients = 'auto' keeps CPU runs sequential)")
 
 
+def eval_rows(counts=(2, 8), records: int = 8, repeats: int = 2) -> list[dict]:
+    """Seconds of a FedOA run's final evaluation (every client's personal, mixed and global models
+    on every client's test set) with every model in one pass per batch of records (batched,
+    ``evaluation/batched.py``) / one model after another, at N clients, on the tiny model with
+    short synthetic records; trained-like adapters (random B). Side by side, fastest of the repeats."""
+    from fedoa.runtime.common import eval_kinds
+    from fedoa.runtime.inprocess import InProcess
+    from fedoa.runtime.session import build_model, open_session
+    from fedoa.testing import synthetic_clients, tiny_config
+
+    cfg = tiny_config(lora={"dropout": 0.0}, eval={"zero_shot": False})
+    cfg.method = "fedoa"
+    model = build_model(cfg)
+    am = model[0]
+
+    def trained_like(seed):
+        gen = torch.Generator().manual_seed(seed)
+        return {k: v + 0.05 * torch.randn(v.shape, generator=gen) for k, v in am.fresh_state(seed).items()}
+
+    rows = []
+    for n in counts:
+        clients = synthetic_clients(tuple(f"c{i}" for i in range(n)), n_train=records, n_test=records)
+        session = open_session(cfg.clone(), clients=clients, model=model)
+        algo = make_algorithm(session.cfg)
+        transport = InProcess(session, progress=False)
+        transport.open(algo)
+        transport.restore({c.name: {"personal": trained_like(i)} for i, c in enumerate(clients)}, {})
+        g, kinds = trained_like(1000), eval_kinds(session.cfg, algo)
+        times = {"off": [], "on": []}
+        for rep in range(repeats + 1):  # the first pass of each warms up
+            for mode in ("off", "on") if rep % 2 == 0 else ("on", "off"):
+                session.cfg.runtime.batch_clients = mode
+                t = time.perf_counter()
+                transport.evaluate(session.plan, kinds, g)
+                if rep:
+                    times[mode].append(time.perf_counter() - t)
+        seq, bat = min(times["off"]), min(times["on"])
+        models = sum(len({algo.eval_identity(k, c.name) for c in clients}) for k in kinds)
+        rows.append({"clients": n, "models": models, "records": n * records, "sequential_seconds": seq,
+                     "batched_seconds": bat, "ratio": seq / bat})
+        print(f"  batched evaluation, N = {n}: {seq:.2f} s sequential, {bat:.2f} s batched", file=sys.stderr, flush=True)
+    return rows
+
+
+def print_eval(rows: list[dict]) -> None:
+    print(f"\n{'batched evaluation (tiny model, FedOA personal/mixed/global, every test set)':42}")
+    print(f"{'clients':>7} {'models':>6} {'records':>7} {'sequential s':>12} {'batched s':>9} {'batched/seq':>11}")
+    for r in rows:
+        print(f"{r['clients']:7} {r['models']:6} {r['records']:7} {r['sequential_seconds']:12.2f} "
+              f"{r['batched_seconds']:9.2f} {r['ratio']:11.2f}")
+    slower = [r["clients"] for r in rows if r["ratio"] < 1]
+    if slower:
+        print(f"batched evaluation is SLOWER here at N = {', '.join(map(str, slower))}")
+
+
 # ----------------------------------------------------------------------------- vs a Trainer pipeline
 
 
@@ -509,6 +566,8 @@ def run(args) -> dict:
     clock("trainer")
     details["batched"] = tiny_batched_rows(repeats=1 if args.tiny else 2, small=args.tiny)
     clock("batched")
+    details["batched_eval"] = eval_rows(records=4 if args.tiny else 8, repeats=1 if args.tiny else 2)
+    clock("batched_eval")
 
     step, scored = details["lora_step"], details["scoring"]
     ratios = {
@@ -526,6 +585,7 @@ def run(args) -> dict:
         "trainer_round_over_fedoa_round": details["trainer"]["ratio"],
         "per_option_over_cached_scoring": scored["per_option_seconds"] / scored["cached_seconds"],
         **{f"batched_over_sequential_clients_per_s_{r['clients']}": r["ratio"] for r in details["batched"]},
+        **{f"batched_over_sequential_eval_per_s_{r['clients']}": r["ratio"] for r in details["batched_eval"]},
     }
     return {"ratios": ratios, "details": details, "scaling": rows}
 
@@ -574,11 +634,15 @@ def print_table(out: dict) -> None:
         **{f"batched_over_sequential_clients_per_s_{r['clients']}":
            f"tiny model, FedOA round: {r['batched_seconds']:.2f} s vs {r['sequential_seconds']:.2f} s"
            for r in d["batched"]},
+        **{f"batched_over_sequential_eval_per_s_{r['clients']}":
+           f"tiny model, FedOA evaluation, {r['models']} models: {r['batched_seconds']:.2f} s vs "
+           f"{r['sequential_seconds']:.2f} s" for r in d["batched_eval"]},
     }
     for name, value in r.items():
         target = " ".join(map(str, TARGETS[name])) if name in TARGETS else ""
         print(f"{name:42} {value:9.4g}  {target:8} {parts[name]}")
     print_batched(d["batched"])
+    print_eval(d["batched_eval"])
     print(f"\n{'clients':>7} {'tokens':>6} {'rank':>4} {'round s':>8} {'x':>5} {'peak MB':>8} {'x':>5}")
     for row in out["scaling"]:
         print(f"{row['clients']:7} {row['seq']:6} {row['r']:4} {row['round_seconds']:8.2f} {row['time_vs_base']:5.2f} "
@@ -607,12 +671,14 @@ def main() -> None:
     start = time.perf_counter()
     if args.batched_only:
         rows = tiny_batched_rows(args.repeats)
+        evaluation = eval_rows(repeats=args.repeats)
         print(f"fedoa bench --batched-only: {torch.get_num_threads()} threads")
         print_batched(rows)
+        print_eval(evaluation)
         from fedoa.io import write_json
 
-        write_json(Path(args.out), {"batched": rows, "seconds": time.perf_counter() - start,
-                                    "threads": torch.get_num_threads()})
+        write_json(Path(args.out), {"batched": rows, "batched_eval": evaluation,
+                                    "seconds": time.perf_counter() - start, "threads": torch.get_num_threads()})
         print(f"\n{time.perf_counter() - start:.0f} s; written to {args.out}")
         return
     out = run(args)

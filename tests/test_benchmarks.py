@@ -19,6 +19,7 @@ RATIOS = {
     "trainer_round_over_fedoa_round", "per_option_over_cached_scoring",
     "batched_over_sequential_clients_per_s_2", "batched_over_sequential_clients_per_s_8",
     "batched_over_sequential_clients_per_s_32",
+    "batched_over_sequential_eval_per_s_2", "batched_over_sequential_eval_per_s_8",
 }
 
 

@@ -20,9 +20,12 @@ from fedoa.testing import tiny_model_dir
 OWN_DATA = ["--data", "vader", "--set", "data.tasks=['movie','tweets','nyt']"]
 
 
-def test_eval_on_the_runs_own_data_reproduces_its_results(tiny_run, tmp_path, capsys):
+#: batched: every model in one pass per batch of records (docs/batched.md), the run itself evaluated sequentially
+@pytest.mark.parametrize("batch", ["off", "on"])
+def test_eval_on_the_runs_own_data_reproduces_its_results(tiny_run, tmp_path, capsys, batch):
     out = tmp_path / "ev"
-    assert main(["eval", str(tiny_run), *OWN_DATA, "--out", str(out), "--quiet"]) == 0
+    assert main(["eval", str(tiny_run), *OWN_DATA, "--out", str(out), "--quiet",
+                 "--set", f"runtime.batch_clients={batch!r}"]) == 0
     ev = json.loads((out / "eval.json").read_text())
     res = json.loads((tiny_run / "results.json").read_text())
     assert ev["kinds"] == ["personal", "mixed", "global", "zero_shot"]

@@ -324,8 +324,10 @@ class RuntimeConfig(Section):
     batch_clients: Literal["auto", "on", "off"] = setting(
         "auto",
         "Train every sampled client of a round at once (stacked LoRA slots, one forward and backward pass for "
-        "all; see docs/batched.md) or one after another. 'auto': on for CUDA, off on CPU (measured slower there: "
-        "benchmarks/RESULTS.md). Methods that cannot be batched run one client at a time whatever this says.",
+        "all; see docs/batched.md) or one after another; evaluation likewise (every model's option scores in one "
+        "pass per batch of test records; generation one model at a time). 'auto': on for "
+        "CUDA, off on CPU (measured slower there: benchmarks/RESULTS.md). Methods that cannot be batched run one "
+        "client at a time whatever this says.",
     )
 
 

@@ -25,8 +25,9 @@ from fedoa.model.adapters import (
     AdapterState,
     load_adapter_state,
 )
+from fedoa.model.slots import SlotModel
 from fedoa.reports.results import Results
-from fedoa.runtime.common import activate_model, eval_kinds
+from fedoa.runtime.common import activate_model, describe_model, eval_kinds
 
 #: keys the saved models depend on (the seed: the draws of an instance-wise mix): they cannot change
 FIXED = ("method", "seed", "model.name", "model.gguf_file", "lora.")
@@ -164,6 +165,20 @@ class FinishedRun:
             return activate_model(ctx, self.algorithm, kind, self.global_state)
         except ValueError as e:  # adapters whose tensors do not fit the configured LoRA shape
             raise RunFolderError(f"the saved adapters do not fit the model: {e}", where=str(self.folder)) from None
+
+    def describe(self, kind: str, client: str) -> tuple[SlotModel | None, str | None]:
+        """The ``kind`` model of ``client`` as slots for batched evaluation, and its fingerprint."""
+        am, encoder = self.model
+        train = self.training_prompts(kind).get(client, []) if self.algorithm.eval_uses_training_data(kind) else []
+        ctx = ClientContext(client, am, train, self.client_state(client), self.cfg, encoder.tokenizer.pad_token_id)
+        try:
+            model, fingerprint = describe_model(ctx, self.algorithm, kind, self.global_state)
+            for state in (model and model.own, self.global_state):
+                if state is not None:
+                    am.check(GLOBAL, state)
+        except ValueError as e:  # adapters whose tensors do not fit the configured LoRA shape
+            raise RunFolderError(f"the saved adapters do not fit the model: {e}", where=str(self.folder)) from None
+        return model, fingerprint
 
     def training_prompts(self, kind: str) -> dict[str, list[Encoded]]:
         """Each client's encoded training records, from the run's own data (instance-wise mixes

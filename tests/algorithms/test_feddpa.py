@@ -7,7 +7,7 @@ from fedoa.algorithms.base import ClientContext
 from fedoa.algorithms.feddpa import FedDPA, under_training_mix
 from fedoa.data.batching import collate
 from fedoa.data.prompts import PromptEncoder
-from fedoa.evaluation.scoring import _left_pad, option_scores
+from fedoa.evaluation.scoring import left_pad, option_scores
 from fedoa.model.adapters import GLOBAL, PERSONAL
 from fedoa.model.mixing import (
     InstanceWeights,
@@ -97,7 +97,7 @@ def _arm_instance(tiny, scale=1.0, on="global", features="personal"):
 def test_instance_mix_equals_the_manual_mix_per_row(tiny, on, features):
     am, tok, enc, train, anchors, cfg, slot = _arm_instance(tiny, scale=1.0, on=on, features=features)
     prompts = [train[0].prompt, tuple(tok("Completely unrelated words about a train timetable:")["input_ids"])]
-    ids, mask = _left_pad(prompts, tok.pad_token_id)
+    ids, mask = left_pad(prompts, tok.pad_token_id)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         mixed = am.hidden(ids, mask, position_ids=positions)
@@ -236,7 +236,7 @@ def test_client_update_trains_p_uploads_g_and_leaves_no_mix_armed(tiny):
 def test_greedy_generation_uses_each_rows_weights(tiny):
     am, tok, enc, train, *_ = _arm_instance(tiny, scale=1.0)
     prompts = [train[4].prompt, tuple(tok("Completely unrelated words about a train timetable:")["input_ids"])]
-    ids, mask = _left_pad(prompts, tok.pad_token_id)
+    ids, mask = left_pad(prompts, tok.pad_token_id)
     kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=None)
     with torch.no_grad():
         batched = am.generate(input_ids=ids, attention_mask=mask, **kw)[:, ids.shape[1]:]

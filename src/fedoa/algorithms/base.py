@@ -24,6 +24,7 @@ from fedoa.model.adapters import (
     state_digest,
 )
 from fedoa.model.mixing import mixer_off
+from fedoa.model.slots import SlotModel
 from fedoa.model.uploads import Upload
 from fedoa.seeding import derive_seed, seed_text
 from fedoa.training.joint import SlotJob, joint_features, train_jobs
@@ -271,6 +272,18 @@ class Algorithm(ABC):
             am.use(PERSONAL)
         else:
             raise ValueError(f"{self.name} does not evaluate {kind!r}")
+
+    def eval_model(self, ctx: ClientContext, kind: str, global_state: AdapterState) -> SlotModel | None:
+        """The model :meth:`setup_eval` activates, as slot adapters for batched evaluation (every
+        model in one pass, ``evaluation/batched.py``); None: it must be activated and scored alone.
+        A subclass that overrides ``setup_eval`` and not this is scored alone (its models are its own)."""
+        if not restates(self, Algorithm, "eval_model", "setup_eval"):
+            return None
+        if kind == "global":
+            return SlotModel(global_state)
+        if kind == "personal":
+            return SlotModel(self.starting_personal(ctx.state, global_state))
+        raise ValueError(f"{self.name} does not evaluate {kind!r}")
 
     def eval_uses_training_data(self, kind: str) -> bool:
         """True when the ``kind`` model depends on the client's training prompts (an instance-wise

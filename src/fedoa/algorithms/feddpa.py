@@ -34,11 +34,12 @@ from __future__ import annotations
 from typing import Literal
 
 from fedoa.algorithms.base import ClientContext
-from fedoa.algorithms.personalized import PersonalThenGlobal, arm_personal_mix
+from fedoa.algorithms.personalized import PersonalThenGlobal, arm_personal_mix, personal_mix_model
 from fedoa.config import Section, setting
 from fedoa.data.batching import Batch
 from fedoa.model.adapters import GLOBAL, PERSONAL, AdapterModel, AdapterState
 from fedoa.model.mixing import activate_both, mixer_of
+from fedoa.model.slots import SlotModel
 from fedoa.registry import register
 from fedoa.training.joint import SlotJob
 from fedoa.training.loop import Objective
@@ -117,6 +118,15 @@ class FedDPA(PersonalThenGlobal):
             return
         c = self.settings
         arm_personal_mix(
+            ctx, global_state, self.starting_personal(ctx.state, global_state), c.mix, c.fixed_weight,
+            c.num_instances, c.sim_scale, c.instance_weight_on, c.similarity_features, c.clip,
+        )
+
+    def eval_model(self, ctx: ClientContext, kind: str, global_state: AdapterState) -> SlotModel | None:
+        if kind != "personal":
+            return super().eval_model(ctx, kind, global_state)
+        c = self.settings
+        return personal_mix_model(
             ctx, global_state, self.starting_personal(ctx.state, global_state), c.mix, c.fixed_weight,
             c.num_instances, c.sim_scale, c.instance_weight_on, c.similarity_features, c.clip,
         )

@@ -42,6 +42,7 @@ from fedoa.config import Section, setting
 from fedoa.data.batching import Batch
 from fedoa.model.adapters import GLOBAL, PERSONAL, AdapterModel, AdapterState
 from fedoa.model.mixing import activate_both, mixer_off
+from fedoa.model.slots import SlotModel
 from fedoa.registry import register
 from fedoa.training.loop import Objective, train_slot
 from fedoa.training.losses import task_objective
@@ -106,3 +107,9 @@ class FedLoRA(PersonalThenGlobal):
         am.set(GLOBAL, global_state)
         am.set(PERSONAL, self.starting_personal(ctx.state, global_state))
         activate_both(am)
+
+    def eval_model(self, ctx: ClientContext, kind: str, global_state: AdapterState) -> SlotModel | None:
+        """The personal model ``W0 x + P(x) + G(x)``: P in the row's slot, G the shared one."""
+        if kind != "personal":
+            return super().eval_model(ctx, kind, global_state)
+        return SlotModel(self.starting_personal(ctx.state, global_state), 1.0, 1.0)

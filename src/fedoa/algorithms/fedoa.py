@@ -31,11 +31,12 @@ from typing import Literal
 import torch
 
 from fedoa.algorithms.base import ClientContext, ClientUpdate, Phase, train_on_task
-from fedoa.algorithms.personalized import PersonalThenGlobal, arm_personal_mix
+from fedoa.algorithms.personalized import PersonalThenGlobal, arm_personal_mix, personal_mix_model
 from fedoa.algorithms.regularizers import PER_GROUP, distance
 from fedoa.config import Section, setting
 from fedoa.data.batching import Batch
 from fedoa.model.adapters import GLOBAL, PERSONAL, AdapterModel, AdapterState
+from fedoa.model.slots import SlotModel
 from fedoa.registry import register
 from fedoa.training.joint import SlotJob, SlotReg
 from fedoa.training.loop import Objective
@@ -131,6 +132,11 @@ class FedOA(PersonalThenGlobal):
             arm_personal_mix(ctx, global_state, self.starting_personal(ctx.state, global_state))
         else:
             super().setup_eval(ctx, kind, global_state)
+
+    def eval_model(self, ctx: ClientContext, kind: str, global_state: AdapterState) -> SlotModel | None:
+        if kind == "mixed":
+            return personal_mix_model(ctx, global_state, self.starting_personal(ctx.state, global_state))
+        return super().eval_model(ctx, kind, global_state)
 
     def eval_uses_training_data(self, kind: str) -> bool:
         return kind == "mixed"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from fedoa.algorithms.base import Algorithm, ClientContext, ClientUpdate, Phase
 from fedoa.model.adapters import PERSONAL, AdapterState
+from fedoa.model.slots import SlotModel
 from fedoa.registry import register
 from fedoa.training.joint import SlotJob
 from fedoa.training.loop import train_slot
@@ -55,3 +56,8 @@ class Local(Algorithm):
             raise ValueError(f"{self.name} does not evaluate {kind!r}")
         ctx.am.set(PERSONAL, ctx.state[PERSONAL])
         ctx.am.use(PERSONAL)
+
+    def eval_model(self, ctx: ClientContext, kind: str, global_state: AdapterState) -> SlotModel | None:
+        if kind != "personal":
+            raise ValueError(f"{self.name} does not evaluate {kind!r}")
+        return SlotModel(ctx.state[PERSONAL])

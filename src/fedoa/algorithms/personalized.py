@@ -17,7 +17,15 @@ from fedoa.algorithms.base import (
     train_on_task,
 )
 from fedoa.model.adapters import GLOBAL, PERSONAL, AdapterState
-from fedoa.model.mixing import activate_both, arm_instance_mix, mixer_of
+from fedoa.model.mixing import (
+    InstanceWeights,
+    activate_both,
+    arm_instance_mix,
+    mixer_of,
+    mixer_off,
+    prompt_features,
+)
+from fedoa.model.slots import SlotModel
 from fedoa.training.joint import SlotJob
 from fedoa.training.loop import Objective, planned_steps, train_slot
 from fedoa.training.losses import task_objective
@@ -41,6 +49,27 @@ def arm_personal_mix(ctx: ClientContext, global_state: AdapterState, personal: A
             am, [e.prompt for e in ctx.train], ctx.pad_id, k=k, scale=scale, seed=ctx.cfg.seed, on=on,
             feature_slot=PERSONAL if features == "personal" else None, clip=clip,
         )
+
+
+def personal_mix_model(ctx: ClientContext, global_state: AdapterState, personal: AdapterState, mode: str = "instance",
+                       fixed_weight: float = 0.5, k: int = 5, scale: float = 0.5, on: str = GLOBAL,
+                       features: str = "personal", clip: bool = False) -> SlotModel:
+    """The model :func:`arm_personal_mix` activates, as slots for batched evaluation: P in the row's
+    slot, G the shared one. An instance-wise mix computes its anchors here, as the sequential path
+    does (the client's training prompts under P alone, or the base model)."""
+    if mode == "sum":
+        return SlotModel(personal, 1.0, 1.0)
+    if mode == "fixed":
+        return SlotModel(personal, 1.0 - fixed_weight, fixed_weight)
+    if not ctx.train:  # a client without data has no anchors: the global adapter alone
+        return SlotModel(personal, 0.0, 1.0)
+    am, feature_slot = ctx.am, PERSONAL if features == "personal" else None
+    mixer_off(am)
+    am.set(PERSONAL, personal)
+    anchors = prompt_features(am, feature_slot, [e.prompt for e in ctx.train], ctx.pad_id)
+    weights = InstanceWeights(am, anchors, k=k, scale=scale, seed=ctx.cfg.seed, on=on, feature_slot=feature_slot,
+                              clip=clip)
+    return SlotModel(personal, instance=weights)
 
 
 class PersonalThenGlobal(Algorithm):

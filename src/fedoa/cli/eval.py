@@ -69,8 +69,10 @@ def score(run, sets: dict[str, list], kinds: list[str], progress: bool):
     """kind -> client -> set -> SetScores, through the run's evaluation code."""
     from tqdm.auto import tqdm
 
+    from fedoa.evaluation.batched import evaluate_batched
+    from fedoa.kinds import ZERO_SHOT
     from fedoa.evaluation.matrix import EvalPlan, Evaluator, evaluate_models
-    from fedoa.runtime.common import model_identity
+    from fedoa.runtime.common import batches_clients, model_identity
 
     am, encoder = run.model
     first = next(iter(sets))
@@ -85,6 +87,10 @@ def score(run, sets: dict[str, list], kinds: list[str], progress: bool):
 
     todo = {(identity(k, c), s): len(r) for k in kinds for c in run.clients for s, r in sets.items()}
     with tqdm(total=sum(todo.values()), desc="evaluating", unit="ex", disable=not progress, dynamic_ncols=True) as bar:
+        if batches_clients(run.cfg, am.device):  # the run's runtime.batch_clients, as fedoa run evaluates
+            global_state = run.global_state if any(k != ZERO_SHOT for k in kinds) else {}
+            return evaluate_batched(evaluator, plan, kinds, identity, run.describe, run.activate, global_state,
+                                    bar.update)
         return evaluate_models(evaluator, plan, kinds, identity, run.activate, bar.update)
 
 

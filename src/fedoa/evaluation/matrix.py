@@ -139,23 +139,42 @@ class Evaluator:
             tuple(tuple(o) for o in ps.options), tuple(ps.answers), tuple(r.output for r in ps.records),
         )
 
-    def score(self, set_name: str, fingerprint: str | None = None, limit: int | None = None) -> SetScores:
+    def _cache_key(self, set_name: str, fingerprint: str | None, limit: int | None) -> tuple | None:
+        if self.cache is None or fingerprint is None:
+            return None
+        ps = self.prepared[set_name].head(limit)
+        return (fingerprint, self._set_key(ps), self.cfg.rouge and limit is None)
+
+    def cached(self, set_name: str, fingerprint: str | None = None, limit: int | None = None) -> SetScores | None:
+        """The cached scores of the model named ``fingerprint`` on the set, or None."""
+        key = self._cache_key(set_name, fingerprint, limit)
+        return None if key is None or key not in self.cache else dataclasses.replace(self.cache[key])
+
+    def generates(self, limit: int | None = None) -> bool:
+        """Whether scoring the first ``limit`` records generates text (generation, ROUGE), which
+        only the active model can do."""
+        return self.cfg.metric != "options" or (self.cfg.rouge and limit is None)
+
+    def score(self, set_name: str, fingerprint: str | None = None, limit: int | None = None,
+              preds: list[int] | None = None) -> SetScores:
         """Scores of the active model on the set's first ``limit`` records (None: all);
-        ``fingerprint`` names the model's content (None: not cached)."""
+        ``fingerprint`` names the model's content (None: not cached); ``preds``: its option
+        predictions, already computed (batched evaluation), so only generation needs the model."""
         ps = self.prepared[set_name].head(limit)
         rouge = self.cfg.rouge and limit is None  # not in the looks between rounds
-        if self.cache is None or fingerprint is None:
-            return self._score(ps, rouge)
-        key = (fingerprint, self._set_key(ps), rouge)
+        key = self._cache_key(set_name, fingerprint, limit)
+        if key is None:
+            return self._score(ps, rouge, preds)
         if key not in self.cache:
-            self.cache[key] = self._score(ps, rouge)
+            self.cache[key] = self._score(ps, rouge, preds)
         return dataclasses.replace(self.cache[key])
 
-    def _score(self, ps: PreparedSet, rouge: bool = False) -> SetScores:
+    def _score(self, ps: PreparedSet, rouge: bool = False, preds: list[int] | None = None) -> SetScores:
         start = time.perf_counter()
         out = SetScores()
         if self.cfg.metric in ("options", "both"):
-            preds = option_predictions(self.am, ps, self.cfg.batch_size, self.pad_id)
+            if preds is None:
+                preds = option_predictions(self.am, ps, self.cfg.batch_size, self.pad_id)
             hits = option_hits(ps, preds)
             out.options, out.options_hits = accuracy_of(hits), hits_text(hits)
         if self.cfg.metric in ("generation", "both"):

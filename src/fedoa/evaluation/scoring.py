@@ -9,8 +9,10 @@
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -56,7 +58,7 @@ def prepare_set(encoder: PromptEncoder, name: str, records: list[Record]) -> Pre
     return PreparedSet(name, records, prompts, options, answers, encoder.truncated - before)
 
 
-def _left_pad(seqs: list[tuple[int, ...]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(seqs: list[tuple[int, ...]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -78,16 +80,38 @@ def _right_pad(seqs: list[tuple[int, ...]], pad_id: int) -> tuple[torch.Tensor, 
     return ids, mask
 
 
+@contextlib.contextmanager
+def continuing(rows: torch.Tensor | None):
+    """The forward passes inside run over these prompt rows (None: every row, the prompt pass):
+    an armed adapter mix re-indexes its per-row weights with them."""
+    if rows is None:
+        yield
+        return
+    token = CONTINUATION_ROWS.set(rows)
+    try:
+        yield
+    finally:
+        CONTINUATION_ROWS.reset(token)
+
+
+#: ``engage(rows)``: a context for forward passes over prompt rows ``rows`` (None: all of them)
+Engage = Callable[[torch.Tensor | None], contextlib.AbstractContextManager]
+
+
 @torch.no_grad()
 def option_scores(
-    am: AdapterModel, prompts: list[tuple[int, ...]], options: list[list[tuple[int, ...]]], pad_id: int
+    am: AdapterModel, prompts: list[tuple[int, ...]], options: list[list[tuple[int, ...]]], pad_id: int,
+    engage: Engage = continuing,
 ) -> list[list[float]]:
-    """Sum of log-probabilities of each option's tokens after its prompt (one batch of prompts)."""
+    """Sum of log-probabilities of each option's tokens after its prompt (one batch of prompts).
+    ``engage`` wraps each forward pass with the rows it computes (batched evaluation routes each
+    row to its model's slot there)."""
     device = am.device
-    ids, mask = _left_pad(prompts, pad_id)
+    ids, mask = left_pad(prompts, pad_id)
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    hidden, cache = am.forward_with_cache(ids, mask, positions)
+    with engage(None):
+        hidden, cache = am.forward_with_cache(ids, mask, positions)
     first = torch.log_softmax(am.logits(hidden[:, -1]).float(), dim=-1)
     scores = [[first[b, o[0]].item() if o else 0.0 for o in opts] for b, opts in enumerate(options)]
 
@@ -106,11 +130,8 @@ def option_scores(
         past = DynamicCache(ddp_cache_data=[(k[rows], v[rows]) for k, v in layers], config=am.base.config)
         full_mask = torch.cat([mask[rows], cont_mask], dim=1)
         cont_pos = mask[rows].sum(-1, keepdim=True) + torch.arange(cont_ids.shape[1], device=device)
-        token = CONTINUATION_ROWS.set(rows)
-        try:
+        with engage(rows):
             h, _ = am.forward_with_cache(cont_ids, full_mask, cont_pos, past)
-        finally:
-            CONTINUATION_ROWS.reset(token)
         logp = torch.log_softmax(am.logits(h).float(), dim=-1)
         for i, (b, k) in enumerate(part):
             tail = options[b][k][1:]
@@ -124,15 +145,24 @@ def _batches(order: list[int], prepared: PreparedSet, batch_size: int):
         yield order[s : s + batch_size]
 
 
+def scored_batches(prepared: PreparedSet, batch_size: int):
+    """The records with options in batches of ``batch_size``, sorted by prompt length (it keeps
+    left padding, wasted compute, small)."""
+    order = sorted((i for i in range(len(prepared)) if prepared.options[i]), key=lambda i: len(prepared.prompts[i]))
+    return _batches(order, prepared, batch_size)
+
+
+def best_option(scores: list[float]) -> int:
+    return max(range(len(scores)), key=lambda k: scores[k])
+
+
 def option_predictions(am: AdapterModel, prepared: PreparedSet, batch_size: int, pad_id: int) -> list[int]:
     """Index of the best-scoring option per record (-1 for records without options)."""
     preds = [-1] * len(prepared)
-    # Sorting by prompt length keeps left padding (wasted compute) small.
-    order = sorted((i for i in range(len(prepared)) if prepared.options[i]), key=lambda i: len(prepared.prompts[i]))
-    for idx in _batches(order, prepared, batch_size):
+    for idx in scored_batches(prepared, batch_size):
         scores = option_scores(am, [prepared.prompts[i] for i in idx], [prepared.options[i] for i in idx], pad_id)
         for i, sc in zip(idx, scores):
-            preds[i] = max(range(len(sc)), key=lambda k: sc[k])
+            preds[i] = best_option(sc)
     return preds
 
 
@@ -154,7 +184,7 @@ def generations(
     order = sorted(range(len(prepared)), key=lambda i: len(prepared.prompts[i]))
     out: list[list[int]] = [[] for _ in range(len(prepared))]
     for idx in _batches(order, prepared, batch_size):
-        ids, mask = _left_pad([prepared.prompts[i] for i in idx], pad_id)
+        ids, mask = left_pad([prepared.prompts[i] for i in idx], pad_id)
         gen = am.generate(
             input_ids=ids.to(am.device),
             attention_mask=mask.to(am.device),

@@ -113,18 +113,22 @@ class AdapterModel:
         """A detached CPU copy of the slot's LoRA weights."""
         return {k: p.detach().to("cpu", copy=True) for k, p in self.params[slot].items()}
 
-    @torch.no_grad()
-    def set(self, slot: str, state: AdapterState) -> None:
+    def check(self, slot: str, state: AdapterState) -> None:
+        """ValueError unless ``state`` has the keys and shapes of ``slot``."""
         params = self.params[slot]
         if state.keys() != params.keys():
             missing = sorted(params.keys() - state.keys())[:3]
             extra = sorted(state.keys() - params.keys())[:3]
             raise ValueError(f"adapter state does not match slot {slot!r}: missing {missing}, extra {extra}")
         for k, p in params.items():
-            t = state[k]
-            if t.shape != p.shape:
-                raise ValueError(f"adapter tensor {k} has shape {tuple(t.shape)}, expected {tuple(p.shape)}")
-            p.copy_(t)
+            if state[k].shape != p.shape:
+                raise ValueError(f"adapter tensor {k} has shape {tuple(state[k].shape)}, expected {tuple(p.shape)}")
+
+    @torch.no_grad()
+    def set(self, slot: str, state: AdapterState) -> None:
+        self.check(slot, state)
+        for k, p in self.params[slot].items():
+            p.copy_(state[k])
 
     def fresh_state(self, seed: int) -> AdapterState:
         """PEFT's default LoRA init (A: kaiming-uniform, B: zeros), reproducible from ``seed``."""

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from fedoa.model.adapters import GLOBAL, AdapterModel, AdapterState, per_model
+from fedoa.model.mixing import InstanceWeights
 
 
 def _layer_key(module_name: str, part: str) -> str:
@@ -39,6 +40,27 @@ class Routing:
     weight: torch.Tensor | None = None  # [S * rows]: weight on the row's own slot (None: 1)
     fixed_weight: torch.Tensor | None = None  # [S * rows]: weight on the fixed adapter (None: not used)
     all_slots: bool = False  # slots == arange(K): no gather needed
+
+    def select(self, rows: torch.Tensor) -> "Routing":
+        """The routing of some rows of this batch, one slot per row (option scoring's KV-cache
+        continuation re-indexes the prompt rows: they no longer come in equal groups)."""
+        per_row = self.slots.repeat_interleave(self.rows)[rows]
+        return Routing(per_row, 1, None if self.weight is None else self.weight[rows],
+                       None if self.fixed_weight is None else self.fixed_weight[rows])
+
+
+@dataclass
+class SlotModel:
+    """A model scored on stacked slots (batched evaluation): ``own_weight * own(x) +
+    fixed_weight * G(x)`` added to the base model's layers, G being the adapter every row shares
+    (the global one). ``own`` None: no adapter of its own (a zero slot: the base model alone)."""
+
+    own: AdapterState | None
+    own_weight: float = 1.0
+    fixed_weight: float = 0.0
+    #: an instance-wise mix (FedDPA's inference): per-row weights from each input's features
+    #: (under ``own`` alone, or the base model), in place of the two constant weights
+    instance: InstanceWeights | None = None
 
 
 class SlotBank:

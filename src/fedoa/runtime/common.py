@@ -8,6 +8,7 @@ from fedoa.config import RunConfig
 from fedoa.kinds import ZERO_SHOT
 from fedoa.model.adapters import AdapterState, state_bytes, state_digest
 from fedoa.model.mixing import mixer_off
+from fedoa.model.slots import SlotModel
 from fedoa.model.uploads import RESIDUAL, encode_change, narrow, widen
 from fedoa.runtime.trust import drill
 
@@ -39,15 +40,36 @@ def model_identity(algo: Algorithm, kind: str, client: str) -> str:
     return ZERO_SHOT if kind == ZERO_SHOT else algo.eval_identity(kind, client)
 
 
+def batches_clients(cfg: RunConfig, device) -> bool:
+    """``runtime.batch_clients`` resolved: 'auto' batches on CUDA only (on CPU training measured slower)."""
+    mode = cfg.runtime.batch_clients
+    return mode == "on" or (mode == "auto" and device.type == "cuda")
+
+
+def model_fingerprint(kind: str, global_state: AdapterState) -> str | None:
+    """A name of a model's content for score caches (shared models only: the base model, a global adapter)."""
+    if kind == ZERO_SHOT:
+        return ZERO_SHOT
+    return f"global:{state_digest(global_state)}" if kind == "global" else None
+
+
 def activate_model(ctx: ClientContext, algo: Algorithm, kind: str, global_state: AdapterState) -> str | None:
     """Make ``kind`` (of the client of ``ctx``) the model that forward passes use; return its
-    fingerprint for score caches (shared models only: the base model, a global adapter)."""
+    fingerprint for score caches."""
     if kind == ZERO_SHOT:
         mixer_off(ctx.am)
         ctx.am.use(None)
-        return ZERO_SHOT
-    algo.setup_eval(ctx, kind, global_state)
-    return f"global:{state_digest(global_state)}" if kind == "global" else None
+    else:
+        algo.setup_eval(ctx, kind, global_state)
+    return model_fingerprint(kind, global_state)
+
+
+def describe_model(ctx: ClientContext, algo: Algorithm, kind: str,
+                   global_state: AdapterState) -> tuple[SlotModel | None, str | None]:
+    """``kind`` (of the client of ``ctx``) as slot adapters for batched evaluation (None: it must
+    be activated and scored alone), and its fingerprint."""
+    model = SlotModel(None) if kind == ZERO_SHOT else algo.eval_model(ctx, kind, global_state)
+    return model, model_fingerprint(kind, global_state)
 
 
 def client_rank(cfg: RunConfig, client: str) -> int:

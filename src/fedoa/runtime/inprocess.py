@@ -20,12 +20,13 @@ from fedoa.algorithms.base import (
     batched_updates,
 )
 from fedoa.config import RunConfig
+from fedoa.evaluation.batched import evaluate_batched
 from fedoa.evaluation.matrix import EvalPlan, evaluate_models
 from fedoa.model.adapters import AdapterState
 from fedoa.reports.publish import render_reports
 from fedoa.reports.results import Results
 from fedoa.model.uploads import narrow, widen
-from fedoa.runtime.common import activate_model, client_rank, client_upload, model_identity
+from fedoa.runtime.common import activate_model, batches_clients, client_rank, client_upload, describe_model, model_identity
 from fedoa.runtime.driver import Schedule, Scores, Transport, run_federation
 from fedoa.runtime.session import Session, open_session
 
@@ -80,9 +81,9 @@ class InProcess(Transport):
 
     @property
     def batching(self) -> bool:
-        """``runtime.batch_clients``: 'auto' batches on CUDA only (on CPU it measured slower)."""
-        mode = self.session.cfg.runtime.batch_clients
-        return mode == "on" or (mode == "auto" and self.am.device.type == "cuda")
+        """``runtime.batch_clients``: 'auto' batches on CUDA only (on CPU it measured slower). Training
+        and evaluation alike."""
+        return batches_clients(self.session.cfg, self.am.device)
 
     def _batched(self, round_: int, groups: dict[str, list[str]], global_state: AdapterState):
         """Every trainer's update from one joint loop, or None (pooled trainers; a method that cannot)."""
@@ -112,8 +113,14 @@ class InProcess(Transport):
         if not plan.limit:  # the final evaluation: what was cut to fit, per test set
             self.truncated_test = {s: ps.truncated for s, ps in evaluator.prepared.items() if ps.truncated}
         todo = {(identity(k, c), s): len(evaluator.prepared[s].head(plan.limit or None)) for k in kinds for c in plan.clients for s in plan.sets_of(c)}
+        def describe(kind: str, client: str):
+            return describe_model(self.session.context(client, self.states[client]), self.algo, kind, global_state)
+
         with tqdm(total=sum(todo.values()), desc="evaluating", unit="ex", disable=not self.progress,
                   dynamic_ncols=True) as bar:
+            if self.batching:  # every model's option scores in one pass per batch of records
+                return plan, evaluate_batched(evaluator, plan, kinds, identity, describe, activate, global_state,
+                                              bar.update)
             return plan, evaluate_models(evaluator, plan, kinds, identity, activate, bar.update)
 
     def client_states(self) -> dict[str, ClientState]:
