@@ -19,7 +19,7 @@ from fedoa.cli.common import add_quiet_arg, add_run_dir_arg
 
 EXAMPLE = """example:
   fedoa eval runs/default --data vader                        # the run's own domains, all four
-  fedoa eval runs/flan8 --data ../shared/data/flan8 --set data.test_per_client=200 --out runs/flan8/eval200
+  fedoa eval runs/flan8 --data /path/to/flan8 --set data.test_per_client=200 --out runs/flan8/eval200
   fedoa eval runs/default --data hf:path/to/saved_dataset --kinds personal,global \\
       --set 'data.hf_columns={instruction="question", output="answer", options="choices"}'
   fedoa eval runs/default --lm-eval arc_easy,hellaswag --limit 200          # lm-eval tasks (the hub's need the network)

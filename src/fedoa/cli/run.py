@@ -8,7 +8,7 @@ from fedoa.cli.common import add_config_args, add_quiet_arg, load
 
 EXAMPLE = """example:
   fedoa run --out runs/default                       # the embedded default (make run)
-  fedoa run --out runs/flan8 --set data.source=jsonl --set data.path=../shared/data/flan8 \\
+  fedoa run --out runs/flan8 --set data.source=jsonl --set data.path=/path/to/flan8 \\
       --set data.train_per_client=64 --set data.test_per_client=50
 """
 
