@@ -484,7 +484,7 @@ def simulate(spec: dict) -> dict:
     ])
     session = open_session(cfg)
     base_bytes = sum(p.numel() * p.element_size() for n, p in session.am.peft.named_parameters() if ".lora_" not in n)
-    results = run_simulation(cfg, work / "run", progress=False, session=session)
+    results = run_simulation(cfg, work / "run", progress=False, session=session, reports=False)  # numbers only
     return {"round_seconds": results.timing["train_seconds"], "base_bytes": base_bytes,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "communication": results.communication}

@@ -4,8 +4,14 @@ from __future__ import annotations
 import os
 import warnings
 
-import pytest
-import torch
+# Before torch loads OpenMP (its settings are read once, at load): threads that wait for work sleep
+# instead of spinning. Two xdist workers and the processes they start share 2 cores; spinning
+# threads took the cores from each other (the real-model run beside bench.py --tiny: 130 s, 39 s
+# with passive waits). Subprocesses inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from tests.support import synthetic_clients
 

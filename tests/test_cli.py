@@ -55,6 +55,7 @@ def test_bad_jsonl_line_names_file_and_line(tmp_path, earlier_results, capsys):
     _assert_untouched(earlier_results)
 
 
+@pytest.mark.slow  # two real CLI processes
 def test_console_script_exit_code_and_success(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "fedoa.cli", "run", "--out", str(tmp_path / "x"), "--set", "x.y=1"],
                          capture_output=True, text=True)

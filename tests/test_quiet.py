@@ -19,6 +19,7 @@ def fedoa(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return done
 
 
+@pytest.mark.slow  # four real CLI processes: scheduled among the long tests
 def test_quiet_verbs_draw_no_progress_bar(tmp_path):
     loud = fedoa("run", "--out", str(tmp_path / "loud"), *tiny_cli_args())
     assert BAR.search(loud.stderr)  # without --quiet the bars are there, and BAR sees them
