@@ -140,11 +140,17 @@ def evaluate_batched(
     activate: Callable[[str, str], str | None],
     shared: AdapterState,
     progress: Callable[[int], None] | None = None,
+    only: set[tuple[str, str]] | None = None,
 ) -> Scores:
     """What :func:`~fedoa.evaluation.matrix.evaluate_models` returns, the option scoring of every
     model with a slot form batched. ``describe(kind, client)``: the model as slots (None: it
-    is scored alone) and its fingerprint; ``shared``: the adapter a mix adds to every row (G)."""
-    if evaluator.cfg.metric == "generation":  # nothing to batch
+    is scored alone) and its fingerprint; ``shared``: the adapter a mix adds to every row (G);
+    ``only``: the (kind, set) pairs to score (None: every kind on every set of its client; a
+    Flower node scores the shared models on its own set only)."""
+    def wanted(kind: str, s: str) -> bool:
+        return only is None or (kind, s) in only
+
+    if evaluator.cfg.metric == "generation":  # nothing to batch (the callers with ``only`` check it)
         return evaluate_models(evaluator, plan, kinds, identity, activate, progress)
     limit = plan.limit or None
     first: dict[str, tuple[str, str]] = {}  # a model -> the first (kind, client) that names it
@@ -154,7 +160,7 @@ def evaluate_batched(
             name = identity(kind, client)
             first.setdefault(name, (kind, client))
             sets.setdefault(name, [])
-            sets[name] += [s for s in plan.sets_of(client) if s not in sets[name]]
+            sets[name] += [s for s in plan.sets_of(client) if s not in sets[name] and wanted(kind, s)]
     described = {name: describe(*kc) for name, kc in first.items()}
     done: dict[tuple[str, str], SetScores] = {}
     for name, (_, fingerprint) in described.items():
@@ -176,5 +182,5 @@ def evaluate_batched(
             done[(name, s)] = evaluator.score(s, fingerprint, limit, preds.get(name, {}).get(s))
             if progress:
                 progress(len(evaluator.prepared[s].head(limit)))
-    return {kind: {c: {s: done[(identity(kind, c), s)] for s in plan.sets_of(c)} for c in plan.clients}
-            for kind in kinds}
+    return {kind: {c: {s: done[(identity(kind, c), s)] for s in plan.sets_of(c) if wanted(kind, s)}
+                   for c in plan.clients} for kind in kinds}

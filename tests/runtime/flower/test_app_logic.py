@@ -72,6 +72,28 @@ def test_deployment_logic_matches_the_in_process_run(tmp_path, task_identity):
     assert json.dumps(dep["rounds"], sort_keys=True) == json.dumps(sim["rounds"], sort_keys=True)
 
 
+def test_with_batch_clients_on_a_node_scores_its_models_in_one_pass_and_alike(tmp_path, task_identity, monkeypatch):
+    """runtime.batch_clients = "on": each node's personal, mixed, global and zero-shot models score a
+    batch of records in one pass (evaluation/batched.py), with the results of one model at a time."""
+    import fedoa.evaluation.batched as batched
+
+    cfg, paths, nodes = make_federation(tmp_path)
+    cfg.train.lr = 0.2  # trained far enough that the models answer differently
+    cfg.runtime.batch_clients = "off"
+    one_by_one = quiet(*deploy(cfg, paths, nodes, "off"))
+    passes = []
+    real = batched.batched_predictions
+    monkeypatch.setattr(batched, "batched_predictions",  # the real one, counting the models of each pass
+                        lambda ev, models, *a: passes.append(len(models)) or real(ev, models, *a))
+    cfg.runtime.batch_clients = "on"
+    together = quiet(*deploy(cfg, paths, nodes, "on"))
+    # per node: a look after round 1 and the final evaluation, each with every model in one pass
+    assert len(passes) == 2 * len(NAMES) and max(passes) >= 3, passes
+    for key in ("summary", "per_client", "matrices", "rounds"):
+        assert json.dumps(together[key], sort_keys=True) == json.dumps(one_by_one[key], sort_keys=True), key
+    assert len({json.dumps(m, sort_keys=True) for m in together["matrices"].values()}) > 1  # the models differ
+
+
 def test_a_lost_node_is_recorded_and_the_round_goes_on(tmp_path, task_identity):
     cfg, paths, nodes = make_federation(tmp_path)
     grid, rc = deploy(cfg, paths, nodes, "dep", min_nodes=2)

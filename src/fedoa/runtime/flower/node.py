@@ -285,9 +285,31 @@ class NodeRun:
 
     # -------------------------------------------------------------- evaluate
 
+    def _score(self, session, evaluator, state, plan, kinds: list[str], pairs: list[tuple[str, str]],
+               global_state) -> dict:
+        """(kind, set) -> SetScores of this node's models. With ``runtime.batch_clients`` on (auto:
+        on CUDA) all of them score a batch of records in one pass (docs/batched.md), as in the
+        in-process run; else (and when only generated text is scored) one model after another."""
+        from fedoa.evaluation.batched import evaluate_batched
+        from fedoa.runtime.common import activate_model, batches_clients, describe_model, model_identity
+
+        algo, me = session.algorithm, self.spec.client
+        ctx = lambda: session.context(me, state)  # noqa: E731  a fresh context per model, as in-process
+        if batches_clients(self.cfg, session.am.device) and evaluator.cfg.metric != "generation":
+            by_kind = evaluate_batched(evaluator, plan, kinds, lambda k, c: model_identity(algo, k, c),
+                                       lambda k, c: describe_model(ctx(), algo, k, global_state),
+                                       lambda k, c: activate_model(ctx(), algo, k, global_state), global_state,
+                                       only=set(pairs))
+            return {(k, s): by_kind[k][me][s] for k, s in pairs}
+        scored = {}
+        for kind in kinds:
+            activate_model(ctx(), algo, kind, global_state)
+            scored.update({(k, s): evaluator.score(s) for k, s in pairs if k == kind})
+        return scored
+
     def evaluate(self, values: Mapping[str, Any], global_state) -> dict[str, Any]:
         from fedoa.evaluation.matrix import EvalPlan
-        from fedoa.runtime.common import activate_model, eval_kinds
+        from fedoa.runtime.common import eval_kinds
         from fedoa.runtime.session import open_session
 
         start = time.perf_counter()
@@ -309,13 +331,10 @@ class NodeRun:
         state = self._client_state(session, store, base)
         evaluator = session.evaluator()
         records = values.get("records") is True  # per-record outcomes only when the run opted in
-        scores = []
         order = {k: i for i, k in enumerate(eval_kinds(self.cfg, algo))}
-        for kind in sorted({k for k, _ in pairs}, key=lambda k: order.get(k, len(order))):
-            activate_model(session.context(self.spec.client, state), algo, kind, global_state)
-            for k, s in pairs:
-                if k == kind:
-                    scores.append(score_row(kind, s, evaluator.score(s), records))
+        kinds = sorted({k for k, _ in pairs}, key=lambda k: order.get(k, len(order)))
+        scored = self._score(session, evaluator, state, plan, kinds, pairs, global_state)
+        scores = [score_row(kind, s, scored[(kind, s)], records) for kind in kinds for k, s in pairs if k == kind]
         for kind, st in algo.exported_adapters(state, global_state).items():
             if kind != "global":  # the server writes the global adapter; personal ones stay here
                 am.save(st, store.folder / "adapters" / kind)
