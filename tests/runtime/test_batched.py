@@ -1,7 +1,8 @@
 """The batched client engine gives every method's clients the adapters that training them one by one
 gives: two rounds, clients of unequal sizes, partial sampling (tiny model, float32, no dropout).
 
-Tolerance 1e-5 relative per tensor, at lr 1e-3: the two paths pad and group rows differently, so
+Tolerance 1e-5 relative per adapter file for every method, and per tensor for all but the three of
+LOOSER (5e-5, explained there), at lr 1e-3: the two paths pad and group rows differently, so
 their float rounding differs (~1e-7), and AdamW's per-element normalisation turns rounding in
 near-zero gradient elements into whole steps; at the tiny configs' lr 1e-2 that drift reaches
 ~3e-4 after two rounds, at 1e-3 it stays under 1e-5, while a wrong schedule, mask or objective
@@ -31,7 +32,7 @@ METHODS = {
 }
 
 
-#: Three methods agree within 5e-5, not 1e-5. Measured on this setup (1 CPU thread, as tests/conftest.py
+#: Per tensor, three methods agree within 5e-5, not 1e-5 (per adapter every method is within 2.3e-7). Measured on this setup (1 CPU thread, as tests/conftest.py
 #: sets): fedoa 1.52e-5, fedoa-global-step 3.62e-5, perada 1.55e-5; every other method under 1e-5 (at 2
 #: threads fedit 3.8e-6, ditto 7.7e-6). It is rounding, magnified, not an order of reduction that one path
 #: could copy: the LoRA layers themselves round differently (a bmm over stacked slots vs PEFT's two matmuls,
@@ -87,14 +88,23 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp(min=1e-12)).item()
 
 
+def whole(adapter: dict) -> torch.Tensor:
+    """An adapter file's tensors as one vector (in key order)."""
+    return torch.cat([adapter[k].flatten() for k in sorted(adapter)])
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_batched_clients_train_the_adapters_sequential_training_gives(tmp_path, model, clients, method):
     seq, seq_lines = run(tmp_path, model, clients, method, "off")
     bat, bat_lines = run(tmp_path, model, clients, method, "on")
     assert seq.keys() == bat.keys() and seq
+    # each adapter (every file: the global adapter, each client's personal one) within 1e-5 relative,
+    # every method (measured: 6e-8 to 2.3e-7); and each tensor of it within 1e-5, or LOOSER's 5e-5
+    adapter = max(relative(whole(bat[f]), whole(seq[f])) for f in seq)
+    assert adapter < 1e-5, f"{method}: a batched adapter differs from the sequential one by {adapter:.2e} (relative)"
     worst = max(relative(bat[f][k], seq[f][k]) for f in seq for k in seq[f])
     bound = LOOSER.get(method, 1e-5)
-    assert worst < bound, f"{method}: batched differs from sequential by {worst:.2e} (relative)"
+    assert worst < bound, f"{method}: a batched tensor differs from the sequential one by {worst:.2e} (relative)"
     # the same phases, steps, examples and (within rounding) the same losses and regularizers
     key = [(x["round"], x["client"], x["phase"]) for x in seq_lines]
     assert key == [(x["round"], x["client"], x["phase"]) for x in bat_lines]
