@@ -145,13 +145,12 @@ def evaluate_batched(
     """What :func:`~fedoa.evaluation.matrix.evaluate_models` returns, the option scoring of every
     model with a slot form batched. ``describe(kind, client)``: the model as slots (None: it
     is scored alone) and its fingerprint; ``shared``: the adapter a mix adds to every row (G);
-    ``only``: the (kind, set) pairs to score (None: every kind on every set of its client; a
-    Flower node scores the shared models on its own set only)."""
+    ``only``: as in :func:`~fedoa.evaluation.matrix.evaluate_models`."""
     def wanted(kind: str, s: str) -> bool:
         return only is None or (kind, s) in only
 
-    if evaluator.cfg.metric == "generation":  # nothing to batch (the callers with ``only`` check it)
-        return evaluate_models(evaluator, plan, kinds, identity, activate, progress)
+    if evaluator.cfg.metric == "generation":  # nothing to batch
+        return evaluate_models(evaluator, plan, kinds, identity, activate, progress, only)
     limit = plan.limit or None
     first: dict[str, tuple[str, str]] = {}  # a model -> the first (kind, client) that names it
     sets: dict[str, list[str]] = {}  # a model -> the sets it meets

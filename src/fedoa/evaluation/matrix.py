@@ -204,11 +204,14 @@ def evaluate_models(
     identity: Callable[[str, str], str],
     activate: Callable[[str, str], str | None],
     progress: Callable[[int], None] | None = None,
+    only: set[tuple[str, str]] | None = None,
 ) -> dict[str, dict[str, dict[str, SetScores]]]:
     """``kind -> client -> set -> scores``; a model shared by clients is evaluated once per set.
 
     ``activate(kind, client)`` makes the model current and returns its fingerprint (a name of
-    its content, for the evaluator's cache) or None.
+    its content, for the evaluator's cache) or None. ``only``: the (kind, set) pairs to score
+    (None: every kind on every set of its client; a Flower node scores the shared models on its
+    own set only).
     """
     done: dict[tuple[str, str], SetScores] = {}
     out: dict[str, dict[str, dict[str, SetScores]]] = {}
@@ -216,14 +219,15 @@ def evaluate_models(
         out[kind] = {}
         for client in plan.clients:
             ident = identity(kind, client)
-            todo = [s for s in plan.sets_of(client) if (ident, s) not in done]
+            wanted = [s for s in plan.sets_of(client) if only is None or (kind, s) in only]
+            todo = [s for s in wanted if (ident, s) not in done]
             if todo:
                 fingerprint = activate(kind, client)
                 for s in todo:
                     done[(ident, s)] = evaluator.score(s, fingerprint, plan.limit or None)
                     if progress:
                         progress(len(evaluator.prepared[s].head(plan.limit or None)))
-            out[kind][client] = {s: done[(ident, s)] for s in plan.sets_of(client)}
+            out[kind][client] = {s: done[(ident, s)] for s in wanted}
     return out
 
 

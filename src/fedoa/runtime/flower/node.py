@@ -287,25 +287,29 @@ class NodeRun:
 
     def _score(self, session, evaluator, state, plan, kinds: list[str], pairs: list[tuple[str, str]],
                global_state) -> dict:
-        """(kind, set) -> SetScores of this node's models. With ``runtime.batch_clients`` on (auto:
+        """(kind, set) -> SetScores of this node's models: with ``runtime.batch_clients`` on (auto:
         on CUDA) all of them score a batch of records in one pass (docs/batched.md), as in the
-        in-process run; else (and when only generated text is scored) one model after another."""
+        in-process run; else one model after another."""
         from fedoa.evaluation.batched import evaluate_batched
+        from fedoa.evaluation.matrix import evaluate_models
         from fedoa.runtime.common import activate_model, batches_clients, describe_model, model_identity
 
-        algo, me = session.algorithm, self.spec.client
-        ctx = lambda: session.context(me, state)  # noqa: E731  a fresh context per model, as in-process
-        if batches_clients(self.cfg, session.am.device) and evaluator.cfg.metric != "generation":
-            by_kind = evaluate_batched(evaluator, plan, kinds, lambda k, c: model_identity(algo, k, c),
-                                       lambda k, c: describe_model(ctx(), algo, k, global_state),
-                                       lambda k, c: activate_model(ctx(), algo, k, global_state), global_state,
-                                       only=set(pairs))
-            return {(k, s): by_kind[k][me][s] for k, s in pairs}
-        scored = {}
-        for kind in kinds:
-            activate_model(ctx(), algo, kind, global_state)
-            scored.update({(k, s): evaluator.score(s) for k, s in pairs if k == kind})
-        return scored
+        algo, me, only = session.algorithm, self.spec.client, set(pairs)
+
+        def identity(kind: str, client: str) -> str:
+            return model_identity(algo, kind, client)
+
+        def activate(kind: str, client: str) -> str | None:
+            return activate_model(session.context(me, state), algo, kind, global_state)
+
+        if batches_clients(self.cfg, session.am.device):
+            def describe(kind: str, client: str):
+                return describe_model(session.context(me, state), algo, kind, global_state)
+
+            by_kind = evaluate_batched(evaluator, plan, kinds, identity, describe, activate, global_state, only=only)
+        else:
+            by_kind = evaluate_models(evaluator, plan, kinds, identity, activate, only=only)
+        return {(k, s): by_kind[k][me][s] for k, s in pairs}
 
     def evaluate(self, values: Mapping[str, Any], global_state) -> dict[str, Any]:
         from fedoa.evaluation.matrix import EvalPlan
