@@ -28,16 +28,7 @@ def test_gpu_flan8_comparison_script_runs_on_cpu_in_tiny_mode(tmp_path):
     assert sorted(n.split("/")[1] for n in names if n.endswith("seed0/results.json")) == ["fedit", "fedoa"]
     assert not [n for n in names if "adapters" in n]
     assert len(list(out.iterdir())) <= 8  # what one device call brings back
-
-    again = {**env, "RESUME": str(out), "OUT": str(tmp_path / "out2"), "WORKDIR": str(tmp_path / "work2")}
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_flan8.sh")], env=again, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "(2 finished runs)" in proc.stdout
-    for method in ("fedit", "fedoa"):  # not trained again: the results (with their wall times) are the same bytes
-        with tarfile.open(out / "runs.tar.gz") as tar:
-            before = tar.extractfile(f"runs/{method}/seed0/results.json").read()
-        assert (tmp_path / "work2" / "runs" / method / "seed0" / "results.json").read_bytes() == before
+    # RESUME (the same lines of the script in both regimes) is checked by the reference-regime test below
 
 
 REFERENCE_METHODS = ["ditto", "feddpa", "fedit", "fedoa", "fedoa-l0", "local"]

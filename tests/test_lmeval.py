@@ -60,7 +60,7 @@ def test_lm_eval_hf_model_with_the_exported_adapter_agrees_with_fedoa(tiny_run, 
     out = lm_eval.simple_evaluate(
         model="hf", model_args={"pretrained": str(tiny_model_dir()), "peft": str(adapter), "dtype": "float32",
                                 "device": "cpu"},
-        tasks=["fedoa_movie"], task_manager=TaskManager(include_path=str(tasks)), batch_size=4, log_samples=True,
+        tasks=["fedoa_movie"], task_manager=TaskManager(include_path=str(tasks), include_defaults=False), batch_size=4, log_samples=True,
     )
     verdicts = "".join(str(int(s["acc"])) for s in sorted(out["samples"]["fedoa_movie"], key=lambda s: s["doc_id"]))
     recorded = json.loads((tiny_run / "results.json").read_text())["records"]
@@ -140,7 +140,7 @@ def test_fedoa_eval_lm_eval_scores_every_model_as_fedoa_and_exported_lm_eval_do(
     exported = lm_eval.simple_evaluate(
         model="hf", model_args={"pretrained": str(tiny_model_dir()), "peft": str(adapter), "dtype": "float32",
                                 "device": "cpu"},
-        tasks=["fedoa_movie"], task_manager=TaskManager(include_path=str(tasks)), batch_size=4, log_samples=True)
+        tasks=["fedoa_movie"], task_manager=TaskManager(include_path=str(tasks), include_defaults=False), batch_size=4, log_samples=True)
     hf = {s["doc_id"]: [float(r[0]) for r in s["filtered_resps"]] for s in exported["samples"]["fedoa_movie"]}
     inproc = lm_eval_samples(ev["outputs"]["personal/movie"], "fedoa_movie")
     assert max(abs(a - b) for d in hf for a, b in zip(hf[d], inproc[d])) < 1e-4

@@ -21,6 +21,7 @@ def fedoa(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow  # four real CLI processes: scheduled among the long tests
 def test_quiet_verbs_draw_no_progress_bar(tmp_path):
+    """Also the console script's success: `fedoa run` exits 0, prints the results, writes results.json."""
     loud = fedoa("run", "--out", str(tmp_path / "loud"), *tiny_cli_args())
     assert BAR.search(loud.stderr)  # without --quiet the bars are there, and BAR sees them
     run = str(tmp_path / "run")
@@ -30,8 +31,10 @@ def test_quiet_verbs_draw_no_progress_bar(tmp_path):
         ["export", run, "--client", "movie", "--merge", "--out", str(tmp_path / "merged")],
     ]
     for argv in calls:
-        err = fedoa(*argv, "--quiet").stderr
-        assert not BAR.search(err), (argv[0], err)
+        done = fedoa(*argv, "--quiet")  # exit code 0, or the assertion shows stderr
+        assert not BAR.search(done.stderr), (argv[0], done.stderr)
+        if argv[0] == "run":
+            assert "personal" in done.stdout and (tmp_path / "run" / "results.json").is_file()
 
 
 @pytest.mark.slow

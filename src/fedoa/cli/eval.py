@@ -167,16 +167,15 @@ def lm_eval_scores(run, tasks: list[str], kinds: list[str], args: argparse.Names
 
     import lm_eval
     from lm_eval.loggers import EvaluationTracker
-    from lm_eval.tasks import TaskManager
 
-    from fedoa.evaluation.lmeval import flat_scores, headline_metric, make_lm, verdicts
+    from fedoa.evaluation.lmeval import flat_scores, headline_metric, make_lm, task_manager, verdicts
     from fedoa.runtime.common import model_identity
 
     level = logging.ERROR if args.quiet else logging.WARNING
     am, encoder = run.model
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # not its warning about a model object given
     lm = make_lm(am, encoder.tokenizer, args.batch_size or run.cfg.eval.batch_size, progress=not args.quiet)
-    manager = TaskManager(include_path=args.include_path)
+    manager = task_manager(tasks, args.include_path)
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     done: dict[str, dict[str, Any]] = {}  # model identity -> its results
     per_model: dict[str, dict[str, str]] = {}  # kind -> client -> identity

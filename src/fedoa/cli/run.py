@@ -14,10 +14,11 @@ EXAMPLE = """example:
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg = load(args)  # before the runtime's imports (torch, transformers: seconds): bad input fails at once
     from fedoa.reports.markdown import print_summary
     from fedoa.runtime.inprocess import run_simulation
 
-    results = run_simulation(load(args), Path(args.out), progress=not args.quiet, fresh=args.fresh,
+    results = run_simulation(cfg, Path(args.out), progress=not args.quiet, fresh=args.fresh,
                              replace=args.replace)
     print_summary(results)
     print(f"wall time {results.timing['wall_seconds']:.0f} s; results in {args.out}/results.json, "

@@ -1,11 +1,11 @@
 """Real Flower daemons on loopback: one SuperLink and three SuperNodes as separate processes.
 
-Two insecure tests share one federation (SuperLink + three SuperNodes, each with its resident
-worker) and one in-process reference run, each submitting its own run (one xdist worker runs
-both); the test that kills a SuperNode and the TLS test start federations of their own, so that
-the other worker can run them meanwhile. Every process is started in its own process group and
-stopped by its id when its federation ends; FLWR_HOME is the federation's own folder; ports are
-free ports.
+Two tests share one federation (SuperLink + three SuperNodes, each with its resident worker),
+each submitting its own run, on one xdist worker: the run that must equal the in-process run, and
+the server killed and resumed (int8 uploads at unequal ranks). The TLS test starts a federation of
+its own, so that the other worker can run it meanwhile: one run meets a poisoned node, an impostor
+and a node lost in round 2. Every process is started in its own process group and stopped by its id when
+its federation ends; FLWR_HOME is the federation's own folder; ports are free ports.
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import re
 import signal
 import subprocess
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,10 +86,12 @@ class Federation:
             time.sleep(0.2)
 
 
-@contextmanager
-def running_federation(root: Path):
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    root = tmp_path_factory.mktemp("federation")
     home = root / "flwr"
     cfg, paths, _ = make_federation(root)
+    cfg.eval.every = 0  # no look after round 1 (one message exchange less): the final evaluation is compared
     procs = Processes(root / "logs", node_env(home))
     try:
         port = start_federation(root, procs, paths, home)
@@ -99,22 +100,10 @@ def running_federation(root: Path):
         procs.stop_all()
 
 
-@pytest.fixture(scope="module")
-def federation(tmp_path_factory):
-    with running_federation(tmp_path_factory.mktemp("federation")) as f:
-        yield f
-
-
-@pytest.fixture(scope="module")
-def reference(federation):
-    """The in-process run of the same config: what every deployed run must reproduce."""
-    results = run_simulation(federation.cfg, federation.root / "sim", progress=False, reports=False).to_json()
-    return results, load_file(str(federation.root / "sim" / "adapters" / "global" / "adapter_model.safetensors"))
-
-
 @pytest.mark.xdist_group("flower-federation")
-def test_three_supernodes_train_the_same_global_adapter_as_the_in_process_run(federation, reference):
-    sim, a = reference
+def test_three_supernodes_train_the_same_global_adapter_as_the_in_process_run(federation):
+    sim = run_simulation(federation.cfg, federation.root / "sim", progress=False, reports=False).to_json()
+    a = load_file(str(federation.root / "sim" / "adapters" / "global" / "adapter_model.safetensors"))
     t0 = time.monotonic()
     rc = federation.wait(federation.launch("dep"), "dep", 480)
     print(f"deployment run: {time.monotonic() - t0:.0f} s")
@@ -141,13 +130,18 @@ def test_three_supernodes_train_the_same_global_adapter_as_the_in_process_run(fe
 
 
 @pytest.mark.xdist_group("flower-federation")
-def test_the_server_killed_mid_round_resumes_to_the_same_adapters(federation, reference):
-    """SIGKILL to the ServerApp while round 2's updates are out; the operator stops that run
-    (`fedoa deploy stop`: Flower itself fails a run whose ServerApp died only when its heartbeat
-    lapses, a minute later); `fedoa deploy run` again resumes from the checkpoint of round 1, and
-    the nodes from their state of round 1."""
-    sim, a = reference
-    first = federation.launch("resumed", "--timeout", "120")
+def test_the_server_killed_mid_round_resumes_int8_uploads_at_unequal_ranks_to_the_in_process_adapters(federation):
+    """fed.upload = int8 and lora.client_ranks {a: 2, b: 1} (lora.r = 4): compressed changes at each
+    node's rank, decoded and padded by the server. SIGKILL to the ServerApp while round 2's updates
+    are out; the operator stops that run (`fedoa deploy stop`: Flower itself fails a run whose
+    ServerApp died only when its heartbeat lapses, a minute later); `fedoa deploy run` again resumes
+    from the checkpoint of round 1, and the nodes from their state of round 1 (the int8 residual
+    too): the same global adapter, bytes and results as the in-process run."""
+    cfg = federation.cfg.clone()
+    cfg.fed.upload, cfg.lora.client_ranks = "int8", {"a": 2, "b": 1}
+    sim = run_simulation(cfg, federation.root / "sim-int8", progress=False, reports=False).to_json()
+    a = load_file(str(federation.root / "sim-int8" / "adapters" / "global" / "adapter_model.safetensors"))
+    first = federation.launch("resumed", "--timeout", "120", cfg=cfg)
     federation.until_round_one_is_aggregated(first, "resumed")
     time.sleep(1.0)  # inside round 2
     [server] = federation.procs.serverapp_pids()
@@ -159,71 +153,34 @@ def test_the_server_killed_mid_round_resumes_to_the_same_adapters(federation, re
     assert federation.wait(first, "resumed", 200) != 0  # the first run did not complete
     out = federation.root / "resumed"
     assert not (out / "results.json").exists()
-    assert federation.wait(federation.launch("resumed"), "resumed", 480) == 0, federation.procs.log_tail("run-resumed")
+    rc = federation.wait(federation.launch("resumed", cfg=cfg), "resumed", 480)
+    assert rc == 0, federation.procs.log_tail("run-resumed")
     b = load_file(str(out / "adapters" / "global" / "adapter_model.safetensors"))
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
-    print(f"max abs difference resumed deployment vs in-process: {diff:.3g}")
+    print(f"max abs difference resumed deployment vs in-process global adapter (int8, ranks 2/1/4): {diff:.3g}")
     assert diff <= 1e-5
     dep = json.loads((out / "results.json").read_text())
-    assert dep["communication"]["updates_per_round"] == {"1": ["a", "b", "c"], "2": ["a", "b", "c"]}
-    assert dep["summary"] == sim["summary"]
-
-
-@pytest.mark.xdist_group("flower-federation")
-def test_int8_uploads_at_unequal_ranks_give_the_in_process_global_adapter(federation):
-    """fed.upload = int8 and lora.client_ranks {a: 2, b: 1} (lora.r = 4) through the real daemons:
-    compressed changes at each node's rank, decoded and padded by the server, the same global
-    adapter and bytes as in-process."""
-    cfg = federation.cfg.clone()
-    cfg.fed.upload, cfg.lora.client_ranks = "int8", {"a": 2, "b": 1}
-    cfg.eval.every, cfg.eval.zero_shot = 0, False
-    sim = run_simulation(cfg, federation.root / "sim-int8", progress=False, reports=False).to_json()
-    rc = federation.wait(federation.launch("int8", cfg=cfg), "int8", 480)
-    assert rc == 0, federation.procs.log_tail("run-int8")
-    a = load_file(str(federation.root / "sim-int8" / "adapters" / "global" / "adapter_model.safetensors"))
-    b = load_file(str(federation.root / "int8" / "adapters" / "global" / "adapter_model.safetensors"))
-    diff = max((a[k] - b[k]).abs().max().item() for k in a)
-    print(f"max abs difference deployed vs in-process global adapter (int8, ranks 2/1/4): {diff:.3g}")
-    assert diff <= 1e-5
-    dep = json.loads((federation.root / "int8" / "results.json").read_text())
     assert dep["failures"] == []
+    assert dep["communication"]["updates_per_round"] == {"1": ["a", "b", "c"], "2": ["a", "b", "c"]}
     for key in ("bytes_up_per_round", "bytes_down_per_round", "bytes_up_per_client_round", "upload_format",
                 "client_ranks"):
         assert dep["communication"][key] == sim["communication"][key], key
     assert dep["communication"]["client_ranks"] == {"a": 2, "b": 1, "c": 4}
+    assert dep["summary"] == sim["summary"]
 
 
-def test_a_supernode_killed_in_round_two_is_recorded_and_the_run_finishes(tmp_path):
-    """A federation of its own: node b does not come back."""
-    with running_federation(tmp_path) as federation:
-        t0 = time.monotonic()
-        proc = federation.launch("lost", "--min-nodes", "2")
-        federation.until_round_one_is_aggregated(proc, "lost")
-        federation.procs.kill("node-b")  # SIGKILL to the SuperNode's whole process group (its worker too)
-        killed = time.monotonic()
-        rc = federation.wait(proc, "lost", 420)
-        print(f"deployment run: {time.monotonic() - t0:.0f} s, {time.monotonic() - killed:.0f} s after the kill")
-        assert rc == 0, federation.procs.log_tail("run-lost")
-    out = federation.root / "lost"
-    dep = json.loads((out / "results.json").read_text())
-    assert dep["communication"]["updates_per_round"] == {"1": ["a", "b", "c"], "2": ["a", "c"]}
-    assert dep["clients"] == ["a", "c"]
-    assert dep["failures"] and dep["failures"][0].startswith("round 2: client b")
-    assert dep["deployment"]["clients_not_evaluated"] == ["b"]
-    report = (out / "report.md").read_text()
-    assert "## Failures" in report and "client b" in report
-    assert (out / "adapters" / "global" / "adapter_model.safetensors").is_file()
-
-
-def test_tls_node_auth_a_bound_client_name_and_a_poisoned_node(tmp_path):
+def test_tls_node_auth_a_poisoned_node_an_impostor_and_a_lost_node(tmp_path):
     """TLS and node authentication on (certificates and keys made here): every node registered by its
-    key; node c sends NaN uploads (the poisoning drill) and is rejected every round; a fourth node,
-    registered too, claims client a after round 1 and is refused: the name is bound to a's key."""
+    key; node c sends NaN uploads (the poisoning drill) and is rejected every round; after round 1
+    node b is killed (SIGKILL to its process group: it does not come back) and a fourth node,
+    registered too, claims client a and is refused: the name is bound to a's key. The run finishes
+    on a's updates alone (--min-nodes 1), records b's loss and does not evaluate b."""
     from tests.support.pki import make_node_key, make_tls
 
     home = tmp_path / "flwr"
     e = node_env(home)
     cfg, paths, _ = make_federation(tmp_path)
+    cfg.eval.every = 0  # no look after round 1: the final evaluation is the one this test reads
     tls = make_tls(tmp_path / "pki")
     keys = {n: make_node_key(tmp_path / "keys", n) for n in (*NAMES, "mallory")}
     procs = Processes(tmp_path / "logs", e)
@@ -236,8 +193,9 @@ def test_tls_node_auth_a_bound_client_name_and_a_poisoned_node(tmp_path):
                                   "--enable-supernode-auth", "--flwr-home", str(home), "--output-root", str(tmp_path)])
         wait_for_port(port, proc=procs.procs["superlink"])
         link = ["--superlink", f"127.0.0.1:{port}"]
-        for name, (_, public) in keys.items():
-            reg = procs.start(f"register-{name}", ["deploy", "register", str(public), *link, *secure])
+        registering = {name: procs.start(f"register-{name}", ["deploy", "register", str(public), *link, *secure])
+                       for name, (_, public) in keys.items()}
+        for name, reg in registering.items():
             assert reg.wait(60) == 0, procs.log_tail(f"register-{name}")
 
         def node(name: str, client: str):
@@ -254,7 +212,7 @@ def test_tls_node_auth_a_bound_client_name_and_a_poisoned_node(tmp_path):
         (tmp_path / "run.toml").write_text(config_to_toml(cfg))
         run = procs.start("run", ["deploy", "run", "--config", str(tmp_path / "run.toml"), "--out", "dep",
                                   "--output-root", str(tmp_path), "--nodes", "3", "--eval-path", str(paths["shared"]),
-                                  "--node-auth", "--min-nodes", "2", "--set", "attack.kind='nan'",
+                                  "--node-auth", "--min-nodes", "1", "--set", "attack.kind='nan'",
                                   "--set", "attack.clients=['c']", *link, *secure, "--timeout", "420"])
         checkpoint = out / ".run" / "checkpoint" / "state.json"
         t0 = time.monotonic()
@@ -262,11 +220,12 @@ def test_tls_node_auth_a_bound_client_name_and_a_poisoned_node(tmp_path):
             assert run.poll() is None, procs.log_tail("run")
             assert time.monotonic() - t0 < 300, "round 1 did not finish:\n" + procs.log_tail("run")
             time.sleep(0.2)
-        # an impostor with a registered key of its own; the server waits (SIGSTOP) until it has joined,
-        # so that the next look for new nodes (round 2 or the final evaluation) meets it
+        # node b lost, and an impostor with a registered key of its own; the server waits (SIGSTOP)
+        # until the impostor has joined, so that the next look for new nodes (round 2) meets it
         [server] = procs.serverapp_pids()
         os.kill(server, signal.SIGSTOP)
         try:
+            procs.kill("node-b")  # the SuperNode's whole process group; its resident worker too
             node("mallory", "a")
             t1 = time.monotonic()
             while "SuperNode ID" not in procs.log_tail("node-mallory", 200):
@@ -281,9 +240,14 @@ def test_tls_node_auth_a_bound_client_name_and_a_poisoned_node(tmp_path):
     finally:
         procs.stop_all()
     dep = json.loads((out / "results.json").read_text())
-    assert dep["communication"]["updates_per_round"] == {"1": ["a", "b"], "2": ["a", "b"]}
+    assert dep["communication"]["updates_per_round"] == {"1": ["a", "b"], "2": ["a"]}
     rejected = [f for f in dep["failures"] if f.startswith("round") and "client c" in f]
     assert len(rejected) == 2 and all("update rejected" in f and "non-finite" in f for f in rejected)
+    [lost] = [f for f in dep["failures"] if "client b" in f and f.startswith("round")]
+    assert lost.startswith("round 2: client b")
+    assert dep["clients"] == ["a", "c"] and dep["deployment"]["clients_not_evaluated"] == ["b"]
+    report = (out / "report.md").read_text()
+    assert "## Failures" in report and "client b" in report
     [refused] = dep["deployment"]["refused"]
     assert refused["client"] == "a" and refused["bound_to"] == dep["deployment"]["nodes"]["a"]
     audit = [json.loads(line) for line in (out / "audit.jsonl").read_text().splitlines()]

@@ -1,7 +1,9 @@
 """A node's resident worker behind the thin relay ClientApp: real worker processes, no daemons.
 
 The server logic talks to the deployed app (relay + worker per node) through the in-memory grid;
-workers are real processes started by the relay and stopped here by their pids."""
+workers are real processes started by the relay and stopped here by their pids. The two runs
+share one federation (its three workers stay resident between runs, as on a real node), in file
+order on one xdist worker."""
 from __future__ import annotations
 
 import json
@@ -22,11 +24,18 @@ from fedoa.runtime.inprocess import run_simulation
 from tests.support.flower import FakeGrid, make_federation, run_config, stop_workers
 
 
-@pytest.fixture
-def federation(tmp_path, output_root, task_identity):
-    cfg, paths, nodes = make_federation(tmp_path)
-    yield cfg, paths, nodes
+@pytest.fixture(scope="module")
+def nodes_on_disk(tmp_path_factory):
+    root = tmp_path_factory.mktemp("workers")
+    cfg, paths, nodes = make_federation(root)
+    yield root, cfg, paths, nodes
     stop_workers(nodes.values())
+
+
+@pytest.fixture
+def federation(nodes_on_disk, output_root, task_identity):
+    root, cfg, paths, nodes = nodes_on_disk
+    return root, cfg.clone(), paths, nodes
 
 
 def adapter(folder):
@@ -81,8 +90,11 @@ def _shares_cores(folder, worker_pid):
         torch.set_num_threads(before)
 
 
+@pytest.mark.xdist_group("flower-workers")
 def test_workers_give_the_in_process_adapters_and_keep_their_model(tmp_path, federation):
-    cfg, paths, nodes = federation
+    _, cfg, paths, nodes = federation
+    logs = {n: socket_path(dict(c)).with_suffix(".log") for n, c in nodes.items()}
+    earlier = {n: log.read_text() if log.is_file() else "" for n, log in logs.items()}  # the other test's run
     sim = run_simulation(cfg, tmp_path / "sim", progress=False, reports=False).to_json()
     rc = run_config(cfg, "dep", num_nodes=3, eval_path=str(paths["shared"]))
     dep = serve(FakeGrid(nodes, rc, relay=True), rc, log=lambda m: None).to_json()
@@ -91,21 +103,24 @@ def test_workers_give_the_in_process_adapters_and_keep_their_model(tmp_path, fed
     assert json.dumps(dep["summary"], sort_keys=True) == json.dumps(sim["summary"], sort_keys=True)
     pids = {n: worker_pid(dict(c)) for n, c in nodes.items()}
     assert all(pids.values()) and len(set(pids.values())) == 3  # one worker per node, started by the relay
-    for n, config in nodes.items():  # each served every message of the run: one model load, none per message
-        log = socket_path(dict(config)).with_suffix(".log").read_text()
+    for n in nodes:  # each served every message of the run: one model load (if not resident yet), none per message
+        log = logs[n].read_text()[len(earlier[n]):]
         assert log.count(" done in ") == 1 + 2 + 2, log  # query, 2 x train, 2 x evaluate
-        assert log.count("(base model loaded)") == 1, log
+        assert log.count("(base model loaded)") == (0 if earlier[n] else 1), log
         # once all 3 workers are up (after the query round started them one by one) they share the cores
         threads = {int(line.split(" on ")[1].split()[0]) for line in log.splitlines() if " train for " in line}
         assert threads and max(threads) <= max(1, len(os.sched_getaffinity(0)) // 3), log
 
 
+@pytest.mark.xdist_group("flower-workers")
 def test_a_worker_killed_mid_message_fails_that_client_for_the_round_and_comes_back(tmp_path, federation):
     """Node a's worker is frozen as round 2's training message reaches it and killed a second
     later: the relay reports the failure, the round goes on without a, and round 3's message
     starts a new worker that continues from a's state of round 1 on disk."""
-    cfg, paths, nodes = federation
+    root, cfg, paths, nodes = federation
     cfg.fed.rounds = 3
+    state_a = root / "state-a" / "a"
+    earlier = set(state_a.iterdir()) if state_a.is_dir() else set()  # the other test's run
     node_a = next(n for n, c in nodes.items() if c["client-name"] == "a")
     rc = run_config(cfg, "dep", num_nodes=3, eval_path=str(paths["shared"]), min_nodes=2)
     grid = FakeGrid(nodes, rc, relay=True)
@@ -124,6 +139,6 @@ def test_a_worker_killed_mid_message_fails_that_client_for_the_round_and_comes_b
     assert dep["communication"]["updates_per_round"] == {"1": ["a", "b", "c"], "2": ["b", "c"], "3": ["a", "b", "c"]}
     [failure] = dep["failures"]
     assert failure.startswith("round 2: client a") and "worker died" in failure
-    [run_dir] = (tmp_path / "state-a" / "a").iterdir()
+    [run_dir] = set(state_a.iterdir()) - earlier
     info = json.loads((run_dir / "run.json").read_text())
     assert info["last_trained_round"] == 3  # nothing lost: round 3 continued from round 1's state
