@@ -60,7 +60,8 @@ def test_lm_eval_hf_model_with_the_exported_adapter_agrees_with_fedoa(tiny_run, 
     out = lm_eval.simple_evaluate(
         model="hf", model_args={"pretrained": str(tiny_model_dir()), "peft": str(adapter), "dtype": "float32",
                                 "device": "cpu"},
-        tasks=["fedoa_movie"], task_manager=TaskManager(include_path=str(tasks), include_defaults=False), batch_size=4, log_samples=True,
+        tasks=["fedoa_movie"], task_manager=TaskManager(include_path=str(tasks), include_defaults=False),
+        batch_size=4, log_samples=True,
     )
     verdicts = "".join(str(int(s["acc"])) for s in sorted(out["samples"]["fedoa_movie"], key=lambda s: s["doc_id"]))
     recorded = json.loads((tiny_run / "results.json").read_text())["records"]
@@ -89,6 +90,7 @@ def test_fedoa_eval_lm_eval_scores_every_model_as_fedoa_and_exported_lm_eval_do(
     import lm_eval
     from lm_eval.tasks import TaskManager
 
+    from fedoa.evaluation.lmeval import task_manager
     from fedoa.evaluation.scoring import option_scores, prepare_set
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -102,6 +104,8 @@ def test_fedoa_eval_lm_eval_scores_every_model_as_fedoa_and_exported_lm_eval_do(
     assert 3 <= len(whole) < len(records)
     records = [records[i] for i in whole]
     tasks = write_movie_task(records, tmp_path)
+    # every task asked for is in the include path: lm-eval's ~15,000 built-in tasks are not indexed
+    assert task_manager(["fedoa_movie"], str(tasks)).all_tasks == ["fedoa_movie"]
     out = tmp_path / "ev"
     assert main(["eval", str(tiny_run), "--lm-eval", "fedoa_movie", "--include-path", str(tasks), "--out", str(out),
                  "--log-samples", "--batch-size", "4", "--quiet"]) == 0
@@ -140,7 +144,8 @@ def test_fedoa_eval_lm_eval_scores_every_model_as_fedoa_and_exported_lm_eval_do(
     exported = lm_eval.simple_evaluate(
         model="hf", model_args={"pretrained": str(tiny_model_dir()), "peft": str(adapter), "dtype": "float32",
                                 "device": "cpu"},
-        tasks=["fedoa_movie"], task_manager=TaskManager(include_path=str(tasks), include_defaults=False), batch_size=4, log_samples=True)
+        tasks=["fedoa_movie"], task_manager=TaskManager(include_path=str(tasks), include_defaults=False),
+        batch_size=4, log_samples=True)
     hf = {s["doc_id"]: [float(r[0]) for r in s["filtered_resps"]] for s in exported["samples"]["fedoa_movie"]}
     inproc = lm_eval_samples(ev["outputs"]["personal/movie"], "fedoa_movie")
     assert max(abs(a - b) for d in hf for a, b in zip(hf[d], inproc[d])) < 1e-4
