@@ -8,7 +8,7 @@
 # the same command; finished runs are reused, an interrupted one resumes from its last round.
 # Then the curves and table: .venv/bin/python benchmarks/regularizer.py benchmarks/evidence/regularizer
 #
-#   bash benchmarks/regularizer.sh          # SEEDS=1 for seed 0 only
+#   bash benchmarks/regularizer.sh          # SEEDS=1 for seed 0 only; REPORT_ONLY=1: re-render, train nothing
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FEDOA="${FEDOA:-.venv/bin/fedoa}"
@@ -18,4 +18,4 @@ export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 TRACE="fedoa.trace_reg=true"
 METHODS="fedoa=fedoa[$TRACE],fedoa-w0=fedoa[$TRACE;fedoa.regular_weight=0;fedoa.mixed_eval=false],ditto"
 "$FEDOA" compare --config benchmarks/flan8_evidence.toml --set train.epochs=3 \
-  --methods "$METHODS" --seeds "$SEEDS" --out "$OUT"
+  --methods "$METHODS" --seeds "$SEEDS" --out "$OUT" ${REPORT_ONLY:+--report-only --quiet}

@@ -31,20 +31,7 @@ METHODS="fedit,local,ditto,feddpa,fedoa,fedoa-w0=fedoa[$W0],shipped=fedoa[$SHIPP
 # hostile clients and DP: the same method list as benchmarks/poisoning.sh, re-rendered by it
 FEDOA="$FEDOA" REPORT_ONLY=1 bash benchmarks/poisoning.sh
 
-# does the regularizer do anything (benchmarks/regularizer.sh, seed 0 so far)
-TRACE="fedoa.trace_reg=true"
-"$FEDOA" compare --config benchmarks/flan8_evidence.toml --set train.epochs=3 \
-  --methods "fedoa=fedoa[$TRACE],fedoa-w0=fedoa[$TRACE;fedoa.regular_weight=0;fedoa.mixed_eval=false],ditto" \
-  --seeds 1 --out benchmarks/evidence/regularizer --report-only --quiet
-
-# the heterogeneity sweep (benchmarks/sweeps.sh): the points that have run, seed 0
-for point in benchmarks/sweeps/*/; do
-  p=$(basename "$point")
-  case $p in
-    alpha*) sets=(--set "data.dirichlet_alpha=${p#alpha}") ;;
-    natural) sets=(--set data.partition=natural_id) ;;
-    *) continue ;;
-  esac
-  "$FEDOA" compare --config benchmarks/flan8_sweep.toml "${sets[@]}" --methods fedit,ditto,feddpa,fedoa \
-    --seeds 1 --out "benchmarks/sweeps/$p" --report-only --quiet
-done
+# the regularizer study and the heterogeneity sweep (seed 0 so far; each script's own command)
+FEDOA="$FEDOA" REPORT_ONLY=1 SEEDS=1 bash benchmarks/regularizer.sh
+ran=$(cd benchmarks/sweeps && ls -d */ 2>/dev/null | tr -d / | tr '\n' ' ')
+[ -z "$ran" ] || FEDOA="$FEDOA" REPORT_ONLY=1 SEEDS=1 POINTS="$ran" bash benchmarks/sweeps.sh

@@ -12,6 +12,7 @@
 #   bash benchmarks/sweeps.sh                 # every point, SEEDS (default 3) seeds each
 #   SEEDS=1 POINTS="alpha100 natural" bash benchmarks/sweeps.sh
 #   LIST=1 bash benchmarks/sweeps.sh          # print each point's name and overrides, run nothing
+#   REPORT_ONLY=1 bash benchmarks/sweeps.sh   # re-render the finished runs' tables, train nothing
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FEDOA="${FEDOA:-.venv/bin/fedoa}"
@@ -27,7 +28,7 @@ point() {  # name, then --set overrides of benchmarks/flan8_sweep.toml
   local sets=()
   for s in "$@"; do sets+=(--set "$s"); done
   "$FEDOA" compare --config benchmarks/flan8_sweep.toml "${sets[@]}" --methods "$METHODS" --seeds "$SEEDS" \
-    --out "$OUT/$name"
+    --out "$OUT/$name" ${REPORT_ONLY:+--report-only --quiet}
 }
 for p in $POINTS; do
   case $p in
