@@ -352,6 +352,24 @@ def test_a_budget_starts_no_run_that_the_longest_run_so_far_says_would_not_fit(t
     assert "not started" in (out / "compare.md").read_text()
 
 
+def test_a_run_that_diverges_is_recorded_as_failed_and_the_others_still_run(tmp_path):
+    from fedoa.compare.runner import run_compare
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_TOML.format(path=json.dumps(str(FLAN8)), model=json.dumps(str(tiny_model_dir()))))
+    # a float16 base and, for one variant, an absurd learning rate: its first step overflows the next
+    cfg = load_config(config, ["data.tasks=['sst2','sentiment140']", "eval.zero_shot=false", "model.dtype='float16'",
+                               "train.batch_size=2", "train.micro_batch_size=2"])
+    out = tmp_path / "cmp"
+    summary = run_compare(cfg, ["hot=fedit[train.lr=1e30]", "local"], [0], out, progress=False)
+    status = {r["method"]: r for r in summary["runs"]}
+    assert status["hot"]["status"] == "failed" and "non-finite training loss" in status["hot"]["error"]
+    traceback = (out / "runs" / "hot" / "seed0" / "error.txt").read_text()  # for the user to read
+    assert traceback.startswith("Traceback") and "non-finite training loss" in traceback
+    assert status["local"]["status"] == "ran" and (out / "runs" / "local" / "seed0" / "results.json").is_file()
+    assert not summary["complete"] and "failed" in (out / "compare.md").read_text()
+
+
 def test_runs_with_unequal_client_ranks_share_one_resident_model():
     from fedoa.compare.runner import model_key
     from fedoa.testing import tiny_config

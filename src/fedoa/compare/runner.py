@@ -248,6 +248,105 @@ def focus_labels(methods: list[str], focus: str) -> list[str]:
     return [display_label(m) for m in methods if split_method(m)[0] == focus]
 
 
+class Comparison:
+    """One ``fedoa compare`` folder: its planned runs, what became of each, and the table over them."""
+
+    def __init__(self, cfg: RunConfig, methods: list[str], seeds: list[int], out_dir: Path, focus: str,
+                 report_only: bool):
+        from fedoa.algorithms import make_algorithm
+        from fedoa.evaluation.protocols import load_protocol
+
+        self.start = time.perf_counter()
+        self.cfg, self.methods, self.seeds, self.out_dir = cfg, methods, seeds, out_dir
+        self.focus, self.report_only = focus, report_only
+        self.labels = [display_label(m) for m in methods]
+        self.holdouts = holdouts_of(cfg)
+        self.specs = plan_runs(cfg, methods, seeds, self.holdouts, out_dir)
+        for spec in self.specs:
+            make_algorithm(spec.cfg)  # a method that rejects the config fails before anything runs
+        self.data = {(h, cfg.seed): load_protocol(cfg, holdout=h or None) for h in self.holdouts}  # bad data too
+        self.status: dict[str, dict[str, Any]] = {}  # run key -> what this command did with it
+        self.shared: SharedModel | None = None
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text(out_dir / "config.toml", config_to_toml(cfg))
+
+    def data_of(self, spec: RunSpec):
+        """The run's clients and plan: one draw per held-out category, and per seed where the seed draws
+        the training subsets (``data.train_subset_seed = "run"``)."""
+        from fedoa.evaluation.protocols import load_protocol
+
+        seed = spec.seed if self.cfg.data.train_subset_seed == "run" else self.cfg.seed
+        if (spec.holdout, seed) not in self.data:
+            self.data[(spec.holdout, seed)] = load_protocol(spec.cfg, holdout=spec.holdout or None)
+        return self.data[(spec.holdout, seed)]
+
+    def run(self, spec: RunSpec, progress: bool) -> Results | None:
+        """Train and score one run; a run that fails is recorded (``error.txt``) and the others go on."""
+        from tqdm.auto import tqdm
+
+        from fedoa.runtime.inprocess import run_simulation
+
+        if self.shared is None:
+            self.shared = SharedModel(self.cfg, self.out_dir / ".memo")
+        clients, plan = self.data_of(spec)
+        t0 = time.perf_counter()
+        try:
+            session = self.shared.session(spec.cfg, clients, plan)
+            results = run_simulation(spec.cfg, spec.out, progress=progress, session=session,
+                                     restart_on_change=True, replace=True)  # the comparison's own folders
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # one broken run must not lose the others' hours (bad input still stops all)
+            if isinstance(e, FedoaError) and e.exit_code == 2:
+                raise
+            write_text(spec.out / "error.txt", traceback.format_exc())
+            self.status[spec.key] = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+            if progress:
+                tqdm.write(f"{spec.key}: FAILED ({type(e).__name__}: {e}); see {spec.out / 'error.txt'}")
+            return None
+        self.status[spec.key] = {"status": "ran", "seconds": round(time.perf_counter() - t0, 1)}
+        if progress:
+            tqdm.write(f"{spec.key}: {_one_line(results)} ({self.status[spec.key]['seconds']:.0f} s)")
+        return results
+
+    def run_entry(self, spec: RunSpec, results: Results | None, final: bool) -> dict[str, Any]:
+        """One row of the table's run list: where the run is, and what became of it."""
+        entry = {"method": spec.method, "seed": spec.seed, "holdout": spec.holdout or None,
+                 "path": spec.out.relative_to(self.out_dir).as_posix(),
+                 "status": "finished" if results is not None else "pending"}
+        entry.update(self.status.get(spec.key, {}))
+        if results is None and self.report_only:
+            entry["status"] = "not run"
+        elif results is None and entry["status"] == "not started":
+            pass
+        elif results is None and (final or spec.key in self.status):
+            entry.setdefault("error", "no results.json")
+            entry["status"] = "failed"
+        entry["wall_seconds"] = results.timing.get("wall_seconds") if results else None
+        # what one client sent per round, as it travelled (fed.upload, lora.client_ranks)
+        entry["bytes_up_per_client_round"] = results.communication.get("bytes_up_per_client_round") if results \
+            else None
+        return entry
+
+    def table(self, final: bool) -> dict[str, Any]:
+        """The table over every finished run, written to compare.md / .json (/ .png when ``final``)."""
+        runs = [(spec, finished(spec)) for spec in self.specs]
+        done = [(s.method, s.seed, s.holdout, r) for s, r in runs if r is not None]
+        summary = aggregate(done, self.labels, self.seeds)
+        summary["rouge"] = rouge_summary(done, self.labels, self.seeds)  # eval.rouge: the reference's metric
+        summary["focus"] = focus_labels(self.methods, self.focus)
+        if final:  # the bootstrap takes a while: once at the end (or with --report-only)
+            summary["paired"] = paired_table(done, summary["focus"], summary["group_categories"],
+                                             summary["uninformative"])
+        summary["runs"] = [self.run_entry(spec, results, final) for spec, results in runs]
+        summary["config"] = _config_json(self.cfg)  # the shared config (method and seed vary per run)
+        summary["holdouts"] = [h for h in self.holdouts if h]
+        summary["wall_seconds"] = time.perf_counter() - self.start
+        summary["complete"] = all(r is not None for _, r in runs)
+        write_outputs(summary, self.out_dir, plot=final)
+        return summary
+
+
 def run_compare(
     cfg: RunConfig, methods: list[str], seeds: list[int], out_dir: str | Path, progress: bool = True,
     focus: str = "fedoa", report_only: bool = False, budget: float = 0.0,
@@ -261,112 +360,30 @@ def run_compare(
     """
     from tqdm.auto import tqdm
 
-    from fedoa.algorithms import make_algorithm
-    from fedoa.evaluation.protocols import load_protocol
-    from fedoa.runtime.inprocess import run_simulation
-
-    start = time.perf_counter()
-    out_dir = Path(out_dir)
-    holdouts = holdouts_of(cfg)
-    specs = plan_runs(cfg, methods, seeds, holdouts, out_dir)
-    for spec in specs:
-        make_algorithm(spec.cfg)  # a method that rejects the config fails before anything runs
-    data = {(h, cfg.seed): load_protocol(cfg, holdout=h or None) for h in holdouts}  # bad data fails here too
-
-    def data_of(spec: RunSpec):
-        """The run's clients and plan: one draw per held-out category, and per seed where the seed draws
-        the training subsets (``data.train_subset_seed = "run"``)."""
-        seed = spec.seed if cfg.data.train_subset_seed == "run" else cfg.seed
-        if (spec.holdout, seed) not in data:
-            data[(spec.holdout, seed)] = load_protocol(spec.cfg, holdout=spec.holdout or None)
-        return data[(spec.holdout, seed)]
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(out_dir / "config.toml", config_to_toml(cfg))
-    shared: SharedModel | None = None
-    status: dict[str, dict[str, Any]] = {}
-
-    labels = [display_label(m) for m in methods]
-
-    def table(final: bool) -> dict[str, Any]:
-        runs = [(spec, finished(spec)) for spec in specs]
-        done = [(s.method, s.seed, s.holdout, r) for s, r in runs if r is not None]
-        summary = aggregate(done, labels, seeds)
-        summary["rouge"] = rouge_summary(done, labels, seeds)  # eval.rouge: the reference's metric, or None
-        summary["focus"] = focus_labels(methods, focus)
-        if final:  # the bootstrap takes a while: once at the end (or with --report-only)
-            summary["paired"] = paired_table(done, summary["focus"], summary["group_categories"],
-                                             summary["uninformative"])
-        summary["runs"] = []
-        for spec, results in runs:
-            entry = {"method": spec.method, "seed": spec.seed, "holdout": spec.holdout or None,
-                     "path": spec.out.relative_to(out_dir).as_posix(),
-                     "status": "finished" if results is not None else "pending"}
-            entry.update(status.get(spec.key, {}))
-            if results is None and report_only:
-                entry["status"] = "not run"
-            elif results is None and entry["status"] == "not started":
-                pass
-            elif results is None and (final or spec.key in status):
-                entry.setdefault("error", "no results.json")
-                entry["status"] = "failed"
-            entry["wall_seconds"] = results.timing.get("wall_seconds") if results else None
-            # what one client sent per round, as it travelled (fed.upload, lora.client_ranks)
-            entry["bytes_up_per_client_round"] = results.communication.get("bytes_up_per_client_round") if results \
-                else None
-            summary["runs"].append(entry)
-        summary["config"] = _config_json(cfg)  # the shared config (method and seed vary per run)
-        summary["holdouts"] = [h for h in holdouts if h]
-        summary["wall_seconds"] = time.perf_counter() - start
-        summary["complete"] = all(r is not None for _, r in runs)
-        write_outputs(summary, out_dir, plot=final)
-        return summary
-
+    comparison = Comparison(cfg, methods, seeds, Path(out_dir), focus, report_only)
     if report_only:
-        return table(final=True)
+        return comparison.table(final=True)
 
     longest = 0.0  # the longest run so far: what the next one is expected to take at most
-    bar = tqdm(total=len(specs), desc="runs", unit="run", disable=not progress, dynamic_ncols=True, position=0)
+    bar = tqdm(total=len(comparison.specs), desc="runs", unit="run", disable=not progress, dynamic_ncols=True,
+               position=0)
     with bar:
-        for spec in specs:
-            reused = finished(spec)
-            if reused is not None:
-                status[spec.key] = {"status": "reused"}
-                longest = max(longest, reused.timing.get("wall_seconds") or 0.0)
-                bar.update(1)
-                continue
-            left = budget - (time.perf_counter() - start)
-            if budget and (left <= 0 or left < longest):
-                status[spec.key] = {"status": "not started", "error": f"time budget: {max(left, 0):.0f} s left, "
-                                    f"the longest run took {longest:.0f} s"}
-                bar.update(1)
-                continue
-            bar.set_postfix_str(spec.key)
-            if shared is None:
-                shared = SharedModel(cfg, out_dir / ".memo")
-            clients, plan = data_of(spec)
-            t0 = time.perf_counter()
-            try:
-                session = shared.session(spec.cfg, clients, plan)
-                results = run_simulation(spec.cfg, spec.out, progress=progress, session=session,
-                                         restart_on_change=True, replace=True)  # the comparison's own folders
-            except KeyboardInterrupt:
-                raise
-            except Exception as e:  # one broken run must not lose the others' hours (bad input still stops all)
-                if isinstance(e, FedoaError) and e.exit_code == 2:
-                    raise
-                write_text(spec.out / "error.txt", traceback.format_exc())
-                status[spec.key] = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
-                if progress:
-                    tqdm.write(f"{spec.key}: FAILED ({type(e).__name__}: {e}); see {spec.out / 'error.txt'}")
+        for spec in comparison.specs:
+            results = finished(spec)
+            left = budget - (time.perf_counter() - comparison.start)
+            if results is not None:
+                comparison.status[spec.key] = {"status": "reused"}
+            elif budget and (left <= 0 or left < longest):
+                comparison.status[spec.key] = {"status": "not started", "error": f"time budget: {max(left, 0):.0f} "
+                                               f"s left, the longest run took {longest:.0f} s"}
             else:
-                status[spec.key] = {"status": "ran", "seconds": round(time.perf_counter() - t0, 1)}
+                bar.set_postfix_str(spec.key)
+                results = comparison.run(spec, progress)
+                comparison.table(final=False)  # the table so far, so a long comparison can be read while it runs
+            if results is not None:
                 longest = max(longest, results.timing.get("wall_seconds") or 0.0)
-                if progress:
-                    tqdm.write(f"{spec.key}: {_one_line(results)} ({status[spec.key]['seconds']:.0f} s)")
             bar.update(1)
-            table(final=False)  # the table so far, so a long comparison can be read while it runs
-    return table(final=True)
+    return comparison.table(final=True)
 
 
 def _one_line(results: Results) -> str:
