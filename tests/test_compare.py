@@ -212,13 +212,20 @@ name = "within-category"
 """
 
 
+def tiny_config_file(tmp_path: Path, protocol: str = "within-category") -> Path:
+    """TINY_TOML with this machine's Flan-8 and tiny model, written to ``tmp_path/tiny.toml``."""
+    config = tmp_path / "tiny.toml"
+    toml = TINY_TOML.format(path=json.dumps(str(FLAN8)), model=json.dumps(str(tiny_model_dir())))
+    config.write_text(toml.replace('"within-category"', json.dumps(protocol)))
+    return config
+
+
 METHODS = ("fedit", "feddpa", "fedoa")  # no personal model; forward hooks on the shared model; FedOA
 
 
 def test_tiny_compare_end_to_end_is_resumable_and_leak_free(tmp_path, capsys):
     assert FLAN8.is_dir(), f"Flan-8 benchmark not found at {FLAN8} (set FEDOA_FLAN8)"
-    config = tmp_path / "tiny.toml"
-    config.write_text(TINY_TOML.format(path=json.dumps(str(FLAN8)), model=json.dumps(str(tiny_model_dir()))))
+    config = tiny_config_file(tmp_path)
     out = tmp_path / "cmp"
     argv = ["compare", "--methods", ",".join(METHODS), "--seeds", "2", "--config", str(config),
             "--out", str(out), "--quiet"]
@@ -301,8 +308,7 @@ def test_leave_category_out_rotates_the_held_out_category(tmp_path):
     from fedoa.compare.runner import run_compare
 
     assert FLAN8.is_dir(), f"Flan-8 benchmark not found at {FLAN8} (set FEDOA_FLAN8)"
-    config = tmp_path / "tiny.toml"
-    config.write_text(TINY_TOML.format(path=json.dumps(str(FLAN8)), model=json.dumps(str(tiny_model_dir()))).replace("within-category", "leave-category-out"))
+    config = tiny_config_file(tmp_path, "leave-category-out")
     cfg = load_config(config, ["data.tasks=['sst2','glue_mrpc','snli']"])
     summary = run_compare(cfg, ["fedit"], [0], tmp_path / "lco", progress=False)
 
@@ -337,8 +343,7 @@ def test_method_variants_parse_and_configure():
 def test_a_budget_starts_no_run_that_the_longest_run_so_far_says_would_not_fit(tmp_path):
     from fedoa.compare.runner import run_compare
 
-    config = tmp_path / "tiny.toml"
-    config.write_text(TINY_TOML.format(path=json.dumps(str(FLAN8)), model=json.dumps(str(tiny_model_dir()))))
+    config = tiny_config_file(tmp_path)
     cfg = load_config(config, ["data.tasks=['sst2','sentiment140']", "eval.zero_shot=false"])
     out = tmp_path / "cmp"
     run_compare(cfg, ["fedit"], [0], out, progress=False)
@@ -355,8 +360,7 @@ def test_a_budget_starts_no_run_that_the_longest_run_so_far_says_would_not_fit(t
 def test_a_run_that_diverges_is_recorded_as_failed_and_the_others_still_run(tmp_path):
     from fedoa.compare.runner import run_compare
 
-    config = tmp_path / "tiny.toml"
-    config.write_text(TINY_TOML.format(path=json.dumps(str(FLAN8)), model=json.dumps(str(tiny_model_dir()))))
+    config = tiny_config_file(tmp_path)
     # a float16 base and, for one variant, an absurd learning rate: its first step overflows the next
     cfg = load_config(config, ["data.tasks=['sst2','sentiment140']", "eval.zero_shot=false", "model.dtype='float16'",
                                "train.batch_size=2", "train.micro_batch_size=2"])
